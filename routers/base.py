@@ -1,0 +1,86 @@
+"""The router interface: a batch of texts and their embeddings in, one decision per text out."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from coe.embedder import Embedder
+    from coe.registry import Registry
+
+
+@dataclass
+class RouteDecision:
+    """Which experts answer a query, and why."""
+
+    experts: list[str]
+    router: str
+    category: str | None = None
+    confidence: float = 1.0
+    top_categories: list[tuple[str, float]] = field(default_factory=list)
+    fallback: bool = False
+    reason: str = ""
+
+
+@dataclass
+class RouterContext:
+    """What a router may need to build itself."""
+
+    registry: "Registry"
+    embedder: "Embedder"
+    artifacts_dir: Path
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+class Router(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    def build(cls, ctx: RouterContext) -> "Router":
+        return cls(ctx)  # type: ignore[call-arg]
+
+    @abstractmethod
+    def route(self, texts: list[str], embeddings: np.ndarray, k: int = 1) -> list[RouteDecision]:
+        """Decide experts for each text; `k` asks for up to k experts per text."""
+
+
+ROUTERS: dict[str, type[Router]] = {}
+
+# Routers that live in their own modules, imported on first use so the CLI stays fast.
+_LAZY = {
+    "centroid": "routers.centroid",
+    "two_stage": "routers.two_stage",
+    "random": "routers.baselines",
+    "single_best": "routers.baselines",
+    "knn": "routers.baselines",
+    "oracle": "routers.baselines",
+    "skills": "routers.skills",
+}
+
+
+def register(name: str):
+    def deco(cls: type[Router]) -> type[Router]:
+        cls.name = name
+        ROUTERS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_router_class(name: str) -> type[Router]:
+    if name not in ROUTERS and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+    if name not in ROUTERS:
+        raise KeyError(f"unknown router '{name}'; known: {sorted(set(ROUTERS) | set(_LAZY))}")
+    return ROUTERS[name]
+
+
+def build_router(name: str, ctx: RouterContext) -> Router:
+    return get_router_class(name).build(ctx)

@@ -1,0 +1,1 @@
+"""Workers: queues, the per-device scheduler, engines and the worker loop."""

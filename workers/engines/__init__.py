@@ -1,0 +1,1 @@
+"""Engines run a batch of chats on one set of weights."""

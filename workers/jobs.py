@@ -1,0 +1,75 @@
+"""What travels between the API and the workers: jobs in, results (and streamed text) out."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GenerationRequest:
+    """One chat to complete; the engine applies the model's chat template."""
+
+    messages: list[dict]
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Job:
+    expert: str
+    request: GenerationRequest
+    stream: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    enqueued_at: float = field(default_factory=time.time)
+    deadline: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Job":
+        d = json.loads(raw)
+        d["request"] = GenerationRequest(**d["request"])
+        return cls(**d)
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    expert: str
+    completion: Completion | None = None
+    error: str | None = None
+    error_type: str | None = None
+    worker: str = ""
+    queue_s: float = 0.0
+    generate_s: float = 0.0
+    batch_size: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.completion is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "JobResult":
+        d = json.loads(raw)
+        if d.get("completion"):
+            d["completion"] = Completion(**d["completion"])
+        return cls(**d)
