@@ -1,0 +1,1 @@
+"""The REST front door: OpenAI-compatible endpoints over the pipeline."""

@@ -1,0 +1,173 @@
+"""Endpoint functions only: each parses, calls the pipeline, shapes the answer."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coe import metrics
+from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
+from coe.api.schemas import (
+    CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
+)
+from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, Unavailable
+from coe.service import Service
+from coe.settings import Settings, get_settings
+from routers import RouteDecision
+
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 502, 503, 504)}
+
+
+def _top(decision: RouteDecision) -> list[CategoryProbability]:
+    return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
+
+
+def _chat_input(body: ChatCompletionRequest) -> ChatInput:
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return ChatInput(
+        model=body.model, messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+        max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+        seed=body.seed, stop=stop, stream=body.stream,
+        k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
+    )
+
+
+def _coe_info(out: Outcome) -> CoeInfo:
+    d = out.decision
+    return CoeInfo(
+        router=d.router, category=d.category, confidence=d.confidence, top_categories=_top(d), fallback=d.fallback,
+        experts=d.experts, aggregator=out.aggregator, reason=d.reason, fallback_after_error=out.fallback_after_error,
+        answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
+                                 finish_reason=a.finish_reason) for a in out.answers],
+        timings={k: round(v, 6) for k, v in out.timings.items()},
+    )
+
+
+def _usage(out: Outcome) -> Usage:
+    return Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                 total_tokens=out.prompt_tokens + out.completion_tokens)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="coe", version="0.1.0", lifespan=lifespan,
+                  description="Composition-of-Experts behind one OpenAI-compatible endpoint.")
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        metrics.REQUESTS.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    def pipeline():
+        if service.pipeline is None:
+            raise Unavailable("the service is still starting")
+        return service.pipeline
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "uptime_s": round(time.time() - service.started_at, 1)}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz():
+        if service.startup_error:
+            return error_response(503, service.startup_error, code="not_ready")
+        if not service.ready:
+            return error_response(503, "models are still loading", code="not_ready", headers={"Retry-After": "5"})
+        return {"status": "ready", "router": pipeline().default_router, "experts": service.registry.names}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        if service.queue is not None:
+            metrics.QUEUE_DEPTH.set(await service.queue.depth())
+        if service.worker is not None:
+            metrics.WORKER_SWITCHES.set(service.worker.scheduler.stats.switches)
+            metrics.WORKER_BATCHES.set(service.worker.scheduler.stats.batches)
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        registry = pipeline().registry
+        created = int(service.started_at)
+        cards = [ModelCard(id=ROUTED_MODEL, created=created)]
+        cards += [ModelCard(id=e.name, created=created, engine=e.engine, params_b=e.params_b, device=e.device,
+                            categories=e.categories, fallback=e.fallback, aggregator=e.aggregator)
+                  for e in registry.experts.values()]
+        return ModelList(data=cards)
+
+    @app.post("/v1/route", response_model=RouteResponse, responses=ERRORS)
+    async def route(body: RouteRequest) -> RouteResponse:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            return error_response(422, "input: must not be empty", param="input", code="invalid_value")
+        k = min(body.k, settings.max_k)
+        decisions, timings = await pipeline().route(texts, k=k, router=body.router)
+        data = [RouteResult(text=t, router=d.router, category=d.category, confidence=d.confidence,
+                            top_categories=_top(d), fallback=d.fallback, experts=d.experts, reason=d.reason)
+                for t, d in zip(texts, decisions)]
+        return RouteResponse(data=data, timings=timings)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    async def chat_completions(body: ChatCompletionRequest):
+        inp = _chat_input(body)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        started = time.perf_counter()
+        if inp.stream:
+            events = pipeline().stream(inp)
+            decision = await anext(events)  # routing errors surface here as a normal error response
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(events, decision, completion_id, created, body.model, include_usage),
+                media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        out = await pipeline().run(inp)
+        metrics.REQUEST_SECONDS.labels(body.model).observe(time.perf_counter() - started)
+        return ChatCompletion(
+            id=completion_id, created=created, model=body.model, usage=_usage(out), coe=_coe_info(out),
+            choices=[Choice(message=ResponseMessage(content=out.text), finish_reason=out.finish_reason)],
+        )
+
+    return app
+
+
+async def _sse(events: AsyncIterator, decision: RouteDecision, completion_id: str, created: int, model: str,
+               include_usage: bool) -> AsyncIterator[str]:
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for event in events:
+            if isinstance(event, str):
+                yield chunk({"content": event})
+            elif isinstance(event, Outcome):
+                info = _coe_info(event).model_dump()
+                yield chunk({}, event.finish_reason, coe=info)
+                if include_usage:
+                    usage = _usage(event).model_dump()
+                    yield f"data: {json.dumps({'id': completion_id, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
+    except PipelineError as exc:
+        yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.param, exc.code, exc.type))}\n\n"
+    yield "data: [DONE]\n\n"

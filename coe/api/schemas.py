@@ -1,0 +1,164 @@
+"""Request and response bodies: OpenAI's chat schema plus the `coe` extension."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class CoeOptions(BaseModel):
+    """Per-request routing controls (send as `extra_body={"coe": {...}}` with the openai client)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, ge=1, description="number of experts to consult; capped by the server")
+    router: str | None = Field(None, description="router to use for this request")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # OpenAI clients send fields we do not use (logprobs, user, ...): accept and ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    coe: CoeOptions | None = None
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str] = Field(description="one text or a batch of texts")
+    k: int = Field(1, ge=1)
+    router: str | None = None
+
+
+class CategoryProbability(BaseModel):
+    category: str
+    probability: float
+
+
+class RouteResult(BaseModel):
+    text: str
+    router: str
+    category: str | None
+    confidence: float
+    top_categories: list[CategoryProbability]
+    fallback: bool
+    experts: list[str]
+    reason: str
+
+
+class RouteResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RouteResult]
+    timings: dict[str, float]
+
+
+class ExpertAnswerOut(BaseModel):
+    expert: str
+    content: str
+    completion_tokens: int
+    finish_reason: str
+
+
+class CoeInfo(BaseModel):
+    router: str
+    category: str | None
+    confidence: float
+    top_categories: list[CategoryProbability]
+    fallback: bool
+    experts: list[str]
+    aggregator: str | None
+    answers: list[ExpertAnswerOut]
+    reason: str
+    fallback_after_error: str | None = None
+    timings: dict[str, float]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    coe: CoeInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "coe"
+    engine: str | None = None
+    params_b: float | None = None
+    device: str | None = None
+    categories: list[str] = []
+    fallback: bool = False
+    aggregator: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

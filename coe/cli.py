@@ -1,0 +1,123 @@
+"""The `coe` command line: serve, route, experts, and the training and benchmark commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from coe.settings import Settings, get_settings
+
+app = typer.Typer(help="coe: a Composition-of-Experts service behind one OpenAI-compatible endpoint.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+experts_app = typer.Typer(help="Inspect and validate experts.yaml.", no_args_is_help=True)
+app.add_typer(experts_app, name="experts")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(experts_file: Path | None) -> Settings:
+    settings = get_settings()
+    return settings.model_copy(update={"experts_file": experts_file}) if experts_file else settings
+
+
+def _load_or_exit(settings: Settings):
+    from coe.registry import RegistryError, load_registry
+
+    try:
+        return load_registry(settings.experts_file)
+    except RegistryError as exc:
+        err_console.print(f"[bold red]{settings.experts_file} is invalid:[/]")
+        for problem in exc.problems:
+            err_console.print(f"  - {problem}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+ExpertsOpt = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)")
+
+
+@experts_app.command("validate")
+def experts_validate(experts_file: Path = ExpertsOpt) -> None:
+    """Check experts.yaml; print every problem and exit non-zero if there is one."""
+    settings = _settings(experts_file)
+    registry = _load_or_exit(settings)
+    console.print(f"[green]{settings.experts_file}: {len(registry.experts)} experts, valid[/]")
+
+
+@experts_app.command("list")
+def experts_list(experts_file: Path = ExpertsOpt) -> None:
+    """Show the registered experts."""
+    registry = _load_or_exit(_settings(experts_file))
+    table = Table("name", "engine", "device", "params (B)", "max batch", "categories", "role")
+    for e in registry.experts.values():
+        role = ", ".join(r for r, on in (("fallback", e.fallback), ("aggregator", e.aggregator)) if on)
+        table.add_row(e.name, e.engine, e.device, f"{e.params_b:g}", str(e.max_batch), ", ".join(e.categories), role)
+    console.print(table)
+
+
+def prepare_weights(registry) -> None:
+    """Convert local GGUF weights to a cached folder once, with progress, so the service starts fast."""
+    from workers.engines.local import prepare_local_weights
+
+    refs = sorted({str(registry.model_path(e)) for e in registry.experts.values() if e.engine == "local"})
+    for ref in refs:
+        prepare_local_weights(ref)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8000)"),
+    experts_file: Path = ExpertsOpt,
+) -> None:
+    """Run the OpenAI-compatible service (embedded queue and worker unless COE_REDIS_URL is set)."""
+    import uvicorn
+
+    from coe.api.app import create_app
+
+    settings = _settings(experts_file)
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=updates)
+    registry = _load_or_exit(settings)
+    prepare_weights(registry)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30)
+
+
+@app.command()
+def route(
+    texts: list[str] = typer.Argument(..., help="one or more queries"),
+    k: int = typer.Option(1, help="experts per query"),
+    router: str = typer.Option(None, help="router name (default: the service's)"),
+    experts_file: Path = ExpertsOpt,
+) -> None:
+    """Route queries without generating: the same path as POST /v1/route."""
+    from coe.service import Service
+
+    settings = _settings(experts_file)
+    _load_or_exit(settings)
+
+    async def go():
+        service = Service(settings)
+        await service.start(embedded_worker=False)
+        try:
+            return await service.pipeline.route(texts, k=k, router=router)
+        finally:
+            await service.stop()
+
+    decisions, timings = asyncio.run(go())
+    table = Table("query", "router", "category", "confidence", "fallback", "experts")
+    for text, d in zip(texts, decisions):
+        table.add_row(text[:60], d.router, str(d.category), f"{d.confidence:.2f}", "yes" if d.fallback else "no",
+                      ", ".join(d.experts))
+    console.print(table)
+    console.print(f"embed {timings['embed'] * 1000:.1f} ms, route {timings['route'] * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,23 @@
+"""Prometheus metrics. They observe the pipeline and workers; nothing reads them back."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("coe_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=REGISTRY)
+STAGE_SECONDS = Histogram(
+    "coe_stage_seconds", "Time per request stage", ["stage"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+REQUEST_SECONDS = Histogram(
+    "coe_request_seconds", "End-to-end chat completion latency", ["model"], registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+ROUTED = Counter("coe_routed_total", "Queries routed to each expert", ["expert", "router"], registry=REGISTRY)
+FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
+TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
+WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded worker", registry=REGISTRY)
+WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded worker", registry=REGISTRY)

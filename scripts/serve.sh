@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up if needed, train the router on first run, then serve on 127.0.0.1 with the embedded default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ ! -d artifacts/two_stage ]; then
+  .venv/bin/coe train --router two_stage --data mmlu --level subcategory
+fi
+exec .venv/bin/coe serve "$@"

@@ -1,0 +1,100 @@
+"""Shared fixtures: a real `coe serve` subprocess on a free port, with real weights, talked to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, proc: subprocess.Popen, base_url: str, log_path: Path):
+        self.proc = proc
+        self.base_url = base_url
+        self.log_path = log_path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp: Path, experts_file: Path, env: dict | None = None, ready_timeout: float = 240) -> RunningServer:
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    full_env = {**os.environ, "COE_EXPERTS_FILE": str(experts_file), "COE_ARTIFACTS_DIR": str(tmp / "artifacts"),
+                "COE_PORT": str(port), "COE_LOG_LEVEL": "warning", "COE_TORCH_THREADS": "1", **(env or {})}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "coe.cli", "serve"], cwd=ROOT, env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    server = RunningServer(proc, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.time() + ready_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def test_experts_file(tmp_path_factory) -> Path:
+    """The default experts plus one whose weights file is corrupt, to exercise engine failures."""
+    tmp = tmp_path_factory.mktemp("experts")
+    broken = tmp / "broken.gguf"
+    broken.write_bytes(b"this is not a gguf file")
+    text = (FIXTURES / "experts.yaml").read_text().replace("BROKEN_MODEL_PATH", str(broken))
+    path = tmp / "experts.yaml"
+    path.write_text(text)
+    shutil.copy(ROOT / "experts.yaml", tmp / "default-experts.yaml")
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, test_experts_file) -> RunningServer:
+    tmp = tmp_path_factory.mktemp("server")
+    srv = start_server(tmp, test_experts_file, env={"COE_MAX_BODY_BYTES": "20000", "COE_MAX_TOKENS_CAP": "32"})
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)

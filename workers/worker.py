@@ -1,0 +1,184 @@
+"""The worker loop: one per device, draining the queues of the experts placed there.
+
+Each turn: ask the scheduler for the next weights group, make it resident,
+claim up to a batch of its jobs (oldest first, across the group's experts),
+run them in one engine call off the event loop, publish results, acknowledge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from coe.assets import AssetError, is_local_ref
+from coe.registry import ExpertConfig, Registry
+from workers.engines import create_engine
+from workers.engines.base import Engine, EngineSpec
+from workers.jobs import Job, JobResult
+from workers.queue import JobQueue
+from workers.scheduler import Group, Policy, Scheduler
+
+log = logging.getLogger("coe.worker")
+
+
+def engine_spec(registry: Registry, expert: ExpertConfig) -> EngineSpec:
+    path = None
+    if expert.engine == "local" or (expert.engine == "vllm" and is_local_ref(expert.model)):
+        try:
+            path = str(registry.model_path(expert))
+        except AssetError:
+            path = None
+    return EngineSpec(
+        key=expert.weights_key, engine=expert.engine, model=expert.model, model_path=path, device=expert.device,
+        memory_gb=expert.memory_gb, max_batch=expert.max_batch, api_base=expert.api_base, api_key_env=expert.api_key_env,
+    )
+
+
+@dataclass
+class Worker:
+    registry: Registry
+    queue: JobQueue
+    device: str = "cpu"
+    policy: Policy = "grouped"
+    memory_budget_gb: float | None = None
+    reclaim_idle_s: float = 60.0
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    def __post_init__(self) -> None:
+        experts = self.registry.on_device(self.device)
+        if not experts:
+            raise ValueError(f"no experts are placed on device '{self.device}' in {self.registry.path}")
+        groups: dict[str, Group] = {}
+        self.engines: dict[str, Engine] = {}
+        for e in experts:
+            key = e.weights_key
+            if key not in groups:
+                self.engines[key] = create_engine(engine_spec(self.registry, e))
+                groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
+            groups[key].experts.append(e.name)
+            groups[key].max_batch = min(groups[key].max_batch, e.max_batch)
+        budget = self.memory_budget_gb or sum(g.memory_gb for g in groups.values())
+        self.scheduler = Scheduler(groups, budget, self.policy)
+        self.experts = [e.name for e in experts]
+        self.busy = False
+        self.ready = asyncio.Event()
+
+    async def preload(self) -> None:
+        """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
+
+        A model that fails to load is logged and left cold: its jobs fail with the error when they come,
+        and every other expert keeps working.
+        """
+        for key in sorted(self.scheduler.groups, key=lambda k: -len(self.scheduler.groups[k].experts)):
+            actions = self.scheduler.plan(key)
+            if any(a.kind in ("sleep", "unload") for a in actions):
+                break
+            try:
+                await self._apply(actions)
+            except Exception:
+                log.exception("could not load %s; its experts will answer with an error", key)
+        self.ready.set()
+
+    async def _apply(self, actions) -> None:
+        for action in actions:
+            engine = self.engines[action.key]
+            started = time.perf_counter()
+            await asyncio.to_thread(getattr(engine, action.kind))
+            self.scheduler.applied(action, time.perf_counter() - started)
+            log.info("%s %s in %.2fs", action.kind, action.key, time.perf_counter() - started)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.ready.is_set():
+            await self.preload()
+        while not stop.is_set():
+            served = await self.step()
+            if not served:
+                await self.wait_or_reclaim(stop)
+
+    async def wait_or_reclaim(self, stop: asyncio.Event) -> None:
+        waiter = asyncio.create_task(self.queue.wait_for_work(self.experts, timeout=1.0))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+
+    async def step(self) -> bool:
+        """Serve one batch; False when there was nothing to do."""
+        stats = await self.queue.pending(self.experts)
+        key = self.scheduler.pick(stats)
+        jobs: list[Job] = []
+        if key is None:
+            for expert in self.experts:
+                jobs = await self.queue.reclaim_stale(expert, self.name, self.reclaim_idle_s, 8)
+                if jobs:
+                    key = self.registry.experts[expert].weights_key
+                    break
+            if key is None:
+                return False
+        try:
+            await self._apply(self.scheduler.plan(key))
+        except Exception as exc:
+            load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("could not make %s resident", key)
+        else:
+            load_error = None
+        group = self.scheduler.groups[key]
+        limit = self.scheduler.batch_size(key)
+        if not jobs:
+            by_age = sorted(group.experts, key=lambda e: stats[e].oldest_enqueued_at or float("inf"))
+            for expert in by_age:
+                if len(jobs) >= limit:
+                    break
+                jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
+        if not jobs:
+            return False
+        if load_error:
+            await self._fail(jobs, f"model could not be loaded: {load_error}")
+        else:
+            await self._serve(key, jobs)
+        return True
+
+    async def _fail(self, jobs: list[Job], error: str) -> None:
+        for job in jobs:
+            await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
+                                                     error_type="engine_error", worker=self.name))
+
+    async def _serve(self, key: str, jobs: list[Job]) -> None:
+        engine = self.engines[key]
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+
+        def on_delta(row: int, text: str) -> None:
+            if jobs[row].stream:
+                loop.call_soon_threadsafe(deltas.put_nowait, (jobs[row].id, text))
+
+        async def publish_in_order() -> None:
+            while (item := await deltas.get()) is not None:
+                await self.queue.publish_delta(*item)
+
+        publisher = asyncio.create_task(publish_in_order())
+        started = time.time()
+        self.busy = True
+        try:
+            completions = await asyncio.to_thread(engine.generate, [j.request for j in jobs], on_delta)
+            error = None
+        except Exception as exc:  # an engine failure fails its own jobs, never the worker
+            log.exception("engine %s failed on a batch of %d", key, len(jobs))
+            completions, error = [None] * len(jobs), f"{type(exc).__name__}: {exc}"
+        finally:
+            self.busy = False
+            loop.call_soon_threadsafe(deltas.put_nowait, None)
+            await publisher
+        elapsed = time.time() - started
+        self.scheduler.served(key, len(jobs))
+        for job, completion in zip(jobs, completions):
+            result = JobResult(
+                job_id=job.id, expert=job.expert, completion=completion, error=error,
+                error_type="engine_error" if error else None, worker=self.name,
+                queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(jobs),
+            )
+            await self.queue.complete(job, result)
