@@ -80,5 +80,8 @@ class JobQueue(ABC):
         """Jobs claimed by a consumer that went quiet for `idle_s`; backends without crash recovery return none."""
         return []
 
+    async def ping(self) -> None:
+        """Raise QueueUnavailable when the backend cannot be reached (readiness); in-process queues always can."""
+
     async def close(self) -> None:
         """Release connections."""
