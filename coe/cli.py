@@ -65,7 +65,10 @@ def prepare_weights(registry) -> None:
 
     refs = sorted({str(registry.model_path(e)) for e in registry.experts.values() if e.engine == "local"})
     for ref in refs:
-        prepare_local_weights(ref)
+        try:
+            prepare_local_weights(ref)
+        except Exception as exc:  # the worker reports it per request; other experts still serve
+            err_console.print(f"[yellow]warning: cannot prepare weights {ref}: {exc}[/]")
 
 
 @app.command()

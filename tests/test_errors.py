@@ -1,0 +1,94 @@
+"""Bad input gets OpenAI's error format and the right status; the server keeps answering."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+VALID = {"model": "coe", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def post(server, body=None, content=None, headers=None) -> httpx.Response:
+    return httpx.post(f"{server.v1}/chat/completions", json=body, content=content, headers=headers, timeout=120)
+
+
+def assert_openai_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({**VALID, "messages": []}, 422, "messages"),
+        ({**VALID, "model": "no-such-model"}, 404, "model"),
+        ({k: v for k, v in VALID.items() if k != "messages"}, 422, "messages"),
+        ({**VALID, "temperature": 5}, 422, "temperature"),
+        ({**VALID, "max_tokens": 0}, 422, "max_tokens"),
+        ({**VALID, "n": 2}, 422, "n"),
+        ({**VALID, "messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
+        ({**VALID, "coe": {"k": 0}}, 422, "coe.k"),
+        ({**VALID, "coe": {"router": "no-such-router"}}, 400, "coe.router"),
+    ],
+    ids=["empty-messages", "unknown-model", "missing-messages", "temperature-range", "max-tokens-zero", "n-two",
+         "bad-role", "bad-k", "unknown-router"],
+)
+def test_bad_requests(server, body, status, param):
+    assert_openai_error(post(server, body), status, param)
+
+
+def test_malformed_json_is_400(server):
+    error = assert_openai_error(post(server, content=b'{"model": "coe", "messages": [', headers={"content-type": "application/json"}), 400)
+    assert error["code"] == "invalid_json"
+
+
+def test_body_over_the_cap_is_413(server):
+    huge = {**VALID, "messages": [{"role": "user", "content": "x" * 30_000}]}
+    assert_openai_error(post(server, huge), 413)
+
+
+def test_body_over_the_cap_without_content_length_is_413(server):
+    def chunks():
+        yield b'{"model": "coe", "messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"y" * 1000
+        yield b'"}]}'
+
+    assert_openai_error(post(server, content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+def test_unknown_model_through_the_openai_client(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "hi"}])
+    assert "gpt-17" in info.value.message
+
+
+def test_engine_failure_of_a_named_expert_is_502(server):
+    error = assert_openai_error(post(server, {**VALID, "model": "astrologer"}), 502)
+    assert "astrologer" in error["message"] and "could not be loaded" in error["message"]
+
+
+def test_engine_failure_of_a_routed_expert_falls_back(server):
+    body = {**VALID, "messages": [{"role": "user", "content": "What does my horoscope say for Leo, given my zodiac sign?"}]}
+    resp = post(server, body)
+    assert resp.status_code == 200, resp.text
+    coe = resp.json()["coe"]
+    assert coe["experts"] == ["astrologer"]
+    assert coe["fallback_after_error"] == "astrologer"
+    assert coe["answers"][0]["expert"] == "generalist"
+
+
+def test_unknown_route_is_a_json_404(server):
+    assert_openai_error(httpx.get(f"{server.base_url}/v1/nothing-here"), 404)
+
+
+def test_server_still_answers_after_all_of_it(server, client):
+    resp = client.chat.completions.create(model="generalist", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4)
+    assert resp.choices[0].message.content
+    assert server.proc.poll() is None
