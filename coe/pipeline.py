@@ -215,8 +215,11 @@ class Pipeline:
         return ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
                             result.queue_s, result.generate_s), replaced
 
-    def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer]) -> Job | None:
-        agg = self.registry.aggregator
+    def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer], decision: RouteDecision | None = None) -> Job | None:
+        """The merge job: to the router's measured aggregator if it names one, else the expert marked `aggregator`."""
+        chosen = decision.aggregator if decision is not None else None
+        agg = self.registry.experts.get(chosen) if chosen else None
+        agg = agg or self.registry.aggregator
         if agg is None or len(answers) < 2:
             return None
         messages = aggregation_messages(inp.messages, [(a.expert, a.text) for a in answers])
@@ -249,7 +252,7 @@ class Pipeline:
         pairs = await asyncio.gather(*(self._answer(j, started, routed) for j in plan.jobs))
         answers = [a for a, _ in pairs]
         replaced = next((r for _, r in pairs if r), None)
-        agg_job = self._aggregation_job(inp, answers)
+        agg_job = self._aggregation_job(inp, answers, plan.decision)
         if agg_job is None:
             return self._outcome(plan, answers, answers[0], None, started, replaced)
         await self._submit(agg_job)
@@ -266,7 +269,7 @@ class Pipeline:
         if len(plan.jobs) > 1:
             pairs = await asyncio.gather(*(self._answer(j, started) for j in plan.jobs))
             answers = [a for a, _ in pairs]
-            final_job = self._aggregation_job(inp, answers)
+            final_job = self._aggregation_job(inp, answers, plan.decision)
             if final_job is None:
                 yield answers[0].text
                 yield self._outcome(plan, answers, answers[0], None, started, None)

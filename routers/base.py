@@ -26,6 +26,7 @@ class RouteDecision:
     top_categories: list[tuple[str, float]] = field(default_factory=list)
     fallback: bool = False
     reason: str = ""
+    aggregator: str | None = None  # the expert that merges k > 1 answers; None = the one marked in experts.yaml
 
 
 @dataclass
