@@ -165,7 +165,10 @@ class Pipeline:
             raise Unavailable(f"the service is at capacity ({exc}); retry later") from None
         except QueueUnavailable as exc:
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
-        metrics.QUEUE_DEPTH.set(await self.queue.depth())
+        try:
+            metrics.QUEUE_DEPTH.set(await self.queue.depth())
+        except QueueUnavailable:
+            pass  # the job is in; the gauge can wait
 
     async def plan(self, inp: ChatInput) -> Plan:
         if not inp.messages:
@@ -286,6 +289,8 @@ class Pipeline:
                     result = event
         except TimeoutError:
             raise TimedOut(f"expert '{final_job.expert}' did not answer within {self.settings.request_timeout_s:.0f}s") from None
+        except QueueUnavailable as exc:
+            raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
         if not result.ok:
             raise ExpertFailed(f"expert '{result.expert}' failed: {result.error}")
         c = result.completion

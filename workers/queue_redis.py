@@ -344,8 +344,9 @@ class RedisQueue(JobQueue):
             )
         except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
-        self._claimed.pop(job.id, None)
-        self._skip.pop(job.id, None)
+        finally:  # stored or not, stop the heartbeat: an unstored job goes idle and is reclaimed
+            self._claimed.pop(job.id, None)
+            self._skip.pop(job.id, None)
         if not fresh:
             log.info("job %s had already been answered; this second result is dropped", job.id)
 

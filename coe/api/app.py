@@ -22,6 +22,7 @@ from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, Unavai
 from coe.service import Service
 from coe.settings import Settings, get_settings
 from routers import RouteDecision
+from workers.queue import QueueUnavailable
 
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 502, 503, 504)}
 
@@ -93,12 +94,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(503, service.startup_error, code="not_ready")
         if not service.ready:
             return error_response(503, "models are still loading", code="not_ready", headers={"Retry-After": "5"})
+        try:
+            await service.queue.ping()
+        except QueueUnavailable as exc:
+            return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
         return {"status": "ready", "router": pipeline().default_router, "experts": service.registry.names}
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         if service.queue is not None:
-            metrics.QUEUE_DEPTH.set(await service.queue.depth())
+            try:
+                metrics.QUEUE_DEPTH.set(await service.queue.depth())
+            except QueueUnavailable:
+                pass  # /metrics still answers while the queue is down
         if service.worker is not None:
             metrics.WORKER_SWITCHES.set(service.worker.scheduler.stats.switches)
             metrics.WORKER_BATCHES.set(service.worker.scheduler.stats.batches)

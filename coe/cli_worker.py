@@ -1,0 +1,116 @@
+"""`coe worker`: one worker process for one device, draining that device's experts' queues in Redis.
+
+Run one per GPU (and one for `cpu` or `remote` experts if there are any) next to a `coe serve` that has the
+same COE_REDIS_URL. Several workers may serve the same device's experts: each process is its own consumer.
+SIGTERM or SIGINT: stop claiming, finish the running batch, exit; queued jobs stay in Redis for the next worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger("coe.worker")
+
+DEVICE_PATTERN = r"cpu|gpu:\d+|remote"
+
+
+def _prepare(registry, experts) -> None:
+    """Convert local GGUF weights once (with progress) before the worker starts claiming jobs."""
+    from workers.engines.local import prepare_local_weights
+
+    for ref in sorted({str(registry.model_path(e)) for e in experts if e.engine == "local"}):
+        try:
+            prepare_local_weights(ref)
+        except Exception as exc:  # the worker reports it per request; other experts still serve
+            log.error("could not prepare %s: %s", ref, exc)
+
+
+async def serve_device(worker, stop: asyncio.Event, retry_s: float = 1.0) -> None:
+    """Run the worker until `stop`; while Redis is unreachable, wait and try again (redis-py reconnects)."""
+    from workers.queue import QueueUnavailable
+
+    down_since = None
+    while not stop.is_set():
+        try:
+            await worker.run(stop)
+        except QueueUnavailable as exc:
+            if down_since is None:
+                down_since = asyncio.get_running_loop().time()
+                log.warning("queue unavailable, retrying every %.0fs: %s", retry_s, exc)
+            try:
+                await asyncio.wait_for(stop.wait(), retry_s)
+            except TimeoutError:
+                pass
+            continue
+        if down_since is not None:
+            log.info("queue reachable again")
+            down_since = None
+
+
+def worker(
+    device: str = typer.Option(..., "--device", "-d", help="the device whose experts to serve: cpu, gpu:N or remote"),
+    policy: str = typer.Option("grouped", help="grouped (batch per expert group) or fcfs (one oldest job at a time)"),
+    memory_gb: float = typer.Option(None, "--memory-gb", help="memory budget for resident models (default: all fit)"),
+    reclaim_idle_s: float = typer.Option(60.0, help="take over jobs another worker has held this long without progress"),
+    name: str = typer.Option(None, help="consumer name (default: <host>-<pid>; must be unique per process)"),
+    experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)"),
+) -> None:
+    """Serve one device's experts from the Redis queue (needs COE_REDIS_URL)."""
+    from coe.cli import _load_or_exit, _settings, err_console
+
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        err_console.print(f"[bold red]--device must be cpu, gpu:N or remote, not '{device}'[/]")
+        raise typer.Exit(2)
+    if policy not in ("grouped", "fcfs"):
+        err_console.print(f"[bold red]--policy must be grouped or fcfs, not '{policy}'[/]")
+        raise typer.Exit(2)
+    settings = _settings(experts_file)
+    if not settings.redis_url:
+        err_console.print("[bold red]coe worker needs COE_REDIS_URL (e.g. redis://127.0.0.1:6379/0); "
+                          "without Redis, `coe serve` runs its own embedded worker[/]")
+        raise typer.Exit(2)
+    registry = _load_or_exit(settings)
+    experts = registry.on_device(device)
+    if not experts:
+        err_console.print(f"[bold red]no experts are placed on device '{device}' in {settings.experts_file}[/]")
+        raise typer.Exit(2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _prepare(registry, experts)
+    asyncio.run(_run(settings, registry, device, policy, memory_gb, reclaim_idle_s, name))
+
+
+async def _run(settings, registry, device, policy, memory_gb, reclaim_idle_s, name) -> None:
+    from workers.queue_redis import RedisQueue
+    from workers.worker import Worker
+
+    queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth)
+    extra = {"name": name} if name else {}
+    w = Worker(registry, queue, device=device, policy=policy, memory_budget_gb=memory_gb,
+               reclaim_idle_s=reclaim_idle_s, **extra)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s serving %s on %s (%s policy)", w.name, ", ".join(w.experts), device, policy)
+    try:
+        await serve_device(w, stop)
+    finally:
+        log.info("worker %s stopping: %d batches, %d jobs served", w.name, w.scheduler.stats.batches,
+                 w.scheduler.stats.jobs)
+        await queue.close()
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(worker)
+    app()
+
+
+if __name__ == "__main__":
+    main()
