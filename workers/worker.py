@@ -66,6 +66,8 @@ class Worker:
         self.experts = [e.name for e in experts]
         self.busy = False
         self.ready = asyncio.Event()
+        self._next_registry: Registry | None = None
+        self._leaving: set[str] = set()
 
     async def preload(self) -> None:
         """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
@@ -91,6 +93,53 @@ class Worker:
             self.scheduler.applied(action, time.perf_counter() - started)
             log.info("%s %s in %.2fs", action.kind, action.key, time.perf_counter() - started)
 
+    # --- registry changes at run time ---------------------------------------------
+    def refresh(self, registry: Registry) -> None:
+        """Serve `registry`'s experts from the next turn on (never in the middle of a batch).
+
+        New weights get an engine (loaded when first needed); an expert that left keeps being served
+        until its queued jobs are done, then its group is unloaded if no expert uses it any more.
+        """
+        self._next_registry = registry
+
+    def _group_of(self, expert: str) -> str:
+        return next(k for k, g in self.scheduler.groups.items() if expert in g.experts)
+
+    def _adopt(self, registry: Registry) -> None:
+        self._next_registry = None
+        wanted = registry.on_device(self.device)
+        groups = self.scheduler.groups
+        for e in wanted:
+            key = e.weights_key
+            for other_key, g in groups.items():  # an expert whose weights changed moves to its new group
+                if other_key != key and e.name in g.experts:
+                    g.experts.remove(e.name)
+            if key not in groups:
+                self.engines[key] = create_engine(engine_spec(registry, e))
+                groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
+            if e.name not in groups[key].experts:
+                groups[key].experts.append(e.name)
+        names = [e.name for e in wanted]
+        self._leaving = {n for n in self.experts if n not in names} | (self._leaving - set(names))
+        self.experts = names + sorted(self._leaving)
+        if self.memory_budget_gb is None:
+            self.scheduler.memory_budget_gb = max(self.scheduler.memory_budget_gb,
+                                                  sum(g.memory_gb for g in groups.values()))
+        self.registry = registry
+
+    async def _drop_idle_leavers(self, stats) -> None:
+        """Forget experts that left once nothing of theirs is queued; unload groups no expert uses."""
+        for name in [n for n in self._leaving if not stats.get(n) or not stats[n].count]:
+            self._leaving.discard(name)
+            self.experts.remove(name)
+            for g in self.scheduler.groups.values():
+                if name in g.experts:
+                    g.experts.remove(name)
+        for key in [k for k, g in self.scheduler.groups.items() if not g.experts]:
+            await asyncio.to_thread(self.engines[key].unload)
+            del self.scheduler.groups[key], self.engines[key]
+            log.info("unloaded %s: no expert uses it any more", key)
+
     async def run(self, stop: asyncio.Event) -> None:
         if not self.ready.is_set():
             await self.preload()
@@ -108,14 +157,18 @@ class Worker:
 
     async def step(self) -> bool:
         """Serve one batch; False when there was nothing to do."""
+        if self._next_registry is not None:
+            self._adopt(self._next_registry)
         stats = await self.queue.pending(self.experts)
+        if self._leaving:
+            await self._drop_idle_leavers(stats)
         key = self.scheduler.pick(stats)
         jobs: list[Job] = []
         if key is None:
             for expert in self.experts:
                 jobs = await self.queue.reclaim_stale(expert, self.name, self.reclaim_idle_s, 8)
                 if jobs:
-                    key = self.registry.experts[expert].weights_key
+                    key = self._group_of(expert)
                     break
             if key is None:
                 return False
