@@ -1,0 +1,97 @@
+"""The `openai` engine (LiteLLM) against a real OpenAI-compatible server: a running coe server with real weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import free_port, start_server, stop_server
+from workers.engines import create_engine
+from workers.engines.base import EngineError, EngineSpec
+from workers.jobs import GenerationRequest
+
+
+def spec(model: str, api_base: str | None, api_key_env: str | None = None) -> EngineSpec:
+    return EngineSpec(key=f"openai|{model}|remote", engine="openai", model=model, model_path=None, device="remote",
+                      memory_gb=1.0, max_batch=4, api_base=api_base, api_key_env=api_key_env)
+
+
+def ask(text: str, max_tokens: int = 6) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    e = create_engine(spec("openai/stem", server.v1))
+    e.load()
+    return e
+
+
+def test_a_batch_is_answered_in_order(engine):
+    out = engine.generate([ask("What is 2+2?"), ask("Name a planet.")])
+    assert len(out) == 2
+    for c in out:
+        assert c.text.strip() and c.prompt_tokens > 0 and 0 < c.completion_tokens <= 6
+        assert c.finish_reason in ("stop", "length")
+
+
+def test_streaming_reports_deltas_per_row(engine):
+    seen: dict[int, list[str]] = {0: [], 1: []}
+    out = engine.generate([ask("What is water made of?"), ask("Say hello.")], lambda row, text: seen[row].append(text))
+    for row, c in enumerate(out):
+        assert c.text and "".join(seen[row]) == c.text
+
+
+def test_unknown_model_is_a_clear_engine_error(server):
+    e = create_engine(spec("openai/no-such-expert", server.v1))
+    e.load()
+    with pytest.raises(EngineError, match="no-such-expert"):
+        e.generate([ask("hi")])
+
+
+def test_unreachable_server_is_a_clear_engine_error():
+    from workers.engines.openai import OpenAIEngine
+
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    e = OpenAIEngine(spec("openai/stem", base), timeout_s=5, num_retries=0)
+    e.load()
+    with pytest.raises(EngineError, match=r"127\.0\.0\.1") as info:
+        e.generate([ask("hi")])
+    assert "Connection" in str(info.value)
+
+
+def test_missing_key_variable_is_named(server, monkeypatch):
+    monkeypatch.delenv("COE_TEST_NO_SUCH_KEY", raising=False)
+    e = create_engine(spec("openai/stem", server.v1, api_key_env="COE_TEST_NO_SUCH_KEY"))
+    with pytest.raises(EngineError, match="COE_TEST_NO_SUCH_KEY"):
+        e.load()
+
+
+def test_coe_in_front_of_an_openai_expert(server, tmp_path):
+    """A second coe whose only expert is the first coe's `stem`, reached through the openai engine."""
+    experts = tmp_path / "experts.yaml"
+    experts.write_text(f"""version: 1
+experts:
+  - name: remote-stem
+    engine: openai
+    model: openai/stem
+    api_base: {server.v1}
+    device: cpu
+    params_b: 0.135
+    categories: [math]
+    generation: {{max_tokens: 6, temperature: 0.0}}
+    fallback: true
+""")
+    front = start_server(tmp_path, experts)
+    try:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=front.v1, api_key="unused", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="remote-stem", messages=[{"role": "user", "content": "What is 3+3?"}])
+        assert r.choices[0].message.content.strip()
+        assert r.model_extra["coe"]["experts"] == ["remote-stem"]
+        chunks = list(client.chat.completions.create(
+            model="coe", stream=True, messages=[{"role": "user", "content": "What is a prime number?"}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.strip()
+    finally:
+        stop_server(front)
