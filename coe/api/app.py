@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
+from coe.admin import RegistryEditor
+from coe.api import admin
 from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
+from coe.api.lifecycle import Intake, IntakeMiddleware
 from coe.api.schemas import (
     CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
 )
-from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, Unavailable
+from coe.api.security import query_caller
+from coe.auth import KeyRing
+from coe.limits import check_texts
+from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, TimedOut, Unavailable
+from coe.ratelimit import make_limiter
 from coe.service import Service
 from coe.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
 
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 502, 503, 504)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 502, 503, 504)}
+STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "a chat completion, or with stream=true server-sent chunks"}}
 
 
 def _top(decision: RouteDecision) -> list[CategoryProbability]:
@@ -60,18 +70,27 @@ def _usage(out: Outcome) -> Usage:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     service = Service(settings)
+    limiter = make_limiter(settings.rate_limit_requests, settings.rate_limit_window_s, settings.redis_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
         yield
         await service.stop()
+        await limiter.close()
 
     app = FastAPI(title="coe", version="0.1.0", lifespan=lifespan,
                   description="Composition-of-Experts behind one OpenAI-compatible endpoint.")
     app.state.service = service
+    app.state.keys = KeyRing(settings)
+    app.state.limiter = limiter
+    app.state.editor = RegistryEditor(service)
+    app.state.intake = intake = Intake()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(IntakeMiddleware, intake=intake)  # outermost: a draining server reads no bodies
+    app.include_router(admin.router)
+    auth = [Depends(query_caller)]
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -88,8 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok", "uptime_s": round(time.time() - service.started_at, 1)}
 
+    async def within_deadline(awaitable):
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                return await awaitable
+        except TimeoutError:
+            raise TimedOut(f"the request took longer than {settings.request_timeout_s:g}s") from None
+
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz():
+        if intake.draining:
+            return error_response(503, "shutting down", code="shutting_down")
         if service.startup_error:
             return error_response(503, service.startup_error, code="not_ready")
         if not service.ready:
@@ -112,7 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.WORKER_BATCHES.set(service.worker.scheduler.stats.batches)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/models", response_model=ModelList, dependencies=auth,
+             responses={s: {"model": ErrorResponse} for s in (401, 429, 503)})
     async def list_models() -> ModelList:
         registry = pipeline().registry
         created = int(service.started_at)
@@ -122,33 +151,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   for e in registry.experts.values()]
         return ModelList(data=cards)
 
-    @app.post("/v1/route", response_model=RouteResponse, responses=ERRORS)
+    @app.post("/v1/route", response_model=RouteResponse, responses=ERRORS, dependencies=auth)
     async def route(body: RouteRequest) -> RouteResponse:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             return error_response(422, "input: must not be empty", param="input", code="invalid_value")
+        check_texts(texts, settings, "input texts", "input")
         k = min(body.k, settings.max_k)
-        decisions, timings = await pipeline().route(texts, k=k, router=body.router)
+        decisions, timings = await within_deadline(pipeline().route(texts, k=k, router=body.router))
         data = [RouteResult(text=t, router=d.router, category=d.category, confidence=d.confidence,
                             top_categories=_top(d), fallback=d.fallback, experts=d.experts, reason=d.reason)
                 for t, d in zip(texts, decisions)]
         return RouteResponse(data=data, timings=timings)
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
+              dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest):
         inp = _chat_input(body)
+        check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         started = time.perf_counter()
         if inp.stream:
             events = pipeline().stream(inp)
-            decision = await anext(events)  # routing errors surface here as a normal error response
+            decision = await within_deadline(anext(events))  # routing errors surface here as a normal error
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
                 _sse(events, decision, completion_id, created, body.model, include_usage),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        out = await pipeline().run(inp)
+        out = await within_deadline(pipeline().run(inp))
         metrics.REQUEST_SECONDS.labels(body.model).observe(time.perf_counter() - started)
         return ChatCompletion(
             id=completion_id, created=created, model=body.model, usage=_usage(out), coe=_coe_info(out),

@@ -19,6 +19,15 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           422: "invalid_request_error", 429: "rate_limit_error"}
 
 
+class ApiError(Exception):
+    """A refusal decided at the API's door (auth, rate limit, shutting down), answered in OpenAI's format."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers, self.param = status, message, code, headers, param
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None, type_: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_ or _TYPES.get(status, "server_error"), "param": param, "code": code}}
 
@@ -35,7 +44,8 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    message = f"{param}: {first['msg']}" if param else first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
+    message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return error_response(422, message, param=param, code="invalid_value")
@@ -50,6 +60,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _on_pipeline(request: Request, exc: PipelineError) -> JSONResponse:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.type, headers)
+
+    @app.exception_handler(ApiError)
+    async def _on_api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -162,3 +162,20 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class RegistryErrorDetail(ErrorDetail):
+    problems: list[str] = Field(default_factory=list, description="one line per problem, as `coe experts validate` prints them")
+
+
+class RegistryErrorResponse(BaseModel):
+    error: RegistryErrorDetail
+
+
+class RegistryChangeOut(BaseModel):
+    object: Literal["registry.change"] = "registry.change"
+    experts: list[str] = Field(description="the experts now registered")
+    added: list[str]
+    removed: list[str]
+    router: str = Field(description="the router rebuilt for the new registry")
+    backup: str | None = Field(None, description="where the previous experts file was kept")
