@@ -78,9 +78,8 @@ def serve(
     experts_file: Path = ExpertsOpt,
 ) -> None:
     """Run the OpenAI-compatible service (embedded queue and worker unless COE_REDIS_URL is set)."""
-    import uvicorn
-
     from coe.api.app import create_app
+    from coe.api.lifecycle import serve as serve_app
 
     settings = _settings(experts_file)
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -88,8 +87,8 @@ def serve(
     registry = _load_or_exit(settings)
     prepare_weights(registry)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+    # SIGTERM: new requests get 503, requests in flight get COE_SHUTDOWN_GRACE_S to finish, then exit
+    serve_app(create_app(settings), settings.host, settings.port, settings.log_level, settings.shutdown_grace_s)
 
 
 @app.command()
