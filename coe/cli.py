@@ -121,5 +121,10 @@ def route(
     console.print(f"embed {timings['embed'] * 1000:.1f} ms, route {timings['route'] * 1000:.1f} ms")
 
 
+from coe.cli_profile import profile  # noqa: E402  (typer and rich only: stays fast)
+
+app.command("profile")(profile)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,256 @@
+"""Expert profiles from real evaluation runs: every expert answers validation questions
+through the real dispatch path (pipeline.plan with model=<expert> -> queue -> worker ->
+engine, batched by the worker), the option letter is read out of each answer, and the
+counts become a profile (routers/skills_profile.py).
+
+`measure_aggregators` then gives every expert the same k candidate answers per question
+(k experts recruited by the skills arithmetic on the fresh profile) through the real
+aggregation prompt, and scores how often its merged answer is right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from coe.aggregation import aggregation_messages
+from coe.embedder import Embedder
+from coe.pipeline import ChatInput, Pipeline
+from coe.registry import Registry, load_registry
+from coe.settings import Settings
+from evals.letters import extract_letter
+from routers.base import RouterContext
+from routers.skills import (
+    SkillIndex, SkillsRouter, choose, global_weights, keyword_messages, keywords_to_skills, local_scores,
+    parse_keywords, recruit_weights, text_seed,
+)
+from routers.skills_profile import build_profile, skill_matrix
+from workers.jobs import JobResult
+from workers.queue_memory import MemoryQueue
+from workers.worker import Worker
+
+ANSWER_INSTRUCTION = "Answer with the letter (A, B, C or D) of the correct option only."
+
+
+def question_messages(q) -> list[dict]:
+    return [{"role": "user", "content": f"{q.prompt}\n\n{ANSWER_INSTRUCTION}"}]
+
+
+@dataclass
+class Cost:
+    jobs: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_s: float = 0.0  # this expert's share of the batches it ran in
+    failed: int = 0
+
+    def add(self, r: JobResult) -> None:
+        self.jobs += 1
+        if r.completion is None:
+            self.failed += 1
+            return
+        self.prompt_tokens += r.completion.prompt_tokens
+        self.completion_tokens += r.completion.completion_tokens
+        self.time_s += r.generate_s / max(1, r.batch_size)
+
+    def as_dict(self) -> dict:
+        tokens = self.prompt_tokens + self.completion_tokens
+        return {"jobs": self.jobs, "failed": self.failed, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "time_s": round(self.time_s, 3),
+                "tokens_per_s": round(tokens / self.time_s, 2) if self.time_s else 0.0}
+
+
+@dataclass
+class Runner:
+    """The embedded service parts, started for an evaluation run."""
+
+    settings: Settings
+    batch: int | None = None
+    concurrency: int = 64
+    progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
+
+    async def start(self) -> None:
+        s = self.settings.model_copy(update={"request_timeout_s": 7 * 24 * 3600.0, "max_queue_depth": 1_000_000})
+        self.settings = s
+        self.registry: Registry = load_registry(s.experts_file)
+        if self.batch:
+            for name, e in list(self.registry.experts.items()):
+                self.registry.experts[name] = e.model_copy(update={"max_batch": self.batch})
+        self.embedder = Embedder(s.encoder)
+        self.router = SkillsRouter(RouterContext(self.registry, self.embedder, s.artifacts_dir))
+        self.index: SkillIndex = self.router.index
+        self.queue = MemoryQueue(max_depth=s.max_queue_depth)
+        self.worker = Worker(self.registry, self.queue, device="cpu")
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.worker.run(self._stop))
+        self.pipeline = Pipeline(self.registry, self.embedder, self.router, self.queue, s)
+        await self.worker.ready.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        try:
+            await asyncio.wait_for(self._task, 60)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        await self.queue.close()
+
+    async def ask(self, expert: str, messages: list[dict], max_tokens: int, seed: int,
+                  temperature: float | None = None) -> JobResult:
+        """One bypass request (model=<expert>), on the same path a client's request takes."""
+        plan = await self.pipeline.plan(ChatInput(model=expert, messages=messages, max_tokens=max_tokens,
+                                                  seed=seed, temperature=temperature))
+        job = plan.jobs[0]
+        await self.queue.submit(job)
+        return await self.queue.wait_result(job.id, self.settings.request_timeout_s)
+
+    async def bounded(self, calls: list[Callable[[], Awaitable]], label: str) -> list:
+        """Run calls with at most `concurrency` in flight (the worker batches them), reporting progress."""
+        sem = asyncio.Semaphore(self.concurrency)
+        done = 0
+        started = time.perf_counter()
+
+        async def one(call):
+            nonlocal done
+            async with sem:
+                out = await call()
+            done += 1
+            if done % 50 == 0 or done == len(calls):
+                self.progress(f"[{label}] {done}/{len(calls)} in {time.perf_counter() - started:.0f}s")
+            return out
+
+        return await asyncio.gather(*(one(c) for c in calls))
+
+
+def _seed(text: str, seed: int) -> int:
+    return text_seed(seed, text) % (2**31)
+
+
+async def question_skills(runner: Runner, questions: list, s: int, source: str, keyword_expert: str | None,
+                          seed: int) -> list[list[str]]:
+    if source == "embedding":
+        vecs = await asyncio.to_thread(runner.embedder.encode, [q.prompt for q in questions])
+        return [[n for n, _ in row] for row in runner.index.top(vecs, s)]
+    expert = keyword_expert or (runner.registry.fallback.name if runner.registry.fallback else runner.registry.names[0])
+    calls = [lambda q=q: runner.ask(expert, keyword_messages(q.prompt, s), 24, _seed(q.id, seed), 0.0) for q in questions]
+    results = await runner.bounded(calls, f"keywords by {expert}")
+    words = [parse_keywords(r.completion.text if r.ok else "", s) for r in results]
+    mapped = await asyncio.to_thread(keywords_to_skills, runner.index, words, s)
+    fallback = runner.index.top(await asyncio.to_thread(runner.embedder.encode, [q.prompt for q in questions]), s)
+    return [[n for n, _ in (m or f)] for m, f in zip(mapped, fallback)]
+
+
+async def profile_experts(runner: Runner, questions: list, experts: list[str], *, max_tokens: int = 8,
+                          skills_per_query: int = 3, skill_source: str = "embedding",
+                          keyword_expert: str | None = None, seed: int = 0, meta: dict | None = None,
+                          max_seconds: float | None = None, chunk: int = 20) -> dict:
+    """Answers of every expert to every question; with `max_seconds`, questions are taken in chunks and no
+    new chunk starts once the next one would likely end past the budget (the profile says how many ran)."""
+    t0 = time.perf_counter()
+    skills = await question_skills(runner, questions, skills_per_query, skill_source, keyword_expert, seed)
+    skills_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    results: list[JobResult] = []
+    done = 0
+    while done < len(questions):
+        part = questions[done:done + chunk]
+        calls = [lambda q=q, e=e: runner.ask(e, question_messages(q), max_tokens, _seed(q.id, seed))
+                 for q in part for e in experts]  # question-major: every batch mixes experts sharing weights
+        results += await runner.bounded(calls, f"answers {done + len(part)}/{len(questions)} questions")
+        done += len(part)
+        spent = time.perf_counter() - t1
+        if max_seconds is not None and done < len(questions) and spent + spent / done * chunk > max_seconds:
+            runner.progress(f"time budget {max_seconds:.0f}s: stopping after {done} of {len(questions)} questions")
+            break
+    questions, skills = questions[:done], skills[:done]
+    answer_s = time.perf_counter() - t1
+    costs = {e: Cost() for e in experts}
+    records = []
+    it = iter(results)
+    for q, sk in zip(questions, skills):
+        rec = {"id": q.id, "subject": q.subject, "subcategory": q.subcategory, "category": q.category,
+               "skills": sk, "gold": q.answer_letter, "answers": {}, "raw": {}}
+        for e in experts:
+            r = next(it)
+            costs[e].add(r)
+            text = r.completion.text if r.ok else ""
+            rec["answers"][e] = extract_letter(text, q.choices)
+            rec["raw"][e] = text if r.ok else f"ERROR: {r.error}"
+        records.append(rec)
+    info = {**(meta or {}), "skill_source": skill_source, "skills_per_query": skills_per_query,
+            "max_tokens": max_tokens, "seed": seed, "prompt_suffix": ANSWER_INSTRUCTION,
+            "questions_asked": len(questions), "max_seconds": max_seconds,
+            "encoder": runner.embedder.id, "wall_s": {"skills": round(skills_s, 2), "answers": round(answer_s, 2)}}
+    profile = build_profile(records, experts, info)
+    for e in experts:
+        profile["experts"][e].update(costs[e].as_dict())
+    return profile
+
+
+def recruit_candidates(profile: dict, experts: list[str], skill_names: list[str], record: dict, k: int,
+                       seed: int) -> list[str]:
+    """k experts for one validation question by the skills arithmetic (sampled, seeded)."""
+    m = skill_matrix(profile, experts, skill_names)
+    g = global_weights(m.sum(axis=1))
+    col = {n: j for j, n in enumerate(skill_names)}
+    w = recruit_weights(local_scores(m, [col[s] for s in record["skills"] if s in col]), g)
+    rng = np.random.default_rng(text_seed(seed, record["id"]))
+    return [experts[i] for i in choose(w, k, "sample", rng)]
+
+
+async def measure_aggregators(runner: Runner, profile: dict, questions: list, candidates_from: list[str],
+                              aggregators: list[str], *, k: int = 3, limit: int = 50, max_tokens: int = 8,
+                              seed: int = 0) -> dict:
+    """Every candidate aggregator merges the same k answers per question; accuracy of its final letter."""
+    by_id = {q.id: q for q in questions}
+    records = profile["records"][:limit]
+    t0 = time.perf_counter()
+    prompts = []
+    majority_ok = 0
+    for rec in records:
+        picked = recruit_candidates(profile, candidates_from, runner.index.names, rec, k, seed)
+        q = by_id[rec["id"]]
+        prompts.append((rec, picked, aggregation_messages(question_messages(q), [(e, rec["raw"][e]) for e in picked])))
+        votes = Counter(rec["answers"][e] for e in picked if rec["answers"][e])
+        majority_ok += int(bool(votes) and votes.most_common(1)[0][0] == rec["gold"])
+    calls = [lambda m=m, a=a, r=rec: runner.ask(a, m, max_tokens, _seed(r["id"], seed + 1))
+             for rec, _, m in prompts for a in aggregators]
+    results = await runner.bounded(calls, "aggregation")
+    scores = {a: {"correct": 0, "total": 0, "unparsed": 0} for a in aggregators}
+    costs = {a: Cost() for a in aggregators}
+    it = iter(results)
+    for rec, picked, _ in prompts:
+        q = by_id[rec["id"]]
+        rec["candidates"] = picked
+        rec["aggregated"] = {}
+        for a in aggregators:
+            r = next(it)
+            costs[a].add(r)
+            letter = extract_letter(r.completion.text if r.ok else "", q.choices)
+            rec["aggregated"][a] = letter
+            scores[a]["total"] += 1
+            scores[a]["correct"] += int(letter == rec["gold"])
+            scores[a]["unparsed"] += int(letter is None)
+    for a in aggregators:
+        scores[a]["accuracy"] = round(scores[a]["correct"] / max(1, scores[a]["total"]), 6)
+        scores[a].update(costs[a].as_dict())
+    marked = runner.registry.aggregator.name if runner.registry.aggregator else None
+    best = max(aggregators, key=lambda a: (scores[a]["accuracy"], a == marked))
+    return {"k": k, "n_questions": len(records), "scores": scores, "best": best,
+            "majority_of_candidates": round(majority_ok / max(1, len(records)), 6),
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def select_questions(data: str, split: str, limit: int | None, cache_dir: Path | None = None) -> list:
+    if data != "mmlu":
+        raise ValueError(f"unknown data set '{data}' (known: mmlu)")
+    from evals.data.mmlu import by_split, load_mmlu
+
+    questions = sorted(by_split(load_mmlu(cache_dir), split), key=lambda q: q.id)  # id = content hash: a stable shuffle
+    return questions[:limit] if limit else questions
