@@ -35,22 +35,23 @@ async def serve_device(worker, stop: asyncio.Event, retry_s: float = 1.0) -> Non
     """Run the worker until `stop`; while Redis is unreachable, wait and try again (redis-py reconnects)."""
     from workers.queue import QueueUnavailable
 
-    down_since = None
     while not stop.is_set():
         try:
             await worker.run(stop)
+            return
         except QueueUnavailable as exc:
-            if down_since is None:
-                down_since = asyncio.get_running_loop().time()
-                log.warning("queue unavailable, retrying every %.0fs: %s", retry_s, exc)
+            log.warning("queue unavailable, retrying every %.0fs: %s", retry_s, exc)
+        while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), retry_s)
             except TimeoutError:
                 pass
-            continue
-        if down_since is not None:
+            try:
+                await worker.queue.ping()
+            except QueueUnavailable:
+                continue
             log.info("queue reachable again")
-            down_since = None
+            break
 
 
 def worker(
@@ -89,7 +90,8 @@ async def _run(settings, registry, device, policy, memory_gb, reclaim_idle_s, na
     from workers.queue_redis import RedisQueue
     from workers.worker import Worker
 
-    queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth)
+    # the heartbeat must beat well inside the reclaim timeout, or live workers' jobs would be taken over
+    queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth, heartbeat_s=min(5.0, reclaim_idle_s / 3))
     extra = {"name": name} if name else {}
     w = Worker(registry, queue, device=device, policy=policy, memory_budget_gb=memory_gb,
                reclaim_idle_s=reclaim_idle_s, **extra)
@@ -98,6 +100,8 @@ async def _run(settings, registry, device, policy, memory_gb, reclaim_idle_s, na
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s serving %s on %s (%s policy)", w.name, ", ".join(w.experts), device, policy)
+    await w.preload()
+    log.info("worker %s ready", w.name)
     try:
         await serve_device(w, stop)
     finally:

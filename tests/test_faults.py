@@ -1,0 +1,202 @@
+"""Faults with real processes: our own redis-server, a `coe serve` over Redis, and two `coe worker` processes.
+
+In file order: a broken expert, a worker SIGKILLed in the middle of a batch, Redis stopped and restarted,
+and a graceful SIGTERM. The processes are started once for the module (one model load per worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import ROOT, free_port, start_server, stop_server
+
+RECLAIM_IDLE_S = 4
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+
+class RedisServer:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.dir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")])
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("our redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+class WorkerProc:
+    def __init__(self, tmp: Path, name: str, experts: Path, redis_url: str):
+        self.name = name
+        self.log_path = tmp / f"{name}.log"
+        env = {**os.environ, "COE_REDIS_URL": redis_url, "COE_EXPERTS_FILE": str(experts), "COE_LOG_LEVEL": "info",
+               "COE_TORCH_THREADS": "1"}
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coe.cli_worker", "--device", "cpu", "--name", name,
+                 "--reclaim-idle-s", str(RECLAIM_IDLE_S)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if f"worker {self.name} ready" in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.3)
+        raise RuntimeError(f"worker {self.name} not ready after {timeout}s:\n{self.log()}")
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, test_experts_file):
+    tmp = tmp_path_factory.mktemp("faults")
+    rds = RedisServer(tmp)
+    rds.start()
+    workers = {n: WorkerProc(tmp, n, test_experts_file, rds.url) for n in ("w1", "w2")}
+    api = None
+    try:
+        api = start_server(tmp, test_experts_file, env={"COE_REDIS_URL": rds.url, "COE_MAX_TOKENS_CAP": "16",
+                                                         "COE_REQUEST_TIMEOUT_S": "150"})
+        for w in workers.values():
+            w.wait_ready()
+        yield rds, api, workers
+    finally:
+        if api is not None:
+            stop_server(api)
+        for w in workers.values():
+            w.end()
+        if rds.proc.poll() is None:
+            rds.stop()
+
+
+def chat(api, model: str, text: str, max_tokens: int = 8, timeout: float = 150) -> httpx.Response:
+    return httpx.post(f"{api.v1}/chat/completions", timeout=timeout,
+                      json={"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens})
+
+
+def test_a_broken_expert_fails_clearly_and_others_keep_working(cluster):
+    _, api, _ = cluster
+    direct = chat(api, "astrologer", "What does Leo's horoscope say this week?")
+    assert direct.status_code == 502
+    assert "astrologer" in direct.json()["error"]["message"] and "could not be loaded" in direct.json()["error"]["message"]
+    routed = chat(api, "coe", "What does my zodiac sign and horoscope say? Astrology reading for Leo please.")
+    assert routed.status_code == 200, routed.text
+    info = routed.json()["coe"]
+    assert info["fallback_after_error"] == "astrologer" and info["answers"][0]["expert"] == "generalist"
+    fine = chat(api, "stem", "What is 2+2?")
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"].strip()
+
+
+def held_by(r: redis.Redis, consumer: str, experts: set[str]) -> list[str]:
+    """Ids of the jobs `consumer` has claimed and not acknowledged."""
+    ids = []
+    for expert in experts:
+        for entry in r.xpending_range(f"coe:jobs:{expert}", "workers", "-", "+", 100, consumername=consumer):
+            [(_, fields)] = r.xrange(f"coe:jobs:{expert}", entry["message_id"], entry["message_id"])
+            ids.append(json.loads(fields["job"])["id"])
+    return ids
+
+
+def test_jobs_of_a_sigkilled_worker_are_finished_by_another(cluster):
+    rds, api, workers = cluster
+    w1, w2 = workers["w1"], workers["w2"]
+    r = rds.client()
+    for w in (w1, w2):  # queue everything first, so that w1 claims one big batch
+        w.proc.send_signal(signal.SIGSTOP)
+    questions = [f"Explain in one sentence what {t} is." for t in
+                 ("gravity", "an atom", "a prime number", "democracy", "a river", "photosynthesis")]
+    models = ["stem", "humanities", "generalist"] * 2
+    with ThreadPoolExecutor(len(questions)) as pool:
+        futures = [pool.submit(chat, api, m, q, 16) for m, q in zip(models, questions)]
+        deadline = time.time() + 60
+        while sum(r.xlen(f"coe:jobs:{e}") for e in set(models)) < len(questions) and time.time() < deadline:
+            time.sleep(0.05)
+        w1.proc.send_signal(signal.SIGCONT)
+        held: list[str] = []
+        while len(held) < len(questions) and time.time() < deadline:  # until w1 holds its batch, unacknowledged
+            time.sleep(0.1)
+            held = held_by(r, "w1", set(models))
+        assert len(held) == len(questions), f"w1 claimed {len(held)} jobs, not the whole batch"
+        w1.proc.send_signal(signal.SIGKILL)
+        w1.proc.wait()
+        w2.proc.send_signal(signal.SIGCONT)
+        responses = [f.result() for f in futures]
+    assert [x.status_code for x in responses] == [200] * len(questions), [x.text for x in responses]
+    assert all(x.json()["choices"][0]["message"]["content"].strip() for x in responses)
+    for job_id in held:  # every job w1 died holding was answered once, by w2
+        assert json.loads(r.get(f"coe:done:{job_id}"))["worker"] == "w2"
+    assert "reclaimed job" in w2.log()
+    assert sum(r.xlen(f"coe:jobs:{e}") for e in set(models)) == 0  # nothing left behind
+
+
+def test_redis_down_gives_503_then_recovers_by_itself(cluster):
+    rds, api, workers = cluster
+    rds.stop()
+    down = chat(api, "stem", "What is 1+1?", timeout=30)
+    assert down.status_code == 503 and down.headers.get("Retry-After")
+    assert "unavailable" in down.json()["error"]["message"]
+    ready = httpx.get(f"{api.base_url}/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.headers.get("Retry-After")
+    rds.start()  # back, and empty: it kept nothing on disk
+    deadline = time.time() + 60
+    while True:
+        up = chat(api, "stem", "What is 1+1?", timeout=60)
+        if up.status_code == 200 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert up.status_code == 200, up.text
+    assert httpx.get(f"{api.base_url}/readyz", timeout=10).status_code == 200
+    assert workers["w2"].proc.poll() is None
+
+
+def test_sigterm_finishes_the_running_batch_then_exits(cluster):
+    rds, api, workers = cluster
+    w2, r = workers["w2"], rds.client()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(chat, api, "stem", "Describe the water cycle.", 16)
+        deadline = time.time() + 60
+        while not r.xpending("coe:jobs:stem", "workers")["pending"] and time.time() < deadline:
+            time.sleep(0.05)
+        w2.proc.send_signal(signal.SIGTERM)
+        answer = future.result()
+    assert answer.status_code == 200, answer.text
+    assert w2.proc.wait(60) == 0
+    assert "stopping" in w2.log()
