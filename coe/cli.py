@@ -125,6 +125,10 @@ from coe.cli_profile import profile  # noqa: E402  (typer and rich only: stays f
 
 app.command("profile")(profile)
 
+from coe.cli_worker import worker  # noqa: E402  (typer only: stays fast)
+
+app.command("worker")(worker)
+
 
 if __name__ == "__main__":
     app()
