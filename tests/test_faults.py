@@ -62,7 +62,7 @@ class WorkerProc:
                "COE_TORCH_THREADS": "1"}
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "coe.cli_worker", "--device", "cpu", "--name", name,
+                [sys.executable, "-m", "coe.cli", "worker", "--device", "cpu", "--name", name,
                  "--reclaim-idle-s", str(RECLAIM_IDLE_S)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
