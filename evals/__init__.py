@@ -1,0 +1,1 @@
+"""Data sets, routing and serving benchmarks, reports. Callers of coe, never called by it."""

@@ -1,0 +1,1 @@
+"""Benchmark data sets, fetched as files from package registries and cached."""
