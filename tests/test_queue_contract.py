@@ -243,7 +243,7 @@ def test_reclaims_jobs_of_a_consumer_that_died(redis_run):
             await api.submit(j)
         claimed = await dead.claim("a", "dead-1", 2)  # claimed, never acknowledged
         assert len(claimed) == 2
-        assert await alive.reclaim_stale("a", "alive-1", idle_s=0.5, max_jobs=8) == []  # not idle long enough
+        assert await alive.reclaim_stale("a", "alive-1", idle_s=30, max_jobs=8) == []  # not idle long enough
         assert (await alive.pending(["a"]))["a"].count == 1
         await asyncio.sleep(0.7)
         reclaimed = await alive.reclaim_stale("a", "alive-1", idle_s=0.5, max_jobs=8)
@@ -267,8 +267,8 @@ def test_a_live_worker_keeps_its_jobs_with_heartbeats(redis_run):
         j = job()
         await api.submit(j)
         [claimed] = await busy.claim("a", "busy-1", 1)
-        await asyncio.sleep(1.0)  # a long batch; the heartbeat keeps the job fresh
-        assert await other.reclaim_stale("a", "other-1", idle_s=0.6, max_jobs=8) == []
+        await asyncio.sleep(2.0)  # a long batch; the heartbeat keeps the job fresh
+        assert await other.reclaim_stale("a", "other-1", idle_s=1.5, max_jobs=8) == []
         await busy.complete(claimed, ok(claimed))
         assert (await api.wait_result(j.id, timeout=5)).ok
 

@@ -286,7 +286,7 @@ class RedisQueue(JobQueue):
                 raise
             jobs = await self._keep(expert, reply[1], consumer)
             for job in jobs:
-                log.warning("reclaimed job %s of expert %s after %.0fs without progress", job.id, expert, idle_s)
+                log.warning("reclaimed job %s of expert %s after %.1fs without progress", job.id, expert, idle_s)
                 if job.stream:
                     self._skip[job.id] = await self._sent_chars(job.id)
             return jobs
