@@ -324,3 +324,25 @@ def test_recovers_when_redis_lost_its_data(redis_run):
         assert (await api.wait_result(j.id, timeout=5)).ok
 
     redis_run(scenario)
+
+
+def test_forgets_consumers_that_are_long_gone(redis_run):
+    async def scenario(make_queue):
+        api, gone, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        j = job()
+        await api.submit(j)
+        [claimed] = await gone.claim("a", "gone-1", 1)
+        await gone.complete(claimed, ok(claimed))
+        import workers.queue_redis as qr
+
+        old = qr.CONSUMER_FORGET_IDLE_S
+        qr.CONSUMER_FORGET_IDLE_S = 0.1
+        try:
+            await asyncio.sleep(0.3)
+            await alive.reclaim_stale("a", "alive-1", idle_s=10, max_jobs=8)
+        finally:
+            qr.CONSUMER_FORGET_IDLE_S = old
+        names = [c["name"] for c in await api.redis.xinfo_consumers(api._jobs("a"), "workers")]
+        assert b"gone-1" not in names and "gone-1" not in names
+
+    redis_run(scenario)

@@ -42,6 +42,9 @@ GROUP = "workers"
 BLOCK_CHUNK_S = 2.0
 """Longest single blocking call; waits longer than this are made of several, so a dead server is noticed."""
 
+CONSUMER_CLEANUP_EVERY_S = 300.0
+CONSUMER_FORGET_IDLE_S = 3600.0
+
 _SUBMIT = """
 local depth = 0
 for _, e in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -97,6 +100,7 @@ class RedisQueue(JobQueue):
         self._claimed: dict[str, _Claimed] = {}
         self._skip: dict[str, int] = {}
         self._heartbeat: asyncio.Task | None = None
+        self._last_cleanup: dict[str, float] = {}
 
     # --- keys -------------------------------------------------------------------
     def _jobs(self, expert: str) -> str:
@@ -285,6 +289,7 @@ class RedisQueue(JobQueue):
                     return []
                 raise
             jobs = await self._keep(expert, reply[1], consumer)
+            await self._forget_idle_consumers(expert)
             for job in jobs:
                 log.warning("reclaimed job %s of expert %s after %.1fs without progress", job.id, expert, idle_s)
                 if job.stream:
@@ -292,6 +297,17 @@ class RedisQueue(JobQueue):
             return jobs
         except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
+
+    async def _forget_idle_consumers(self, expert: str) -> None:
+        """Now and then, drop consumers that hold nothing and have been quiet for an hour (workers long gone)."""
+        now = time.monotonic()
+        if now - self._last_cleanup.get(expert, 0.0) < CONSUMER_CLEANUP_EVERY_S:
+            return
+        self._last_cleanup[expert] = now
+        stream = self._jobs(expert)
+        for c in await self.redis.xinfo_consumers(stream, GROUP):
+            if not c["pending"] and c["idle"] > CONSUMER_FORGET_IDLE_S * 1000:
+                await self.redis.xgroup_delconsumer(stream, GROUP, c["name"])
 
     async def _sent_chars(self, job_id: str) -> int:
         entries = await self.redis.xrange(self._out(job_id))

@@ -68,6 +68,7 @@ class Worker:
         self.ready = asyncio.Event()
         self._next_registry: Registry | None = None
         self._leaving: set[str] = set()
+        self._next_reclaim = 0.0
 
     async def preload(self) -> None:
         """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
@@ -101,6 +102,22 @@ class Worker:
         until its queued jobs are done, then its group is unloaded if no expert uses it any more.
         """
         self._next_registry = registry
+
+    async def _reclaim(self) -> tuple[str | None, list[Job]]:
+        """Jobs a dead worker left behind, one expert at a time, ahead of fresh work (they are older).
+
+        Looked for every few seconds, busy or not, so a steady stream of new work cannot starve them.
+        """
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return None, []
+        for expert in self.experts:
+            key = self._group_of(expert)
+            jobs = await self.queue.reclaim_stale(expert, self.name, self.reclaim_idle_s, self.scheduler.batch_size(key))
+            if jobs:
+                return key, jobs
+        self._next_reclaim = now + min(5.0, self.reclaim_idle_s / 4)
+        return None, []
 
     def _group_of(self, expert: str) -> str:
         return next(k for k, g in self.scheduler.groups.items() if expert in g.experts)
@@ -162,14 +179,9 @@ class Worker:
         stats = await self.queue.pending(self.experts)
         if self._leaving:
             await self._drop_idle_leavers(stats)
-        key = self.scheduler.pick(stats)
-        jobs: list[Job] = []
+        key, jobs = await self._reclaim()
         if key is None:
-            for expert in self.experts:
-                jobs = await self.queue.reclaim_stale(expert, self.name, self.reclaim_idle_s, 8)
-                if jobs:
-                    key = self._group_of(expert)
-                    break
+            key = self.scheduler.pick(stats)
             if key is None:
                 return False
         try:
