@@ -149,7 +149,7 @@ async def question_skills(runner: Runner, questions: list, s: int, source: str, 
 async def profile_experts(runner: Runner, questions: list, experts: list[str], *, max_tokens: int = 8,
                           skills_per_query: int = 3, skill_source: str = "embedding",
                           keyword_expert: str | None = None, seed: int = 0, meta: dict | None = None,
-                          max_seconds: float | None = None, chunk: int = 20) -> dict:
+                          max_seconds: float | None = None, chunk: int = 40) -> dict:
     """Answers of every expert to every question; with `max_seconds`, questions are taken in chunks and no
     new chunk starts once the next one would likely end past the budget (the profile says how many ran)."""
     t0 = time.perf_counter()
@@ -160,9 +160,14 @@ async def profile_experts(runner: Runner, questions: list, experts: list[str], *
     done = 0
     while done < len(questions):
         part = questions[done:done + chunk]
+        # within a chunk, shortest prompts first so each batch pads little; question-major, so a batch
+        # mixes experts that share weights. Chunks keep the stable shuffle: a budget stop cuts no length.
+        order = sorted(part, key=lambda q: len(q.prompt))
         calls = [lambda q=q, e=e: runner.ask(e, question_messages(q), max_tokens, _seed(q.id, seed))
-                 for q in part for e in experts]  # question-major: every batch mixes experts sharing weights
-        results += await runner.bounded(calls, f"answers {done + len(part)}/{len(questions)} questions")
+                 for q in order for e in experts]
+        got = await runner.bounded(calls, f"answers {done + len(part)}/{len(questions)} questions")
+        by_key = {(q.id, e): r for (q, e), r in zip(((q, e) for q in order for e in experts), got)}
+        results += [by_key[(q.id, e)] for q in part for e in experts]
         done += len(part)
         spent = time.perf_counter() - t1
         if max_seconds is not None and done < len(questions) and spent + spent / done * chunk > max_seconds:
@@ -219,6 +224,7 @@ async def measure_aggregators(runner: Runner, profile: dict, questions: list, ca
         prompts.append((rec, picked, aggregation_messages(question_messages(q), [(e, rec["raw"][e]) for e in picked])))
         votes = Counter(rec["answers"][e] for e in picked if rec["answers"][e])
         majority_ok += int(bool(votes) and votes.most_common(1)[0][0] == rec["gold"])
+    prompts.sort(key=lambda p: len(p[2][0]["content"]))  # similar lengths batch together
     calls = [lambda m=m, a=a, r=rec: runner.ask(a, m, max_tokens, _seed(r["id"], seed + 1))
              for rec, _, m in prompts for a in aggregators]
     results = await runner.bounded(calls, "aggregation")
