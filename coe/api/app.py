@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
@@ -32,9 +32,15 @@ from coe.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
 
+EVERYWHERE = {s: {"model": ErrorResponse} for s in (400, 413, 503)}  # bad JSON, body cap, shutting down
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 502, 503, 504)}
-STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                "description": "a chat completion, or with stream=true server-sent chunks"}}
+SSE_EVENT = {  # each server-sent event: `data: <chat.completion.chunk JSON or error JSON>`, last `data: [DONE]`
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"anyOf": [{"const": "[DONE]"},
+                                      {"type": "string", "contentMediaType": "application/json"}]}},
+}
+STREAM = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                "description": "a chat completion, or with stream=true server-sent chat.completion.chunk events"}}
 
 
 def _top(decision: RouteDecision) -> list[CategoryProbability]:
@@ -79,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await service.stop()
         await limiter.close()
 
-    app = FastAPI(title="coe", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="coe", version="0.1.0", lifespan=lifespan, responses=EVERYWHERE,
                   description="Composition-of-Experts behind one OpenAI-compatible endpoint.")
     app.state.service = service
     app.state.keys = KeyRing(settings)
@@ -128,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
         return {"status": "ready", "router": pipeline().default_router, "experts": service.registry.names}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         if service.queue is not None:
             try:
