@@ -1,0 +1,63 @@
+"""Drive workers.engines.vllm.VllmEngine against a real vLLM; run as a script in an interpreter that has vllm.
+
+    python tests/vllm_engine_check.py MODEL_FOLDER [cpu|gpu:0]
+
+Prints one JSON object: what each step returned and how long it took. Used by
+tests/test_vllm_engine.py (vLLM's CPU build, SmolLM2 weights) and usable on a GPU.
+vLLM starts its engine core with 'spawn', which re-imports the main module:
+everything runs under the __main__ guard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from workers.engines.base import EngineSpec
+    from workers.engines.vllm import VllmEngine
+    from workers.jobs import GenerationRequest
+
+    folder, device = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "cpu")
+    spec = EngineSpec(key=f"vllm|{folder}|{device}", engine="vllm", model=folder, model_path=folder, device=device,
+                      memory_gb=1.0, max_batch=4)
+    engine = VllmEngine(spec, max_model_len=1024, dtype="bfloat16")
+    out: dict = {"device": device}
+    t = time.perf_counter()
+    engine.load()
+    out["load_s"] = round(time.perf_counter() - t, 2)
+    ask = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    reqs = [
+        GenerationRequest(messages=ask, max_tokens=8, temperature=0.0),
+        GenerationRequest(messages=[{"role": "user", "content": "Count: one, two, three,"}], max_tokens=12, temperature=0.0, stop=["three"]),
+        GenerationRequest(messages=ask, max_tokens=6, temperature=1.0, top_p=0.9, seed=7),
+        GenerationRequest(messages=ask, max_tokens=6, temperature=1.0, top_p=0.9, seed=7, repetition_penalty=1.2),
+    ]
+    deltas: list[tuple[int, str]] = []
+    t = time.perf_counter()
+    first = engine.generate(reqs, lambda row, text: deltas.append((row, text)))
+    out["generate_s"] = round(time.perf_counter() - t, 2)
+    out["first"] = [c.__dict__ for c in first]
+    out["deltas"] = deltas
+    again = engine.generate([reqs[0], reqs[2]])
+    out["again"] = [c.__dict__ for c in again]
+    t = time.perf_counter()
+    engine.sleep()
+    out["sleep_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    engine.wake()
+    out["wake_s"] = round(time.perf_counter() - t, 3)
+    out["after_wake"] = [c.__dict__ for c in engine.generate([reqs[0]])]
+    engine.unload()
+    out["unloaded"] = engine.llm is None
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
