@@ -12,7 +12,7 @@ from coe.api.security import admin_caller
 from coe.pipeline import Unavailable
 from coe.registry import NAME_PATTERN, ExpertConfig
 
-RESPONSES = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": RegistryErrorResponse},
+RESPONSES = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
              413: {"model": ErrorResponse}, 422: {"model": RegistryErrorResponse}, 503: {"model": ErrorResponse}}
 
 router = APIRouter(prefix="/v1/experts", tags=["admin"], dependencies=[Depends(admin_caller)], responses=RESPONSES)
@@ -30,7 +30,9 @@ def _out(change: Change) -> RegistryChangeOut:
 
 
 def _rejected(exc: RegistryChangeRejected) -> JSONResponse:
-    body = error_body(exc.status, exc.message, code="invalid_registry" if exc.status == 422 else "expert_not_found")
+    if exc.status == 404:
+        return JSONResponse(error_body(404, exc.message, "name", "expert_not_found"), status_code=404)
+    body = error_body(exc.status, exc.message, code="invalid_registry")
     body["error"]["problems"] = exc.problems
     return JSONResponse(body, status_code=exc.status)
 

