@@ -346,3 +346,19 @@ def test_forgets_consumers_that_are_long_gone(redis_run):
         assert b"gone-1" not in names and "gone-1" not in names
 
     redis_run(scenario)
+
+
+def test_finds_a_dead_workers_job_behind_many_live_ones(redis_run):
+    async def scenario(make_queue):
+        api, live, dead, alive = make_queue(), make_queue(heartbeat_s=0.2), make_queue(heartbeat_s=60), make_queue()
+        for i in range(25):
+            await api.submit(job(text=f"live {i}"))
+        orphan = job(text="orphan")
+        await api.submit(orphan)
+        assert len(await live.claim("a", "live-1", 25)) == 25  # held by a live worker, heartbeat on
+        assert [j.id for j in await dead.claim("a", "dead-1", 1)] == [orphan.id]
+        await asyncio.sleep(1.3)
+        [found] = await alive.reclaim_stale("a", "alive-1", idle_s=1.0, max_jobs=1)
+        assert found.id == orphan.id
+
+    redis_run(scenario)

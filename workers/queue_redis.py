@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -42,6 +43,7 @@ GROUP = "workers"
 BLOCK_CHUNK_S = 2.0
 """Longest single blocking call; waits longer than this are made of several, so a dead server is noticed."""
 
+AUTOCLAIM_PAGES = 10
 CONSUMER_CLEANUP_EVERY_S = 300.0
 CONSUMER_FORGET_IDLE_S = 3600.0
 
@@ -167,14 +169,16 @@ class RedisQueue(JobQueue):
                 pass  # it expires on its own
 
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
-        async for item in self._read_out(job_id, timeout):
-            if isinstance(item, JobResult):
-                return item
+        async with aclosing(self._read_out(job_id, timeout)) as items:  # closed here: its clean-up runs now
+            async for item in items:
+                if isinstance(item, JobResult):
+                    return item
         raise TimeoutError(job_id)  # pragma: no cover - _read_out ends with a result or raises
 
     async def events(self, job_id: str, timeout: float) -> AsyncIterator[Delta | JobResult]:
-        async for item in self._read_out(job_id, timeout):
-            yield item
+        async with aclosing(self._read_out(job_id, timeout)) as items:
+            async for item in items:
+                yield item
 
     async def depth(self) -> int:
         try:
@@ -281,14 +285,20 @@ class RedisQueue(JobQueue):
 
     async def reclaim_stale(self, expert: str, consumer: str, idle_s: float, max_jobs: int) -> list[Job]:
         try:
-            try:
-                reply = await self.redis.xautoclaim(self._jobs(expert), GROUP, consumer, int(idle_s * 1000),
-                                                    start_id="0-0", count=max_jobs)
-            except rexc.ResponseError as exc:
-                if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
-                    return []
-                raise
-            jobs = await self._keep(expert, reply[1], consumer)
+            entries, cursor = [], "0-0"
+            for _ in range(AUTOCLAIM_PAGES):  # each call looks at about 10 x count entries of the pending list
+                try:
+                    reply = await self.redis.xautoclaim(self._jobs(expert), GROUP, consumer, int(idle_s * 1000),
+                                                        start_id=cursor, count=max_jobs - len(entries))
+                except rexc.ResponseError as exc:
+                    if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
+                        return []
+                    raise
+                cursor = _s(reply[0])
+                entries += reply[1]
+                if cursor == "0-0" or len(entries) >= max_jobs:
+                    break
+            jobs = await self._keep(expert, entries, consumer)
             await self._forget_idle_consumers(expert)
             for job in jobs:
                 log.warning("reclaimed job %s of expert %s after %.1fs without progress", job.id, expert, idle_s)
