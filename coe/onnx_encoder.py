@@ -1,0 +1,110 @@
+"""A sentence-transformers encoder (Transformer + mean pooling + L2 norm) run by ONNX Runtime.
+
+The model is exported once from the local weights with torch.onnx and, for `onnx-int8`,
+dynamically quantised to int8 (weights int8, activations quantised on the fly). Both files
+are cached under <cache>/onnx/<encoder id>/. Tokenisation uses the model's own fast
+tokenizer. No optimum dependency; no hub access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("onnx", "onnx-int8")
+
+
+def _export(model_dir: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    model.eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            Wrapper(model), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
+            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
+            dynamic_axes={n: {0: "batch", 1: "seq"} for n in ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
+            opset_version=17, dynamo=False,
+        )
+    tmp.replace(out)
+
+
+def _quantize(src: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    tmp.replace(out)
+
+
+def onnx_model_file(model_dir: Path, cache_dir: Path, encoder_id: str, runtime: str) -> Path:
+    """The exported (and, for onnx-int8, quantised) model file, made on first use."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown encoder runtime '{runtime}'; known: torch, {', '.join(RUNTIMES)}")
+    folder = Path(cache_dir).expanduser() / "onnx" / encoder_id.replace("/", "_").replace("@", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "model.onnx"
+    if not fp32.exists():
+        _export(model_dir, fp32)
+    if runtime == "onnx":
+        return fp32
+    int8 = folder / "model_int8.onnx"
+    if not int8.exists():
+        _quantize(fp32, int8)
+    return int8
+
+
+class OnnxEncoder:
+    def __init__(self, model_file: Path, model_dir: Path, max_seq_length: int, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        self.tokenizer.no_padding()
+        self.max_seq_length = max_seq_length
+
+    def _run(self, encs) -> np.ndarray:
+        n, width = len(encs), max(len(e.ids) for e in encs)
+        ids = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        encs = self.tokenizer.encode_batch(list(texts))
+        # length-sorted batches pad less; results are put back in input order
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        chunks = []
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            chunks.append((idx, self._run([encs[i] for i in idx])))
+        out = np.zeros((len(texts), chunks[0][1].shape[1]), dtype=np.float32)
+        for idx, vecs in chunks:
+            out[idx] = vecs
+        return out

@@ -1,0 +1,42 @@
+"""`coe bench ...` commands (mounted into coe/cli.py as `app.add_typer(bench_app, name="bench")`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks (results as JSON + Markdown + PNG).", no_args_is_help=True)
+
+
+@bench_app.command("routing")
+def routing(
+    sample: int = typer.Option(None, help="use only this many validation/test questions (3x for train): a smoke run"),
+    out: Path = typer.Option(Path("evals/results"), help="where routing.json/.md/.png go"),
+    peer: bool = typer.Option(True, help="measure the peer semantic-router side by side (needs the 'bench' extra)"),
+    runtime: str = typer.Option("onnx-int8", help="encoder runtime of the fast routers: torch, onnx, onnx-int8"),
+    max_seq_length: int = typer.Option(128, help="query truncation (tokens) for the fast runtime; 0 = the model's own"),
+    knn_k: int = typer.Option(10, help="k of the kNN baseline"),
+) -> None:
+    """Accuracy, macro-F1, fallback, latency and throughput of every router on MMLU, in one run."""
+    from evals.bench_routing import bench_routing
+
+    res = bench_routing(sample=sample, out_dir=out, include_peer=peer, fast_runtime=runtime,
+                        fast_max_seq_length=max_seq_length or None, knn_k=knn_k, log=typer.echo)
+    typer.echo(f"wrote {out}/routing.json, routing.md, routing.png in {res['seconds']} s")
+
+
+from evals.bench_recruit import recruit  # noqa: E402
+
+bench_app.command("recruit")(recruit)
+
+from evals.bench_serving import serving  # noqa: E402
+
+bench_app.command("serving")(serving)
+
+from evals.bench_load import load  # noqa: E402
+
+bench_app.command("load")(load)
+
+if __name__ == "__main__":
+    bench_app()

@@ -1,0 +1,80 @@
+"""routing.json -> routing.md (a table) and routing.png (accuracy vs latency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _f(v, digits=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(res: dict) -> str:
+    d, m = res["data"], res["machine"]
+    lines = [
+        "# Routing benchmark",
+        "",
+        f"`{res['command']}` - {res['created']} - {m['cpus']} CPUs ({m['platform']}), load average at start "
+        f"{_f(m['load_avg_at_start'][0], 1) if m.get('load_avg_at_start') else '-'}, at end "
+        f"{_f(m['load_avg_at_end'][0], 1) if m.get('load_avg_at_end') else '-'}.",
+        f"MMLU test set ({d['name']}), split {d['n_train']}/{d['n_validation']}/{d['n_test']} train/validation/test "
+        f"(hash {d['hash']}); query text: {d['text']}. Encoder {res['encoder']['id']}; tau target `{res['tau_target']}`.",
+        f"Out-of-domain set: {res['ood']['n']} queries ({', '.join(f'{v} {k}' for k, v in res['ood']['kinds'].items())}).",
+        "",
+        "| router | encoder runtime | acc 17 | macro-F1 17 | acc 4 | macro-F1 4 | fallback | acc routed | OOD to fallback | p50 ms | p99 ms | q/s @64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["results"]:
+        lines.append(
+            f"| {r['router']} | {r['encoder']} | {_f(r['accuracy_17'])} | {_f(r['macro_f1_17'])} | {_f(r['accuracy_4'])} | "
+            f"{_f(r['macro_f1_4'])} | {_f(r['fallback_rate'])} | {_f(r['accuracy_routed'])} | {_f(r.get('ood_fallback_rate'))} | "
+            f"{_f(r.get('p50_ms'), 1)} | {_f(r.get('p99_ms'), 1)} | {_f(r.get('throughput_qps'), 1)} |")
+    lines += ["", "Latency: one query at a time, embedding + routing; throughput: batches of 64, embedding + routing.", ""]
+    for r in res["results"]:
+        extra = []
+        if r.get("train_seconds") is not None:
+            extra.append(f"trained in {r['train_seconds']} s")
+        if r.get("tau") is not None:
+            extra.append(f"tau {r['tau']}")
+        if r.get("index_build"):
+            b = r["index_build"]
+            extra.append(f"index build {b['seconds_measured']} s for {b['utterances_measured']} utterances "
+                         f"(~{b['seconds_extrapolated']} s for all {b['utterances_total']})")
+        if r.get("ood_by_kind"):
+            extra.append("OOD to fallback by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ood_by_kind"].items()))
+        lines.append(f"- **{r['router']}**: {r['notes']}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in res["results"]:
+        if r.get("p50_ms") is None:
+            continue
+        ax.scatter(r["p50_ms"], r["accuracy_17"], s=40)
+        ax.annotate(r["router"], (r["p50_ms"], r["accuracy_17"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query latency p50, ms (embedding included, log scale)")
+    ax.set_ylabel("top-1 accuracy, 17 MMLU subcategories (test)")
+    ax.set_title(f"Routing: accuracy vs latency ({res['machine']['cpus']} CPUs)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(res: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "routing.json").write_text(json.dumps(res, indent=2))
+    (out_dir / "routing.md").write_text(markdown(res))
+    plot(res, out_dir / "routing.png")

@@ -1,0 +1,83 @@
+"""The two-stage router (CoE): stage-1 category classifier, uncertainty fallback, stage-2 expert map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from routers.base import RouteDecision, Router, RouterContext, register
+from routers.two_stage.artifact import Artifact, ArtifactError, load_artifact
+from routers.two_stage.stage2 import ExpertMap, build_map, load_scores
+
+PROFILE_FILE = "profile.json"
+
+
+def make_expert_map(ctx: RouterContext, labels: list[str], parents: dict | None, label_weights: dict | None) -> ExpertMap:
+    from coe.settings import get_settings
+
+    opts = ctx.options
+    settings = get_settings()
+    profile = opts.get("profile", Path(ctx.artifacts_dir) / PROFILE_FILE)
+    table = load_scores(ctx.registry, labels, Path(profile) if profile else None, parents)
+    budget = opts.get("budget_b", settings.router_budget_b)
+    return build_map(table, ctx.registry, cost_weight=float(opts.get("cost_weight", settings.router_cost_weight)),
+                     budget_b=float(budget) if budget is not None else None, label_weights=label_weights)
+
+
+def check_registry_labels(ctx: RouterContext, labels: list[str], parents: dict | None, path: Path) -> None:
+    """Declared expert categories must overlap the artifact's label set, or stage 2 is blind."""
+    known = {lab.lower() for lab in labels} | {m.lower() for ms in (parents or {}).values() for m in ms}
+    declared = {c.lower() for e in ctx.registry.experts.values() for c in e.categories}
+    if declared and not declared & known:
+        raise ArtifactError(f"{path}: none of the categories declared in {ctx.registry.path} ({sorted(declared)[:6]}...) "
+                            f"is in the artifact's label set ({labels[:6]}...); retrain for these labels")
+
+
+@register("two_stage")
+class TwoStageRouter(Router):
+    """Options (ctx.options): artifact (version or folder), tau (override), cost_weight and
+    budget_b (average active params, billions; defaults from settings), profile (score file; default <artifacts>/profile.json),
+    labels / level (expected label set; a mismatch is an error)."""
+
+    def __init__(self, ctx: RouterContext, artifact: Artifact):
+        self.artifact = artifact
+        self.stage1 = artifact.stage1
+        self.labels = artifact.labels
+        self.tau = float(ctx.options.get("tau", artifact.tau))
+        parents = artifact.manifest.get("parents")
+        check_registry_labels(ctx, self.labels, parents, artifact.path)
+        self.map = make_expert_map(ctx, self.labels, parents, artifact.manifest.get("label_weights"))
+        self.fallback = ctx.registry.fallback.name if ctx.registry.fallback else None
+
+    @classmethod
+    def build(cls, ctx: RouterContext) -> "TwoStageRouter":
+        artifact = load_artifact(ctx.artifacts_dir, ctx.options.get("artifact"), encoder_id=ctx.embedder.id,
+                                 labels=ctx.options.get("labels"), level=ctx.options.get("level"))
+        return cls(ctx, artifact)
+
+    def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
+        return self.stage1.predict_proba(list(texts), embeddings)
+
+    def decide(self, probs: np.ndarray, k: int = 1) -> list[RouteDecision]:
+        decisions = []
+        for p in probs:
+            order = np.argsort(-p)
+            category = self.labels[order[0]]
+            confidence = float(p[order[0]])
+            top = [(self.labels[j], float(p[j])) for j in order[:3]]
+            if confidence < self.tau and self.fallback:
+                ranked = [e for e in self.map.experts_for(category, k=len(self.map.ranking[category])) if e != self.fallback]
+                experts = [self.fallback] + ranked[: max(1, k) - 1]
+                decisions.append(RouteDecision(experts, self.name, category, confidence, top, True,
+                                               f"confidence {confidence:.2f} < tau {self.tau:.2f}: fallback expert"))
+                continue
+            experts = self.map.experts_for(category, k)
+            decisions.append(RouteDecision(experts, self.name, category, confidence, top, False,
+                                           f"category '{category}' (p={confidence:.2f}) -> {experts[0]} ({self.map.source})"))
+        return decisions
+
+    def route(self, texts: list[str], embeddings: np.ndarray, k: int = 1) -> list[RouteDecision]:
+        if len(texts) == 0:
+            return []
+        return self.decide(self.predict_proba(texts, embeddings), k)
