@@ -188,7 +188,7 @@ def write_docs(res: dict, path: Path) -> None:
 
 def bench_recruit(out_dir: Path, val_sizes: list[int], repeats: int, n_test: int, seed: int,
                   profile_path: Path | None, run_profile: bool, limit: int, max_seconds: float | None,
-                  agg_limit: int, docs: Path, log=print) -> dict:
+                  agg_limit: int, docs: Path, log=print, reuse_sim: bool = False) -> dict:
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     res: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -199,9 +199,18 @@ def bench_recruit(out_dir: Path, val_sizes: list[int], repeats: int, n_test: int
                                      "are seen through 25% noise. Aggregation is simulated: majority vote (ties to the "
                                      "best-profiled answer) or the best-profiled answer."),
                  "simulation": {}}
+    previous = out_dir / "recruit.json"
+    if reuse_sim and previous.is_file():
+        old = json.loads(previous.read_text())["simulation"]
+        same = all(w in old and old[w]["val_sizes"] == val_sizes and old[w]["repeats"] == repeats
+                   and old[w]["n_test"] == n_test and old[w]["seed"] == seed for w in WORLDS)
+        if same:
+            log(f"reusing the simulation in {previous}")
+            res["simulation"] = old
     for name, cfg in WORLDS.items():
-        log(f"simulating world '{name}'")
-        res["simulation"][name] = simulate(val_sizes, repeats=repeats, n_test=n_test, seed=seed, cfg=cfg)
+        if name not in res["simulation"]:
+            log(f"simulating world '{name}'")
+            res["simulation"][name] = simulate(val_sizes, repeats=repeats, n_test=n_test, seed=seed, cfg=cfg)
     profile_path = profile_path or DEFAULT_PROFILE
     if run_profile:
         run_real_profile(profile_path, limit, max_seconds, agg_limit, log)
@@ -227,8 +236,9 @@ def recruit(
     max_seconds: float = typer.Option(900, help="time budget of --run-profile's answers"),
     agg_limit: int = typer.Option(20, help="questions for --run-profile's aggregator measurement (0 = skip)"),
     docs: Path = typer.Option(Path("docs/recruit.md"), help="the README section"),
+    reuse_sim: bool = typer.Option(False, "--reuse-sim", help="keep the simulation of an existing recruit.json with the same settings"),
 ) -> None:
     """Skill-based recruiting vs two-stage, single best, random and oracle (simulation), plus the real profile run."""
     res = bench_recruit(out, [int(x) for x in sizes.split(",")], repeats, n_test, seed, profile, run_profile, limit,
-                        max_seconds, agg_limit, docs, log=typer.echo)
+                        max_seconds, agg_limit, docs, log=typer.echo, reuse_sim=reuse_sim)
     typer.echo(f"wrote {out}/recruit.json, recruit.md, recruit.png and {docs} in {res['seconds']} s")

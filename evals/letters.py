@@ -56,7 +56,7 @@ def extract_letter(text: str, choices: list[str] | tuple[str, ...] | None = None
         letter = m.group(1)
         if letter not in letters:
             continue
-        if letter == "A" and re.match(r"\s+[a-z]", t[m.end():]) and not m.group(0).startswith(("(", "[")):
+        if letter == "A" and re.match(r"\s+(?!(?:or|and)\b)[a-z]", t[m.end():]) and not m.group(0).startswith(("(", "[")):
             continue  # the article
         if letter == "I":
             continue

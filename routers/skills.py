@@ -10,7 +10,7 @@
 4. Local suitability: the sum of the expert's profile over the query's skills. Experts
    with a positive local score are kept (if none, all are shifted to positive);
    weight = local x global.
-5. k experts by top-k, or by seeded sampling with replacement from softmax(log w / T)
+5. k experts by top-k (the kept experts, repeated if k exceeds them), or by seeded sampling with replacement from softmax(log w / T)
    (T = 1 samples in proportion to the weight, as the paper does). An expert drawn
    twice answers twice; the pipeline gives each duplicate its own seed.
 6. Batch-aware pruning (option): an expert holding under 5% of a batch's slots is
@@ -98,8 +98,9 @@ def parse_keywords(text: str, s: int = 3) -> list[str]:
     parts = re.split(r"[,;\n]|\s\d+[.)]\s", text)
     out: list[str] = []
     for p in parts:
-        p = re.sub(r"^[\s\-*\d.)]+", "", p).strip(" .:*\"'`").lower()
-        if p and len(p) <= 60 and p not in out and not p.startswith("skills"):
+        p = re.sub(r"^[\s\-*\d.)]+", "", p)
+        p = re.sub(r"^\s*(skills?|keywords?)\s*:", "", p, flags=re.IGNORECASE).strip(" .:*\"'`").lower()
+        if p and len(p) <= 60 and p not in out:
             out.append(p)
     return out[:s]
 
@@ -162,12 +163,13 @@ def choice_probabilities(weights: np.ndarray, temperature: float = 1.0) -> np.nd
 
 
 def choose(weights: np.ndarray, k: int, mode: str, rng: np.random.Generator, temperature: float = 1.0) -> list[int]:
-    """k expert indices: 'top' = the k heaviest distinct ones; 'sample' = k draws with replacement."""
+    """k expert indices: 'top' = the heaviest ones in order, cycling through the kept (positive-weight) experts
+    again when k exceeds them (a repeat answers with another seed); 'sample' = k draws with replacement."""
     w = np.asarray(weights, dtype=np.float64)
     if mode == "top":
         order = np.argsort(-w, kind="stable")
-        positive = [int(i) for i in order if w[i] > 0]
-        return positive[: max(1, k)] or [int(order[0])]
+        kept = [int(i) for i in order if w[i] > 0] or [int(order[0])]
+        return [kept[j % len(kept)] for j in range(max(1, k))]
     if mode != "sample":
         raise ValueError(f"mode must be 'top' or 'sample', not '{mode}'")
     p = choice_probabilities(w, temperature)
