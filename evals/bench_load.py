@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Tally:
     lost_reasons: Counter = field(default_factory=Counter)
     latency_all: list[float] = field(default_factory=list)
     latency_ok: list[float] = field(default_factory=list)
+    latency_refused: list[float] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
 
 
@@ -104,6 +106,8 @@ async def _client(http: httpx.AsyncClient, url: str, end: float, rng: random.Ran
         if resp.status_code == 200:
             tally.latency_ok.append(elapsed)
             tally.timings.append(resp.json()["coe"]["timings"])
+        else:
+            tally.latency_refused.append(elapsed)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -201,6 +205,11 @@ class Fleet:
         replacement = self.start_worker()
         self.events.append(f"started worker pid {replacement.pid} (bench-worker-{self._spawned})")
 
+    def reclaimed_jobs(self) -> int:
+        """Jobs the workers took over from a dead one (from their logs)."""
+        return sum((self.log_dir / f"bench-worker-{i + 1}.log").read_text().count("reclaimed job")
+                   for i in range(self._spawned))
+
     def stop(self) -> None:
         for proc in [*self.workers, self.server]:
             if proc is not None and proc.poll() is None:
@@ -247,6 +256,7 @@ async def run_load(url: str, clients: int, duration: float, invalid_share: float
         "unexpected_status": dict(tally.unexpected),
         "ok_per_s": round(tally.by_status.get(200, 0) / wall, 2),
         "latency_all": _ms(tally.latency_all), "latency_200": _ms(tally.latency_ok),
+        "latency_refused": _ms(tally.latency_refused),
         "coe_timings_200": {"total": _ms(total), "engine": _ms(engine), "queue_wait": _ms(waiting),
                             "orchestrator_overhead": _ms(overhead)},
     }
@@ -260,6 +270,8 @@ def _markdown(res: dict) -> str:
         ("200 per second", res["ok_per_s"]),
         ("latency p50 / p99, all answers (ms)", f"{res['latency_all']['p50_ms']} / {res['latency_all']['p99_ms']}"),
         ("latency p50 / p99, 200s (ms)", f"{res['latency_200']['p50_ms']} / {res['latency_200']['p99_ms']}"),
+        ("latency p50 / p99, refused (4xx) (ms)",
+         f"{res['latency_refused']['p50_ms']} / {res['latency_refused']['p99_ms']}"),
     ]
     for name, label in (("engine", "engine time (generate + aggregate)"), ("queue_wait", "waiting for a worker (queue)"),
                         ("orchestrator_overhead", "orchestrator overhead (total - queue - engine)")):
@@ -297,8 +309,8 @@ def load(
         raise typer.BadParameter("--spawn must be none, embedded or redis")
     fleet = None
     if spawn != "none":
-        log_dir = out / "load-logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = Path(tempfile.mkdtemp(prefix="coe-bench-load-"))
+        typer.echo(f"process logs in {log_dir}")
         fleet = Fleet(spawn, experts_file, redis_url if spawn == "redis" else None, workers, reclaim_idle_s, log_dir)
         typer.echo(f"starting coe serve{f' and {workers} workers' if spawn == 'redis' else ''} ...")
         fleet.start()
@@ -316,6 +328,9 @@ def load(
             fleet.stop()
     res["mode"] = spawn
     res["events"] = fleet.events if fleet else []
+    if fleet is not None and spawn == "redis":
+        res["jobs_reclaimed_from_the_killed_worker"] = fleet.reclaimed_jobs()
+        res["events"].append(f"{res['jobs_reclaimed_from_the_killed_worker']} jobs taken over by the other workers")
     args = sys.argv[sys.argv.index("load") + 1:] if "load" in sys.argv else sys.argv[1:]
     res["command"] = " ".join(["coe bench load", *args])
     res["machine"] = f"{os.cpu_count()} CPU cores, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end)"
