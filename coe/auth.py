@@ -1,7 +1,8 @@
 """Who may call what: client keys for the query endpoints, one admin key for what changes the service.
 
 Keys come from COE_API_KEYS (comma-separated) and COE_ADMIN_KEY. Every comparison is constant-time
-(hmac.compare_digest against every configured key, no early exit), and a key is never logged or
+(hmac.compare_digest of SHA-256 digests, so not even the length leaks, against every configured key,
+no early exit), and a key is never logged or
 returned: callers are known by `identity`, a short hash of their key, which is what the rate limiter
 and the logs see. Provider keys for engines are a different thing: they reach engines only through
 an expert's `api_key_env`, never through here.
@@ -37,19 +38,24 @@ def identity_of(key: str) -> str:
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _matches(token: bytes, keys: list[bytes]) -> bool:
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+def _matches(digest: bytes, keys: list[bytes]) -> bool:
+    """Whether `digest` is one of `keys` (all SHA-256 digests, so only equal lengths are compared)."""
     found = False
     for key in keys:  # no early exit: the time taken does not depend on which key matched
-        found |= hmac.compare_digest(token, key)
+        found |= hmac.compare_digest(digest, key)
     return found
 
 
 class KeyRing:
     def __init__(self, settings: Settings):
         raw = settings.api_keys.get_secret_value() if settings.api_keys else ""
-        self._clients = [k.strip().encode() for k in raw.split(",") if k.strip()]
+        self._clients = [_digest(k.strip().encode()) for k in raw.split(",") if k.strip()]
         admin = settings.admin_key.get_secret_value().strip() if settings.admin_key else ""
-        self._admin = admin.encode() if admin else None
+        self._admin = _digest(admin.encode()) if admin else None
 
     @property
     def open(self) -> bool:
@@ -60,14 +66,14 @@ class KeyRing:
     def admin_enabled(self) -> bool:
         return self._admin is not None
 
-    def _is_admin(self, token: bytes) -> bool:
-        return self._admin is not None and hmac.compare_digest(token, self._admin)
+    def _is_admin(self, digest: bytes) -> bool:
+        return self._admin is not None and hmac.compare_digest(digest, self._admin)
 
     def query(self, token: str | None) -> Caller:
         """A caller of the query endpoints; the admin key is accepted there too."""
         if token is None:
             return Caller(Verdict.OK) if self.open else Caller(Verdict.MISSING)
-        raw = token.encode()
+        raw = _digest(token.encode())
         is_client = _matches(raw, self._clients)
         is_admin = self._is_admin(raw)
         if is_client or is_admin:
@@ -80,7 +86,7 @@ class KeyRing:
             return Caller(Verdict.DISABLED)
         if token is None:
             return Caller(Verdict.MISSING)
-        raw = token.encode()
+        raw = _digest(token.encode())
         if self._is_admin(raw):
             return Caller(Verdict.OK, identity_of(token), admin=True)
         if _matches(raw, self._clients):

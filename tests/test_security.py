@@ -226,3 +226,35 @@ def test_registry_changes_under_concurrent_requests(secured):
     assert not any(name.startswith("poet") for name in model_ids(secured))
     time.sleep(0.5)
     assert secured.proc.poll() is None
+
+
+# --- the rules themselves, without a server -----------------------------------------------------
+def test_keyring_rules():
+    from coe.auth import KeyRing, Verdict
+    from coe.settings import Settings
+
+    keys = KeyRing(Settings(api_keys="a-key, b-key", admin_key="boss"))
+    assert [keys.query(t).verdict for t in ("a-key", "b-key", "boss", "nope", None)] == [
+        Verdict.OK, Verdict.OK, Verdict.OK, Verdict.INVALID, Verdict.MISSING]
+    assert keys.query("a-key").identity != keys.query("b-key").identity
+    assert "a-key" not in keys.query("a-key").identity
+    assert [keys.admin(t).verdict for t in ("boss", "a-key", "nope", None)] == [
+        Verdict.OK, Verdict.FORBIDDEN, Verdict.INVALID, Verdict.MISSING]
+    open_ = KeyRing(Settings(api_keys=None, admin_key=None))
+    assert open_.query(None).verdict is open_.query("placeholder").verdict is Verdict.OK
+    assert open_.admin("boss").verdict is Verdict.DISABLED
+
+
+def test_in_process_rate_limiter_counts_per_caller_per_window():
+    import asyncio
+
+    from coe.ratelimit import RateLimiter
+
+    async def go():
+        limiter = RateLimiter(limit=2, window_s=3600)
+        first = [await limiter.hit("a") for _ in range(3)]
+        return first, await limiter.hit("b"), await RateLimiter(0, 60).hit("a")
+
+    first, other, unlimited = asyncio.run(go())
+    assert first[:2] == [None, None] and 1 <= first[2] <= 3600
+    assert other is None and unlimited is None
