@@ -10,12 +10,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from coe.cli_profile import profile
+from coe.cli_train import train
+from coe.cli_worker import worker
 from coe.settings import Settings, get_settings
+from evals.cli import bench_app
 
 app = typer.Typer(help="coe: a Composition-of-Experts service behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 experts_app = typer.Typer(help="Inspect and validate experts.yaml.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
+app.add_typer(bench_app, name="bench")
+app.command("train")(train)
+app.command("profile")(profile)
+app.command("worker")(worker)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -119,15 +127,6 @@ def route(
                       ", ".join(d.experts))
     console.print(table)
     console.print(f"embed {timings['embed'] * 1000:.1f} ms, route {timings['route'] * 1000:.1f} ms")
-
-
-from coe.cli_profile import profile  # noqa: E402  (typer and rich only: stays fast)
-
-app.command("profile")(profile)
-
-from coe.cli_worker import worker  # noqa: E402  (typer only: stays fast)
-
-app.command("worker")(worker)
 
 
 if __name__ == "__main__":
