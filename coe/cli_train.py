@@ -78,7 +78,8 @@ def train_mmlu_two_stage(level: str = "subcategory", classifier: str = "logreg",
 
     def labeled(split: str) -> LabeledSet:
         qs = by_split(questions, split)
-        return LabeledSet([q.question for q in qs], vecs[[index[id(q)] for q in qs]], [q.label(level) for q in qs])
+        return LabeledSet([q.question for q in qs], vecs[[index[id(q)] for q in qs]], [q.label(level) for q in qs],
+                          [q.subject for q in qs])
 
     registry = None
     try:

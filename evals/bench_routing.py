@@ -74,7 +74,7 @@ def time_router(embed: Callable[[list[str]], np.ndarray], route: Callable[[list[
 
 
 def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results"), include_peer: bool = True,
-                  settings=None, fast_runtime: str = "onnx-int8", fast_max_seq_length: int | None = 128,
+                  settings=None, fast_runtime: str = "onnx-int8", fast_max_seq_length: int | None = 128, fp32_runtime: str = "onnx",
                   n_single: int = 200, n_batch: int = 1024, knn_k: int = 10, write: bool = True,
                   log: Callable[[str], None] = print) -> dict:
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir)."""
@@ -107,18 +107,20 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     encoders = {
         "fast": Embedder(settings.encoder, runtime=fast_runtime, max_seq_length=fast_max_seq_length, cache_dir=settings.cache_dir),
-        "fp32": Embedder(settings.encoder, runtime="onnx", cache_dir=settings.cache_dir),
+        "fp32": Embedder(settings.encoder, runtime=fp32_runtime, cache_dir=settings.cache_dir),
         "torch": Embedder(settings.encoder, runtime="torch", cache_dir=settings.cache_dir),
     }
-    all_texts = [q.question for q in questions]
+    used = questions if not sample else [*train_q, *val_q, *test_q]
+    all_texts = [q.question for q in used]
     vecs = {}
     for key in ("fast", "fp32"):
         log(f"embeddings ({encoders[key].runtime_id}) of {len(all_texts)} questions (cached after the first run)")
         vecs[key] = cached_embeddings(encoders[key], all_texts, settings.cache_dir)
-    row = {q.id: i for i, q in enumerate(questions)}
+    row = {q.id: i for i, q in enumerate(used)}
 
     def labeled(qs, key):
-        return LabeledSet([q.question for q in qs], vecs[key][[row[q.id] for q in qs]], [q.subcategory for q in qs])
+        return LabeledSet([q.question for q in qs], vecs[key][[row[q.id] for q in qs]], [q.subcategory for q in qs],
+                          [q.subject for q in qs])
 
     results: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="coe-bench-"))

@@ -22,6 +22,7 @@ class LabeledSet:
     texts: list[str]
     embeddings: np.ndarray
     labels: list[str]
+    fine_labels: list[str] | None = None  # finer labels to train on (e.g. MMLU subjects), summed up to `labels`
 
 
 def parse_tau_target(target: str) -> tuple[str, float]:
@@ -83,7 +84,7 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
     step = progress or (lambda msg: None)
     t0 = time.perf_counter()
     stage1 = Stage1(classifier=classifier, lexical=lexical, seed=seed)
-    stage1.fit(train.texts, train.embeddings, train.labels, progress=step)
+    stage1.fit(train.texts, train.embeddings, train.labels, fine_labels=train.fine_labels, progress=step)
     step("calibrating on validation")
     calib = stage1.calibrate(validation.texts, validation.embeddings, validation.labels)
     val_probs = stage1.predict_proba(validation.texts, validation.embeddings)
@@ -103,6 +104,7 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
         "labels": stage1.labels,
         "parents": parents,
         "classifier": classifier,
+        "trained_on": "fine labels" if train.fine_labels else "labels",
         "lexical": lexical,
         "calibration": calib,
         "tau": tau,
