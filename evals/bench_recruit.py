@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def real_summary(prof: dict, path: Path) -> dict:
                                          "completion_tokens", "time_s", "tokens_per_s")}
                for n, e in prof["experts"].items()}
     agg = prof.get("aggregators") or {}
-    return {"profile": str(path), "limit": prof.get("limit"), "questions": prof.get("n_questions"),
+    letters = Counter(str(a) for r in prof.get("records", []) for a in r["answers"].values())
+    gold = Counter(r["gold"] for r in prof.get("records", []))
+    return {"profile": str(path), "limit": prof.get("limit"),
+            "answer_letters": dict(sorted(letters.items())), "gold_letters": dict(sorted(gold.items())), "questions": prof.get("n_questions"),
             "max_seconds": prof.get("max_seconds"), "max_tokens": prof.get("max_tokens"), "wall_s": prof.get("wall_s"),
             "experts": experts,
             "aggregators": {"k": agg.get("k"), "questions": agg.get("n_questions"), "best": agg.get("best"),
@@ -118,7 +122,8 @@ def write_markdown(res: dict, out_dir: Path) -> str:
     if real:
         lines += [f"Profile file: `{real['profile']}`; {real['questions']} MMLU validation questions answered "
                   f"(asked for {real['limit']}, time budget {real['max_seconds']} s), max_tokens {real['max_tokens']}; "
-                  f"wall time {real['wall_s']}.", ""]
+                  f"wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in (real["wall_s"] or {}).items()) + ". "
+                  f"Letters answered (None = unparseable): {real['answer_letters']}; gold letters: {real['gold_letters']}.", ""]
         lines += _real_table(real)
     else:
         lines.append("No profile file was found; run `coe profile --limit 200 --aggregators` first.")
@@ -134,7 +139,7 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     worlds = list(res["simulation"])
-    fig, axes = plt.subplots(1, len(worlds), figsize=(7 * len(worlds), 5), sharey=True)
+    fig, axes = plt.subplots(1, len(worlds), figsize=(7 * len(worlds), 5.6), sharey=True)
     for ax, world in zip(axes if len(worlds) > 1 else [axes], worlds):
         sim = res["simulation"][world]
         xs = sim["val_sizes"]
@@ -147,8 +152,9 @@ def plot(res: dict, path: Path) -> None:
         ax.set_title(f"SIMULATION: {world}", fontsize=10)
         ax.grid(alpha=0.3)
     (axes[0] if len(worlds) > 1 else axes).set_ylabel("test accuracy")
-    (axes[-1] if len(worlds) > 1 else axes).legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = (axes[0] if len(worlds) > 1 else axes).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -177,10 +183,21 @@ def write_docs(res: dict, path: Path) -> None:
              "| world | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for w, row in big.items():
         lines.append(f"| {w} | " + " | ".join(f"{row[c]['mean']:.3f}" for c in cols) + " |")
+    lines += ["", "Read with care: this is a simulation. In it, k=5 recruiting with a majority-vote aggregator beats "
+              "the oracle single expert (oracle-1) from about 512-1024 validation questions on; k=1 with the paper's "
+              "local x global weight trails the (simulated) two-stage policy, because the global term "
+              "(temperature 0.5) pulls towards the broad generalist; leaving it out ('local only', the router's "
+              "`global_temperature` option set high) does better with enough data."]
+    for w, row in big.items():
+        per = row["_experts_per_batch_of_100"]
+        lines.append(f"Batch-aware pruning ({w}, k=3): {per['skills k=3 majority']:.2f} -> "
+                     f"{per['skills k=3 majority + pruning']:.2f} experts loaded per batch of 100 queries, accuracy "
+                     f"{row['skills k=3 majority']['mean']:.3f} -> {row['skills k=3 majority + pruning']['mean']:.3f}.")
     real = res.get("real")
     if real:
         lines += ["", f"Real run (`coe profile`, default experts, {real['questions']} MMLU validation questions on a "
-                  f"shared 2-core CPU; tiny models, so accuracies are near chance and judge only the plumbing):", ""]
+                  f"shared 2-core CPU; tiny models, near or below chance: letters answered {real['answer_letters']} against gold "
+                  f"{real['gold_letters']}; this run judges the plumbing, not the recruiting):", ""]
         lines += _real_table(real)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -207,6 +224,7 @@ def bench_recruit(out_dir: Path, val_sizes: list[int], repeats: int, n_test: int
         if same:
             log(f"reusing the simulation in {previous}")
             res["simulation"] = old
+            res["simulation_note"] += " (Simulation reused from an earlier run with the same settings.)"
     for name, cfg in WORLDS.items():
         if name not in res["simulation"]:
             log(f"simulating world '{name}'")
