@@ -11,7 +11,7 @@ bench_app = typer.Typer(help="Benchmarks (results as JSON + Markdown + PNG).", n
 
 @bench_app.command("routing")
 def routing(
-    sample: int = typer.Option(None, help="use only this many validation/test questions (3x for train): a smoke run"),
+    sample: int = typer.Option(None, help="a smoke run: this many validation/test questions per subcategory (3x for train)"),
     out: Path = typer.Option(Path("evals/results"), help="where routing.json/.md/.png go"),
     peer: bool = typer.Option(True, help="measure the peer semantic-router side by side (needs the 'bench' extra)"),
     runtime: str = typer.Option("onnx-int8", help="encoder runtime of the fast routers: torch, onnx, onnx-int8"),

@@ -1,8 +1,9 @@
 """Stage 1: p(category | query) from dense embeddings and lexical (TF-IDF) features.
 
-Two linear models, logistic regression on the sentence embedding and a linear SVM on word
-+ character n-gram TF-IDF of the text, give logits that are summed with two weights; the
-weights (which also act as a temperature) are fitted on validation data by log-likelihood,
+Logistic regression on the sentence embedding, a linear SVM on word + character n-gram
+TF-IDF of the text, and a similarity-weighted vote of the k nearest training questions give
+three sets of logits, summed with three weights; the weights (which also act as a
+temperature) are fitted on validation data by log-likelihood,
 so the combined softmax is calibrated. The models may be trained on finer labels than the
 router emits (MMLU's 57 subjects for its 17 subcategories: subjects are tighter clusters);
 a fine -> coarse map then sums the fine probabilities. `classifier="mlp"` puts a small MLP
@@ -23,14 +24,17 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 class Stage1:
     def __init__(self, classifier: str = "logreg", lexical: bool = True, c_dense: float = 10.0,
-                 c_lexical: float = 0.5, seed: int = 0):
+                 c_lexical: float = 1.0, knn: int = 10, seed: int = 0):
         if classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier '{classifier}'; known: {', '.join(CLASSIFIERS)}")
         self.classifier = classifier
         self.lexical = lexical
         self.c_dense = c_dense
         self.c_lexical = c_lexical
+        self.knn = knn
         self.seed = seed
+        self.bank: np.ndarray | None = None  # training embeddings for the kNN vote
+        self.bank_y: np.ndarray | None = None
         self.labels: list[str] = []  # what the router emits
         self.fine: list[str] = []  # what the models are trained on
         self.agg: np.ndarray | None = None  # [fine, label] 0/1
@@ -38,7 +42,7 @@ class Stage1:
         self.word = None
         self.char = None
         self.lex = None
-        self.weights = (1.0, 0.0)
+        self.weights = (1.0, 0.0, 0.0)
 
     def _lex_features(self, texts: list[str]):
         from scipy.sparse import hstack
@@ -82,37 +86,57 @@ class Stage1:
                                         max_features=150_000, dtype=np.float32).fit(texts)
             step("lexical classifier")
             self.lex = LinearSVC(C=self.c_lexical).fit(self._lex_features(texts), y)
-            self.weights = (0.75, 3.0)
-        else:
-            self.weights = (1.0, 0.0)
+        if self.knn:
+            self.bank = np.asarray(embeddings, dtype=np.float32)
+            self.bank_y = y.astype(np.int32)
+        self.weights = (1.0, 3.0 if self.lexical else 0.0, 0.0)
         return self
+
+    def _knn_logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """log of a smoothed, similarity-weighted vote of the k nearest training questions."""
+        sims = embeddings @ self.bank.T
+        k = min(self.knn, sims.shape[1])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        votes = np.full((len(embeddings), len(self.fine)), 0.1 / len(self.fine), dtype=np.float64)
+        rows = np.repeat(np.arange(len(embeddings)), k)
+        np.add.at(votes, (rows, self.bank_y[idx].ravel()), np.maximum(np.take_along_axis(sims, idx, 1), 0).ravel())
+        return np.log(votes / votes.sum(axis=1, keepdims=True))
 
     def _logits(self, texts: list[str], embeddings: np.ndarray) -> list[np.ndarray]:
         if self.classifier == "mlp":
             parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
         else:
             parts = [log_softmax(self.dense.decision_function(embeddings))]
-        if self.lex is not None:
-            parts.append(self.lex.decision_function(self._lex_features(texts)))
+        parts.append(self.lex.decision_function(self._lex_features(texts)) if self.lex is not None else 0.0)
+        parts.append(self._knn_logits(embeddings) if self.bank is not None else 0.0)
         return parts
 
-    def _combine(self, parts: list[np.ndarray], a: float, b: float) -> np.ndarray:
-        z = a * parts[0] + (b * parts[1] if len(parts) > 1 else 0.0)
+    def _combine(self, parts: list, a: float, b: float, c: float = 0.0) -> np.ndarray:
+        z = a * parts[0] + b * parts[1] + c * parts[2]
         return np.exp(log_softmax(z)) @ self.agg
 
     def calibrate(self, texts: list[str], embeddings: np.ndarray, labels: list[str]) -> dict:
-        """Fit the two weights on held-out data (grid search on the log-likelihood of `labels`)."""
+        """Fit the three weights on held-out data (L-BFGS-B on the log-likelihood of `labels`)."""
         y = np.array([self.labels.index(lab) for lab in labels])
         parts = self._logits(texts, embeddings)
-        grid_a = np.arange(0.25, 4.01, 0.25)
-        grid_b = np.arange(0.0, 12.01, 0.5) if len(parts) > 1 else [0.0]
+        from scipy.optimize import minimize
+
+        active = np.array([True, self.lex is not None, self.bank is not None])
+
+        def nll(w: np.ndarray) -> float:
+            full = np.zeros(3)
+            full[active] = w
+            p = self._combine(parts, *full)
+            return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
         best = (np.inf, self.weights)
-        for a in grid_a:
-            for b in grid_b:
-                p = self._combine(parts, a, b)
-                nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean()
-                if nll < best[0]:
-                    best = (nll, (float(a), float(b)))
+        for start in ([0.75, 3.0, 0.25], [1.5, 1.0, 0.5]):  # two starts; the surface is smooth and low-dimensional
+            x0 = np.array(start)[active]
+            res = minimize(nll, x0, method="L-BFGS-B", bounds=[(0.0, 20.0)] * int(active.sum()))
+            if res.fun < best[0]:
+                full = np.zeros(3)
+                full[active] = res.x
+                best = (float(res.fun), tuple(round(float(v), 4) for v in full))
         self.weights = best[1]
         return {"weights": list(self.weights), "val_nll": round(float(best[0]), 4)}
 

@@ -1,0 +1,32 @@
+"""A quick smoke run of `coe bench routing` on a small sample of the real split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coe.settings import get_settings
+from evals.bench_routing import bench_routing
+
+EXPECTED = {"two_stage", "knn", "single_best", "random", "oracle", "centroid"}
+
+
+def test_bench_smoke(tmp_path):
+    pytest.importorskip("semantic_router")
+    res = bench_routing(sample=4, out_dir=tmp_path, include_peer=True, settings=get_settings(),
+                        fast_runtime="torch", fast_max_seq_length=128, fp32_runtime="torch",
+                        n_single=5, n_batch=64, variants=["two_stage"], log=lambda msg: None)
+    names = {r["router"] for r in res["results"]}
+    assert EXPECTED <= names and "semantic-router (peer)" in names
+    by = {r["router"]: r for r in res["results"]}
+    assert by["oracle"]["accuracy_17"] == 1.0 and by["oracle"]["accuracy_4"] == 1.0
+    for r in res["results"]:
+        assert 0.0 <= r["accuracy_17"] <= r["accuracy_4"] + 1e-9 <= 1.0 + 1e-9
+        if r["router"] != "oracle":
+            assert r["p50_ms"] > 0 and r["throughput_qps"] > 0 and 0.0 <= r["ood_fallback_rate"] <= 1.0
+    assert by["two_stage"]["accuracy_17"] > by["random"]["accuracy_17"]
+    saved = json.loads((tmp_path / "routing.json").read_text())
+    assert saved["data"]["n_test"] == 4 * 17 and saved["data"]["n_train"] == 12 * 17
+    assert "| two_stage |" in (tmp_path / "routing.md").read_text()
+    assert (tmp_path / "routing.png").stat().st_size > 1000
