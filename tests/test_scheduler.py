@@ -199,7 +199,7 @@ async def drain(w, queue, experts: list[str]) -> list[str]:
     return [r.completion.text for r in results]
 
 
-def test_worker_fcfs_serves_in_arrival_order_one_per_call(tmp_path, monkeypatch) -> None:
+def test_worker_fcfs_serves_in_arrival_order_one_per_call_with_mock_engine(tmp_path, monkeypatch) -> None:
     w, queue = fake_worker(tmp_path, monkeypatch, "fcfs", n=3, budget=1, sleep=True)
     order = ["x0", "x1", "x0", "x2", "x1"]
     asyncio.run(drain(w, queue, order))
@@ -211,7 +211,7 @@ def test_worker_fcfs_serves_in_arrival_order_one_per_call(tmp_path, monkeypatch)
     assert w.scheduler.stats.switches == 5 and w.scheduler.stats.wakes == 2
 
 
-def test_worker_grouped_batches_each_expert_and_switches_less(tmp_path, monkeypatch) -> None:
+def test_worker_grouped_batches_each_expert_and_switches_less_with_mock_engine(tmp_path, monkeypatch) -> None:
     w, queue = fake_worker(tmp_path, monkeypatch, "grouped", n=3, budget=1, sleep=False)
     order = ["x0", "x1", "x0", "x2", "x1", "x0"]
     asyncio.run(drain(w, queue, order))

@@ -183,7 +183,7 @@ def test_without_a_profile_it_uses_declared_skills(registry, embedder, tmp_path)
     assert d.aggregator is None
 
 
-def test_keyword_llm_skills_map_to_the_vocabulary(registry, embedder, tmp_path):
+def test_keyword_llm_skills_map_to_the_vocabulary_with_mock_llm(registry, embedder, tmp_path):
     from routers.base import RouterContext
     from routers.skills import SkillsRouter
 

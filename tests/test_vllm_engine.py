@@ -90,12 +90,12 @@ def spec(memory_gb: float = 8.0, device: str = "gpu:0", max_batch: int = 16) -> 
                       memory_gb=memory_gb, max_batch=max_batch)
 
 
-def test_engine_factory_and_class_flags(fake_vllm) -> None:
+def test_engine_factory_and_class_flags_with_mock_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
     assert type(engine).__name__ == "VllmEngine" and engine.supports_sleep
 
 
-def test_llm_args_derive_memory_share_and_take_overrides(fake_vllm, monkeypatch) -> None:
+def test_llm_args_derive_memory_share_and_take_overrides_with_mock_vllm(fake_vllm, monkeypatch) -> None:
     engine = create_engine(spec(memory_gb=20.0, max_batch=32))
     args = engine.llm_args()
     assert args["model"] == "/models/m" and args["gpu_memory_utilization"] == 0.25
@@ -108,7 +108,7 @@ def test_llm_args_derive_memory_share_and_take_overrides(fake_vllm, monkeypatch)
     assert "gpu_memory_utilization" not in cpu and "enable_sleep_mode" not in cpu
 
 
-def test_bad_settings_are_engine_errors(fake_vllm, monkeypatch) -> None:
+def test_bad_settings_are_engine_errors_with_mock_vllm(fake_vllm, monkeypatch) -> None:
     with pytest.raises(EngineError, match="GPU has"):
         create_engine(spec(memory_gb=200.0)).llm_args()
     monkeypatch.setenv("COE_VLLM_ENGINE_ARGS", "{not json")
@@ -116,7 +116,7 @@ def test_bad_settings_are_engine_errors(fake_vllm, monkeypatch) -> None:
         create_engine(spec()).llm_args()
 
 
-def test_generate_per_request_sampling_params_and_chat_template(fake_vllm) -> None:
+def test_generate_per_request_sampling_params_and_chat_template_with_mock_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
     engine.load()
     llm = FakeLLM.instances[-1]
@@ -138,7 +138,7 @@ def test_generate_per_request_sampling_params_and_chat_template(fake_vllm) -> No
     assert deltas == [(0, "t0.0"), (1, "t0.9")]  # once per row, whole text
 
 
-def test_max_tokens_clamped_to_context_and_too_long_prompt_fails(fake_vllm) -> None:
+def test_max_tokens_clamped_to_context_and_too_long_prompt_fails_with_mock_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
     engine.load()  # fake context: 64 tokens
     msg = [{"role": "user", "content": "x" * 40}]  # 40 + 17 template characters = 57 tokens
@@ -148,7 +148,7 @@ def test_max_tokens_clamped_to_context_and_too_long_prompt_fails(fake_vllm) -> N
         engine.generate([GenerationRequest(messages=[{"role": "user", "content": "x" * 80}])])
 
 
-def test_sleep_wake_unload_lifecycle(fake_vllm) -> None:
+def test_sleep_wake_unload_lifecycle_with_mock_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
     req = [GenerationRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=2)]
     with pytest.raises(EngineError, match="not resident"):
