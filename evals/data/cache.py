@@ -25,13 +25,27 @@ def embedder_key(embedder: "Embedder") -> str:
     return f"{embedder.id}-{runtime}".replace("/", "_").replace("@", "_")
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "embeddings"
+"""Float16 copies of caches that ship with the repo, so a first `coe train` needs no 4-minute embedding pass."""
+
+
+def shipped_path(name: str) -> Path:
+    return SHIPPED_DIR / name.replace(".npy", ".f16.npy")
+
+
 def cached_embeddings(embedder: "Embedder", texts: list[str], cache_dir: Path, show_progress: bool = False) -> np.ndarray:
-    """Embed `texts` once per (encoder, runtime, texts) and keep the matrix as .npy under cache_dir/embeddings."""
-    path = Path(cache_dir).expanduser() / "embeddings" / f"{embedder_key(embedder)}-{texts_hash(texts)}.npy"
-    if path.exists():
-        vecs = np.load(path)
-        if vecs.shape[0] == len(texts):
-            return vecs
+    """Embed `texts` once per (encoder, runtime, texts) and keep the matrix as .npy under cache_dir/embeddings.
+
+    The key names the encoder's weights and the exact texts, so a shipped copy is used only when it is
+    what this encoder would compute for these texts.
+    """
+    name = f"{embedder_key(embedder)}-{texts_hash(texts)}.npy"
+    path = Path(cache_dir).expanduser() / "embeddings" / name
+    for candidate in (path, shipped_path(name)):
+        if candidate.exists():
+            vecs = np.load(candidate)
+            if vecs.shape[0] == len(texts):
+                return vecs.astype(np.float32, copy=False)
     vecs = embedder.encode(texts, show_progress=show_progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
