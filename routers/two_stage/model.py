@@ -141,5 +141,12 @@ class Stage1:
         return {"weights": list(self.weights), "val_nll": round(float(best[0]), 4)}
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        """[n, labels] probabilities."""
-        return self._combine(self._logits(texts, embeddings), *self.weights)
+        """[n, labels] probabilities.
+
+        Inputs come from our own encoder and vectorisers, so sklearn's per-call input validation
+        (most of a single query's routing time) is skipped.
+        """
+        from sklearn import config_context
+
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            return self._combine(self._logits(texts, embeddings), *self.weights)
