@@ -17,6 +17,17 @@ OnDelta = Callable[[int, str], None]
 """on_delta(row, text): new text for row `row` of the batch, in order."""
 
 
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """Chat messages with plain-string content (OpenAI-style text parts are joined)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({"role": m.get("role", "user"), "content": content or ""})
+    return out
+
+
 class EngineError(RuntimeError):
     """The engine could not serve a batch; its jobs fail with this message."""
 

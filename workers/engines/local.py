@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from coe.assets import resolve_model_path
 from coe.settings import get_settings
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, plain_messages
 from workers.jobs import Completion, GenerationRequest
 
 if TYPE_CHECKING:
@@ -227,17 +227,6 @@ class _Row:
         return self.finish_reason is not None
 
 
-def _messages(messages: list[dict]) -> list[dict]:
-    """Chat messages with plain-string content (OpenAI-style text parts are joined)."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m.get("role", "user"), "content": content or ""})
-    return out
-
-
 def _held_back(text: str, stops: list[str]) -> int:
     """Length of the longest end of `text` that could still grow into a stop string."""
     longest = 0
@@ -313,7 +302,7 @@ class LocalEngine(Engine):
     # ---- generation
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(_messages(messages), tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:

@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Any
 
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, plain_messages
 from workers.jobs import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,6 @@ def env_engine_args() -> dict:
 
 def _device_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if device.startswith("gpu:") else 0
-
-
-def _messages(messages: list[dict]) -> list[dict]:
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m.get("role", "user"), "content": content or ""})
-    return out
 
 
 def _plain_prompt(messages: list[dict]) -> str:
@@ -208,7 +198,7 @@ class VllmEngine(Engine):
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if self.tokenizer is None:
             raise EngineError("this engine was started without a tokenizer (skip_tokenizer_init); it cannot take chats")
-        msgs = _messages(messages)
+        msgs = plain_messages(messages)
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         else:
