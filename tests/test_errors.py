@@ -35,9 +35,10 @@ def assert_openai_error(resp: httpx.Response, status: int, param: str | None = N
         ({**VALID, "messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
         ({**VALID, "coe": {"k": 0}}, 422, "coe.k"),
         ({**VALID, "coe": {"router": "no-such-router"}}, 400, "coe.router"),
+        ({**VALID, "seed": 2**64 + 1}, 422, "seed"),
     ],
     ids=["empty-messages", "unknown-model", "missing-messages", "temperature-range", "max-tokens-zero", "n-two",
-         "bad-role", "bad-k", "unknown-router"],
+         "bad-role", "bad-k", "unknown-router", "seed-over-64-bits"],
 )
 def test_bad_requests(server, body, status, param):
     assert_openai_error(post(server, body), status, param)

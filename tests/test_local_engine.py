@@ -102,6 +102,12 @@ def test_seeded_sampling_is_deterministic(engine):
     assert a.text == b.text
 
 
+def test_a_vanishing_temperature_decodes_greedily_instead_of_overflowing(engine):
+    tiny = GenerationRequest(messages=chat("What is the capital of France?"), max_tokens=8, temperature=1e-300,
+                             top_p=1e-9, seed=7)
+    assert engine.generate([tiny])[0].text == engine.generate([greedy("What is the capital of France?")])[0].text
+
+
 def test_stop_strings_trim_and_finish(engine):
     full = engine.generate([greedy(ESSAY, 16)])[0].text
     words = full.split()

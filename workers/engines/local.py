@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 """Bump when the folder layout changes; old folders are then rebuilt under a new name."""
 HASH_PREFIX_BYTES = 8 << 20
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this decode greedily: the limit they tend to, without overflow."""
 DONE_MARKER = "coe_weights.json"
 
 Progress = Callable[[str], None]
@@ -381,8 +383,8 @@ class LocalEngine(Engine):
             scores = logits[seen]
             logits = logits.clone()
             logits[seen] = torch.where(scores > 0, scores / req.repetition_penalty, scores * req.repetition_penalty)
-        if req.temperature <= 0 or row.generator is None:
-            return int(torch.argmax(logits))
+        if req.temperature < MIN_TEMPERATURE or row.generator is None:
+            return int(torch.argmax(logits))  # dividing by a tinier temperature overflows to inf
         probs = torch.softmax(logits / req.temperature, dim=-1)
         if req.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
