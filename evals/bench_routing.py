@@ -9,7 +9,6 @@ of out-of-domain queries sent to the fallback. Writes routing.json, routing.md, 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -153,7 +152,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     def train(enc_key: str, classifier: str, lexical: bool, tag: str):
         t0 = time.perf_counter()
-        path = train_two_stage(labeled(train_q, enc_key), labeled(val_q, enc_key), artifacts_dir=tmp / tag,
+        train_two_stage(labeled(train_q, enc_key), labeled(val_q, enc_key), artifacts_dir=tmp / tag,
                                encoder={"ref": settings.encoder, "id": encoders[enc_key].id, "runtime": encoders[enc_key].runtime_id},
                                level="subcategory", data={"name": "mmlu", "hash": data_hash(questions)},
                                classifier=classifier, lexical=lexical, tau_target=settings.router_tau_target)
