@@ -63,16 +63,22 @@ def fuzz_server(tmp_path_factory):
     stop_server(srv)
 
 
-@pytest.mark.parametrize("operation, mode", CASES)
-def test_operation_conforms(fuzz_server, operation, mode):
-    @given(case=operation.as_strategy(generation_mode=mode))
+def fuzz(server, strategy) -> None:
+    """Send every generated case to the running server, check each answer, and check the server lived."""
+
+    @given(case=strategy)
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
               suppress_health_check=list(HealthCheck))
     def run(case):
-        case.call_and_validate(base_url=fuzz_server.base_url, checks=CHECKS, timeout=120)
+        case.call_and_validate(base_url=server.base_url, checks=CHECKS, timeout=120)
 
     run()
-    assert fuzz_server.proc.poll() is None, "the server died"
+    assert server.proc.poll() is None, "the server died"
+
+
+@pytest.mark.parametrize("operation, mode", CASES)
+def test_operation_conforms(fuzz_server, operation, mode):
+    fuzz(fuzz_server, operation.as_strategy(generation_mode=mode))
 
 
 @pytest.mark.parametrize("model", ["coe", "generalist"])
@@ -84,11 +90,4 @@ def test_generated_chats_that_reach_the_experts(fuzz_server, model):
         case.body["model"] = model
         return case
 
-    @given(case=operation.as_strategy().map(aim))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
-              suppress_health_check=list(HealthCheck))
-    def run(case):
-        case.call_and_validate(base_url=fuzz_server.base_url, checks=CHECKS, timeout=120)
-
-    run()
-    assert fuzz_server.proc.poll() is None, "the server died"
+    fuzz(fuzz_server, operation.as_strategy().map(aim))

@@ -57,11 +57,14 @@ def _chat_input(body: ChatCompletionRequest) -> ChatInput:
     )
 
 
+def _decision_fields(d: RouteDecision) -> dict:
+    return {"router": d.router, "category": d.category, "confidence": d.confidence, "top_categories": _top(d),
+            "fallback": d.fallback, "experts": d.experts, "reason": d.reason}
+
+
 def _coe_info(out: Outcome) -> CoeInfo:
-    d = out.decision
     return CoeInfo(
-        router=d.router, category=d.category, confidence=d.confidence, top_categories=_top(d), fallback=d.fallback,
-        experts=d.experts, aggregator=out.aggregator, reason=d.reason, fallback_after_error=out.fallback_after_error,
+        **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
                                  finish_reason=a.finish_reason) for a in out.answers],
         timings={k: round(v, 6) for k, v in out.timings.items()},
@@ -165,9 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_texts(texts, settings, "input texts", "input")
         k = min(body.k, settings.max_k)
         decisions, timings = await within_deadline(pipeline().route(texts, k=k, router=body.router))
-        data = [RouteResult(text=t, router=d.router, category=d.category, confidence=d.confidence,
-                            top_categories=_top(d), fallback=d.fallback, experts=d.experts, reason=d.reason)
-                for t, d in zip(texts, decisions)]
+        data = [RouteResult(text=t, **_decision_fields(d)) for t, d in zip(texts, decisions)]
         return RouteResponse(data=data, timings=timings)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},

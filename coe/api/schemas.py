@@ -69,8 +69,9 @@ class CategoryProbability(BaseModel):
     probability: float
 
 
-class RouteResult(BaseModel):
-    text: str
+class DecisionOut(BaseModel):
+    """A routing decision as clients see it, in /v1/route results and in a completion's `coe` object."""
+
     router: str
     category: str | None
     confidence: float
@@ -78,6 +79,10 @@ class RouteResult(BaseModel):
     fallback: bool
     experts: list[str]
     reason: str
+
+
+class RouteResult(DecisionOut):
+    text: str
 
 
 class RouteResponse(BaseModel):
@@ -93,16 +98,9 @@ class ExpertAnswerOut(BaseModel):
     finish_reason: str
 
 
-class CoeInfo(BaseModel):
-    router: str
-    category: str | None
-    confidence: float
-    top_categories: list[CategoryProbability]
-    fallback: bool
-    experts: list[str]
+class CoeInfo(DecisionOut):
     aggregator: str | None
     answers: list[ExpertAnswerOut]
-    reason: str
     fallback_after_error: str | None = None
     timings: dict[str, float]
 
