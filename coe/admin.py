@@ -1,7 +1,7 @@
 """Changing the expert registry while the service runs: add an expert, remove one, reload the file.
 
 Every change is checked the way `coe experts validate` checks the file: the would-be file text goes
-through `coe.registry.parse_registry`, and the router is rebuilt for the new registry, before anything
+through `coe.core.registry.parse_registry`, and the router is rebuilt for the new registry, before anything
 is written or swapped. A rejected change leaves the file and the running service as they were and
 says why (`RegistryChangeRejected.problems`, the registry's own problem lines).
 
@@ -28,8 +28,7 @@ from pathlib import Path
 import yaml
 
 from coe.pipeline import Pipeline
-from coe.registry import Registry, RegistryError, load_registry, parse_registry
-from routers import RouterContext, build_router
+from coe.core.registry import Registry, RegistryError, load_registry, parse_registry
 
 
 class RegistryChangeRejected(Exception):
@@ -143,13 +142,12 @@ class RegistryEditor:
     async def _pipeline_for(self, registry: Registry) -> Pipeline:
         """A pipeline over `registry` with the running router rebuilt for it (routers read the registry)."""
         old: Pipeline = self.service.pipeline
-        ctx = RouterContext(registry, old.embedder, self.service.settings.artifacts_dir)
         try:
-            router = await asyncio.to_thread(build_router, old.default_router, ctx)
+            return await Pipeline.create(registry, old.embedder, self.service.queue, self.service.settings,
+                                         old.default_router)
         except Exception as exc:  # a router that cannot serve this registry rejects the change
             problem = f"router '{old.default_router}' cannot be built for the new registry: {type(exc).__name__}: {exc}"
             raise RegistryChangeRejected(problem, [problem]) from None
-        return Pipeline(registry, old.embedder, router, self.service.queue, self.service.settings)
 
     def _swap(self, registry: Registry, pipeline: Pipeline) -> None:
         # one assignment each, no await between them: a request sees the old pipeline or the new one

@@ -15,7 +15,7 @@ import hmac
 from dataclasses import dataclass
 from enum import Enum
 
-from coe.settings import Settings
+from coe.core.settings import Settings
 
 
 class Verdict(str, Enum):

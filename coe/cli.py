@@ -7,76 +7,41 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from coe.cli_common import ExpertsOpt, console, load_or_exit, prepare_weights, settings_for
+from coe.cli_plugins import mount_plugins
 from coe.cli_profile import profile
 from coe.cli_train import train
 from coe.cli_worker import worker
-from coe.settings import Settings, get_settings
-from evals.cli import bench_app
 
 app = typer.Typer(help="coe: a Composition-of-Experts service behind one OpenAI-compatible endpoint.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 experts_app = typer.Typer(help="Inspect and validate experts.yaml.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
-app.add_typer(bench_app, name="bench")
 app.command("train")(train)
 app.command("profile")(profile)
 app.command("worker")(worker)
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _settings(experts_file: Path | None) -> Settings:
-    settings = get_settings()
-    return settings.model_copy(update={"experts_file": experts_file}) if experts_file else settings
-
-
-def _load_or_exit(settings: Settings):
-    from coe.registry import RegistryError, load_registry
-
-    try:
-        return load_registry(settings.experts_file)
-    except RegistryError as exc:
-        err_console.print(f"[bold red]{settings.experts_file} is invalid:[/]")
-        for problem in exc.problems:
-            err_console.print(f"  - {problem}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
-
-
-ExpertsOpt = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)")
+mount_plugins(app)
 
 
 @experts_app.command("validate")
 def experts_validate(experts_file: Path = ExpertsOpt) -> None:
     """Check experts.yaml; print every problem and exit non-zero if there is one."""
-    settings = _settings(experts_file)
-    registry = _load_or_exit(settings)
+    settings = settings_for(experts_file)
+    registry = load_or_exit(settings)
     console.print(f"[green]{settings.experts_file}: {len(registry.experts)} experts, valid[/]")
 
 
 @experts_app.command("list")
 def experts_list(experts_file: Path = ExpertsOpt) -> None:
     """Show the registered experts."""
-    registry = _load_or_exit(_settings(experts_file))
+    registry = load_or_exit(settings_for(experts_file))
     table = Table("name", "engine", "device", "params (B)", "max batch", "categories", "role")
     for e in registry.experts.values():
         role = ", ".join(r for r, on in (("fallback", e.fallback), ("aggregator", e.aggregator)) if on)
         table.add_row(e.name, e.engine, e.device, f"{e.params_b:g}", str(e.max_batch), ", ".join(e.categories), role)
     console.print(table)
-
-
-def prepare_weights(registry) -> None:
-    """Convert local GGUF weights to a cached folder once, with progress, so the service starts fast."""
-    from workers.engines.local import prepare_local_weights
-
-    refs = sorted({str(registry.model_path(e)) for e in registry.experts.values() if e.engine == "local"})
-    for ref in refs:
-        try:
-            prepare_local_weights(ref)
-        except Exception as exc:  # the worker reports it per request; other experts still serve
-            err_console.print(f"[yellow]warning: cannot prepare weights {ref}: {exc}[/]")
 
 
 @app.command()
@@ -89,11 +54,11 @@ def serve(
     from coe.api.app import create_app
     from coe.api.lifecycle import serve as serve_app
 
-    settings = _settings(experts_file)
+    settings = settings_for(experts_file)
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = settings.model_copy(update=updates)
-    registry = _load_or_exit(settings)
-    prepare_weights(registry)
+    registry = load_or_exit(settings)
+    prepare_weights(registry, registry.experts.values(), settings.cache_dir)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM: new requests get 503, requests in flight get COE_SHUTDOWN_GRACE_S to finish, then exit
     serve_app(create_app(settings), settings.host, settings.port, settings.log_level, settings.shutdown_grace_s)
@@ -109,8 +74,8 @@ def route(
     """Route queries without generating: the same path as POST /v1/route."""
     from coe.service import Service
 
-    settings = _settings(experts_file)
-    _load_or_exit(settings)
+    settings = settings_for(experts_file)
+    load_or_exit(settings)
 
     async def go():
         service = Service(settings)

@@ -33,8 +33,8 @@ def profile(
 ) -> None:
     """Run every expert on validation questions through the real dispatch path; write per-category,
     per-skill and global correctness, tokens and time per expert (the skills and two-stage routers read it)."""
-    from coe.settings import get_settings
-    from evals.profile_run import Runner, measure_aggregators, profile_experts, select_questions
+    from coe.core.settings import get_settings
+    from coe.profiling import Runner, measure_aggregators, profile_experts, select_questions
     from routers.skills_profile import PROFILE_FILE, save_profile
 
     settings = get_settings()

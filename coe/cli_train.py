@@ -16,19 +16,12 @@ app = typer.Typer(help="Train routers.", no_args_is_help=True)
 LEVELS = ("subcategory", "category")
 
 
-def make_embedder(settings):
-    from coe.embedder import Embedder
-
-    return Embedder(settings.encoder, runtime=settings.encoder_runtime, max_seq_length=settings.encoder_max_seq_length,
-                    cache_dir=settings.cache_dir)
-
-
 def embed_with_progress(embedder, texts: list[str], cache_dir: Path, label: str = "embedding questions"):
     """cached_embeddings, with a progress bar when the cache is cold."""
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from evals.data.cache import cached_embeddings
+    from coe.data.embedding_cache import cached_embeddings
 
     class Chunked:
         """Forwards to the embedder in chunks so the bar moves."""
@@ -58,9 +51,10 @@ def train_mmlu_two_stage(level: str = "subcategory", classifier: str = "logreg",
     """Train the two-stage router on MMLU's train split; the function `coe train` and first-run setup call."""
     from rich.console import Console
 
-    from coe.registry import load_registry
-    from coe.settings import get_settings
-    from evals.data.mmlu import CATEGORY_TO_SUBCATEGORIES, by_split, data_hash, load_mmlu
+    from coe.core.registry import load_registry
+    from coe.embedder import make_embedder
+    from coe.core.settings import get_settings
+    from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, by_split, data_hash, load_mmlu
     from routers.base import RouterContext
     from routers.two_stage.router import make_expert_map
     from routers.two_stage.train import LabeledSet, train_two_stage
@@ -91,7 +85,8 @@ def train_mmlu_two_stage(level: str = "subcategory", classifier: str = "logreg",
     def expert_map(labels, weights):
         if registry is None:
             return None
-        ctx = RouterContext(registry, embedder, out)
+        ctx = RouterContext(registry, embedder, out, cost_weight=settings.router_cost_weight,
+                            budget_b=settings.router_budget_b)
         return make_expert_map(ctx, labels, parents, weights).to_json()
 
     with console.status("training") as status:
@@ -132,7 +127,7 @@ def train(
     if_missing: bool = typer.Option(False, "--if-missing", help="do nothing if a trained artifact already exists"),
 ) -> None:
     """Fit the two-stage router and write a versioned artifact (classifier, labels, tau, map, encoder, data hash, metrics)."""
-    from coe.settings import get_settings
+    from coe.core.settings import get_settings
 
     if router != "two_stage":
         raise typer.BadParameter("only the two_stage router is trained; baselines build from its artifact")

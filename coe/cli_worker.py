@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 from pathlib import Path
 
 import typer
 
+from coe.cli_common import err_console, load_or_exit, prepare_weights, settings_for
+
 log = logging.getLogger("coe.worker")
 
 DEVICE_PATTERN = r"cpu|gpu:\d+|remote"
-
-
-def _prepare(registry, experts) -> None:
-    """Convert local GGUF weights once (with progress) before the worker starts claiming jobs."""
-    from workers.engines.local import prepare_local_weights
-
-    for ref in sorted({str(registry.model_path(e)) for e in experts if e.engine == "local"}):
-        try:
-            prepare_local_weights(ref)
-        except Exception as exc:  # the worker reports it per request; other experts still serve
-            log.error("could not prepare %s: %s", ref, exc)
 
 
 async def serve_device(worker, stop: asyncio.Event, retry_s: float = 1.0) -> None:
@@ -63,7 +55,6 @@ def worker(
     experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)"),
 ) -> None:
     """Serve one device's experts from the Redis queue (needs COE_REDIS_URL)."""
-    from coe.cli import _load_or_exit, _settings, err_console
 
     if not re.fullmatch(DEVICE_PATTERN, device):
         err_console.print(f"[bold red]--device must be cpu, gpu:N or remote, not '{device}'[/]")
@@ -71,30 +62,33 @@ def worker(
     if policy not in ("grouped", "fcfs"):
         err_console.print(f"[bold red]--policy must be grouped or fcfs, not '{policy}'[/]")
         raise typer.Exit(2)
-    settings = _settings(experts_file)
+    settings = settings_for(experts_file)
     if not settings.redis_url:
         err_console.print("[bold red]coe worker needs COE_REDIS_URL (e.g. redis://127.0.0.1:6379/0); "
                           "without Redis, `coe serve` runs its own embedded worker[/]")
         raise typer.Exit(2)
-    registry = _load_or_exit(settings)
+    registry = load_or_exit(settings)
     experts = registry.on_device(device)
     if not experts:
         err_console.print(f"[bold red]no experts are placed on device '{device}' in {settings.experts_file}[/]")
         raise typer.Exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _prepare(registry, experts)
+    if device.startswith("gpu:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA starts: this process sees its GPU only
+    prepare_weights(registry, experts, settings.cache_dir)
     asyncio.run(_run(settings, registry, device, policy, memory_gb, reclaim_idle_s, name))
 
 
 async def _run(settings, registry, device, policy, memory_gb, reclaim_idle_s, name) -> None:
     from workers.queue_redis import RedisQueue
+    from coe.service import engine_options
     from workers.worker import Worker
 
     # the heartbeat must beat well inside the reclaim timeout, or live workers' jobs would be taken over
     queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth, heartbeat_s=min(5.0, reclaim_idle_s / 3))
     extra = {"name": name} if name else {}
     w = Worker(registry, queue, device=device, policy=policy, memory_budget_gb=memory_gb,
-               reclaim_idle_s=reclaim_idle_s, **extra)
+               reclaim_idle_s=reclaim_idle_s, engine_options=engine_options(settings), **extra)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coe.assets import PACKAGE_PREFIX, resolve_model_path
+from coe.core.settings import Settings, default_cache_dir
+from coe.core.assets import PACKAGE_PREFIX, resolve_model_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -57,7 +58,7 @@ class Embedder:
     device: str = "cpu"
     runtime: str = "torch"
     max_seq_length: int | None = None
-    cache_dir: Path | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
     _model: "SentenceTransformer | None" = field(default=None, init=False, repr=False)
     _onnx: object = field(default=None, init=False, repr=False)
     _id: str | None = field(default=None, init=False, repr=False)
@@ -77,11 +78,7 @@ class Embedder:
         if self._onnx is None:
             from coe.onnx_encoder import OnnxEncoder, onnx_model_file
 
-            cache = self.cache_dir
-            if cache is None:
-                from coe.settings import get_settings
-
-                cache = get_settings().cache_dir
+            cache = Path(self.cache_dir).expanduser()
             model_dir = encoder_path(self.ref)
             model_file = onnx_model_file(model_dir, cache, self.id, self.runtime)
             limit = self.max_seq_length or _model_max_seq_length(model_dir)
@@ -117,3 +114,9 @@ class Embedder:
             show_progress_bar=show_progress,
         )
         return vectors.astype(np.float32, copy=False)
+
+
+def make_embedder(settings: "Settings") -> Embedder:
+    """The one way serve, train, profile and the benchmarks build the encoder: same runtime, same truncation."""
+    return Embedder(settings.encoder, runtime=settings.encoder_runtime, max_seq_length=settings.encoder_max_seq_length,
+                    cache_dir=settings.cache_dir)

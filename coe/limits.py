@@ -9,7 +9,7 @@ max_tokens keep working.
 from __future__ import annotations
 
 from coe.pipeline import BadRequest
-from coe.settings import Settings
+from coe.core.settings import Settings
 
 
 def _refuse(message: str, param: str, code: str) -> BadRequest:

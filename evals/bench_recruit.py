@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from evals.sim_recruit import WorldConfig, simulate
+from coe_evals.sim_recruit import WorldConfig, simulate
 
 WORLDS = {
     "category-aligned": WorldConfig(cross_specialists=0),
@@ -33,8 +33,8 @@ DEFAULT_PROFILE = Path("evals/results/profile-mmlu-validation.json")
 
 
 def run_real_profile(out: Path, limit: int, max_seconds: float | None, agg_limit: int, log) -> dict:
-    from coe.settings import get_settings
-    from evals.profile_run import Runner, measure_aggregators, profile_experts, select_questions
+    from coe.core.settings import get_settings
+    from coe.profiling import Runner, measure_aggregators, profile_experts, select_questions
     from routers.skills_profile import save_profile
 
     settings = get_settings()

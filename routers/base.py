@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from coe.embedder import Embedder
-    from coe.registry import Registry
+from coe.core.encoder import Encoder
+from coe.core.registry import Registry
+
+Generate = Callable[[str, list[list[dict]], int], list[str]]
+"""generate(expert, chats, max_tokens) -> texts: an LLM call through the service's dispatch path.
+It blocks the calling thread; routers run off the event loop."""
 
 
 @dataclass
@@ -33,11 +37,14 @@ class RouteDecision:
 class RouterContext:
     """What a router may need to build itself."""
 
-    registry: "Registry"
-    embedder: "Embedder"
+    registry: Registry
+    embedder: Encoder
     artifacts_dir: Path
     seed: int = 0
     options: dict = field(default_factory=dict)
+    cost_weight: float = 0.0  # two_stage stage 2 defaults (options may override per router)
+    budget_b: float | None = None
+    generate: Generate | None = None  # an LLM for routers that need one (skills keywords); None = not offered
 
 
 class Router(ABC):

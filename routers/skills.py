@@ -41,6 +41,8 @@ from routers.skills_profile import PROFILE_FILE, load_profile, skill_matrix
 VOCAB_FILE = Path(__file__).with_name("skills_vocab.yaml")
 GLOBAL_TEMPERATURE = 0.5
 PRUNE_BELOW = 0.05
+KEYWORD_TOKENS = 24
+"""Tokens the keyword LLM may write per query."""
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -216,7 +218,7 @@ class SkillsRouter(Router):
     batch_pruning (False), prune_below (0.05), skill_source ('embedding' | 'keywords'),
     keyword_expert (an expert name; default the fallback expert), vocab (path)."""
 
-    def __init__(self, ctx: RouterContext, keyword_generate: Callable[[list[list[dict]]], list[str]] | None = None):
+    def __init__(self, ctx: RouterContext):
         opts = ctx.options
         self.s = int(opts.get("skills_per_query", 3))
         self.mode = str(opts.get("mode", "sample"))
@@ -234,7 +236,12 @@ class SkillsRouter(Router):
         self.embedder = ctx.embedder
         self.index = SkillIndex(load_vocabulary(opts.get("vocab")), ctx.embedder.encode)
         self.keyword_expert = opts.get("keyword_expert") or (ctx.registry.fallback.name if ctx.registry.fallback else None)
-        self._keyword_generate = keyword_generate
+        if self.skill_source == "keywords":
+            if ctx.generate is None:
+                raise ValueError("skills router: skill_source 'keywords' needs an LLM, and none is offered here")
+            if self.keyword_expert not in ctx.registry.experts:
+                raise ValueError(f"skills router: keyword_expert '{self.keyword_expert}' is not an expert")
+        self.generate = ctx.generate
         self.aggregator: str | None = None
 
         candidates = [e.name for e in ctx.registry.experts.values()
@@ -275,32 +282,9 @@ class SkillsRouter(Router):
 
     def query_skills(self, texts: list[str], embeddings: np.ndarray) -> list[list[tuple[str, float]]]:
         if self.skill_source == "keywords":
-            outputs = self._generate_keywords([keyword_messages(t, self.s) for t in texts])
+            outputs = self.generate(self.keyword_expert, [keyword_messages(t, self.s) for t in texts], KEYWORD_TOKENS)
             return keywords_to_skills(self.index, [parse_keywords(o, self.s) for o in outputs], self.s)
         return self.index.top(embeddings, self.s)
-
-    def _generate_keywords(self, chats: list[list[dict]]) -> list[str]:
-        if self._keyword_generate is None:
-            self._keyword_generate = self._engine_generate()
-        return self._keyword_generate(chats)
-
-    def _engine_generate(self) -> Callable[[list[list[dict]]], list[str]]:
-        """The keyword LLM: the keyword expert's own engine, loaded in this process on first use."""
-        from workers.engines import create_engine
-        from workers.jobs import GenerationRequest
-        from workers.worker import engine_spec
-
-        if self.keyword_expert not in self.registry.experts:
-            raise ValueError(f"skills router: keyword_expert '{self.keyword_expert}' is not an expert")
-        expert = self.registry.experts[self.keyword_expert]
-        engine = create_engine(engine_spec(self.registry, expert))
-        engine.load()
-
-        def generate(chats: list[list[dict]]) -> list[str]:
-            reqs = [GenerationRequest(messages=m, max_tokens=24, temperature=0.0) for m in chats]
-            return [c.text for c in engine.generate(reqs)]
-
-        return generate
 
     # ---- routing
 

@@ -6,7 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from evals.bench_serving import make_workload, percentile, serving_app, zipf_weights
+from coe_evals.bench_serving import serving_app
+from coe_evals.workload import make_workload, percentile, zipf_weights
 
 
 def test_workload_is_skewed_seeded_and_ordered() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coe.registry import ExpertsFile
+from coe.core.registry import ExpertsFile
 from tests.conftest import ROOT
 
 

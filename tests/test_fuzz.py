@@ -37,7 +37,7 @@ MAX_EXAMPLES = 20
 
 def _schema():
     from coe.api.app import create_app
-    from coe.settings import Settings
+    from coe.core.settings import Settings
 
     return schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 

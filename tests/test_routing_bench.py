@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from coe.settings import get_settings
-from evals.bench_routing import bench_routing
+from coe.core.settings import get_settings
+from coe_evals.bench_routing import bench_routing
 
 EXPECTED = {"two_stage", "knn", "single_best", "random", "oracle", "centroid"}
 

@@ -165,7 +165,7 @@ class FakeEngine:
 
 
 def fake_worker(tmp_path: Path, monkeypatch, policy: str, n: int, budget: float, sleep: bool):
-    from coe.registry import load_registry
+    from coe.core.registry import load_registry
     from workers import worker as worker_mod
     from workers.queue_memory import MemoryQueue
 

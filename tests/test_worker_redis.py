@@ -34,7 +34,7 @@ class SlowEngine:
 
 
 def test_jobs_of_a_dead_worker_are_served_while_new_work_keeps_coming(tmp_path, monkeypatch):
-    from coe.registry import load_registry
+    from coe.core.registry import load_registry
     from workers import worker as worker_mod
     from workers.queue_redis import RedisQueue
 

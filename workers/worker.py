@@ -14,10 +14,10 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from coe.assets import AssetError, is_local_ref
-from coe.registry import ExpertConfig, Registry
+from coe.core.assets import AssetError, is_local_ref
+from coe.core.registry import ExpertConfig, Registry
 from workers.engines import create_engine
-from workers.engines.base import Engine, EngineSpec
+from workers.engines.base import Engine, EngineOptions, EngineSpec
 from workers.jobs import Job, JobResult
 from workers.queue import JobQueue
 from workers.scheduler import Group, Policy, Scheduler
@@ -25,7 +25,7 @@ from workers.scheduler import Group, Policy, Scheduler
 log = logging.getLogger("coe.worker")
 
 
-def engine_spec(registry: Registry, expert: ExpertConfig) -> EngineSpec:
+def engine_spec(registry: Registry, expert: ExpertConfig, options: EngineOptions) -> EngineSpec:
     path = None
     if expert.engine == "local" or (expert.engine == "vllm" and is_local_ref(expert.model)):
         try:
@@ -35,6 +35,7 @@ def engine_spec(registry: Registry, expert: ExpertConfig) -> EngineSpec:
     return EngineSpec(
         key=expert.weights_key, engine=expert.engine, model=expert.model, model_path=path, device=expert.device,
         memory_gb=expert.memory_gb, max_batch=expert.max_batch, api_base=expert.api_base, api_key_env=expert.api_key_env,
+        options=options,
     )
 
 
@@ -47,6 +48,7 @@ class Worker:
     memory_budget_gb: float | None = None
     reclaim_idle_s: float = 60.0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    engine_options: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         experts = self.registry.on_device(self.device)
@@ -57,7 +59,7 @@ class Worker:
         for e in experts:
             key = e.weights_key
             if key not in groups:
-                self.engines[key] = create_engine(engine_spec(self.registry, e))
+                self.engines[key] = create_engine(engine_spec(self.registry, e, self.engine_options))
                 groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
             groups[key].experts.append(e.name)
             groups[key].max_batch = min(groups[key].max_batch, e.max_batch)
@@ -132,7 +134,7 @@ class Worker:
                 if other_key != key and e.name in g.experts:
                     g.experts.remove(e.name)
             if key not in groups:
-                self.engines[key] = create_engine(engine_spec(registry, e))
+                self.engines[key] = create_engine(engine_spec(registry, e, self.engine_options))
                 groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
             if e.name not in groups[key].experts:
                 groups[key].experts.append(e.name)

@@ -10,7 +10,7 @@ from coe.api.errors import error_body
 from coe.api.schemas import ErrorResponse, RegistryChangeOut, RegistryErrorResponse
 from coe.api.security import admin_caller
 from coe.pipeline import Unavailable
-from coe.registry import NAME_PATTERN, ExpertConfig
+from coe.core.registry import NAME_PATTERN, ExpertConfig
 
 RESPONSES = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
              413: {"model": ErrorResponse}, 422: {"model": RegistryErrorResponse}, 503: {"model": ErrorResponse}}

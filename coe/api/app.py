@@ -28,7 +28,7 @@ from coe.limits import check_texts
 from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, TimedOut, Unavailable
 from coe.ratelimit import make_limiter
 from coe.service import Service
-from coe.settings import Settings, get_settings
+from coe.core.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -191,7 +190,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--skip", default="", help="comma-separated phases to skip")
     ap.add_argument("--engine-args", default='{"enforce_eager": true, "max_model_len": 2048}',
-                    help="COE_VLLM_ENGINE_ARGS for the worker's engines (the switch phase also runs vLLM's defaults)")
+                    help="vLLM arguments (JSON) for the worker's engines (the switch phase also runs vLLM's defaults)")
     ap.add_argument("--archs", default="", help="comma-separated architectures: one expert of each instead of the eight")
     ap.add_argument("--repeats", type=int, default=3, help="timed batches per side in the throughput phase")
     ap.add_argument("--cpu-local", action="store_true", help="dry run of the driver logic on CPU with the local engine")
@@ -202,7 +201,7 @@ def main() -> None:
     if args.archs:
         experts = list({a: (a, m) for a, m in experts}.values())
     sys.path.insert(0, str(ROOT))
-    from evals.bench_serving import evict_all, instrument, make_workload, run_policy, write_experts_file
+    from coe_evals.bench_serving import evict_all, instrument, make_workload, run_policy, write_experts_file
 
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -218,7 +217,6 @@ def main() -> None:
         report["device"] = torch.cuda.get_device_name(0)
         report["gpu_total_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         report["versions"] = {"vllm": vllm.__version__, "torch": torch.__version__}
-        os.environ["COE_VLLM_ENGINE_ARGS"] = args.engine_args
         report["engine_args"] = json.loads(args.engine_args)
 
     # ---- models
@@ -248,7 +246,6 @@ def main() -> None:
         res = {}
         # the second start of the same model finds torch.compile's cache warm; the eager start is measured in 'prime'
         for label, extra in (("defaults", {"max_model_len": 2048}), ("defaults-warm-compile-cache", {"max_model_len": 2048})):
-            os.environ["COE_VLLM_ENGINE_ARGS"] = "{}"
             spec = EngineSpec(key=f"switch-{label}", engine="vllm", model=str(folders[0]), model_path=str(folders[0]),
                               device="gpu:0", memory_gb=8.0, max_batch=64)
             eng = VllmEngine(spec, **extra)
@@ -266,12 +263,11 @@ def main() -> None:
             log(f"switch {label}: {res[label]}")
             report["phases"]["switch"] = res
             write_json(args.out, report)
-        os.environ["COE_VLLM_ENGINE_ARGS"] = args.engine_args
 
     # ---- the worker with eight experts
     import yaml
 
-    from coe.registry import load_registry
+    from coe.core.registry import load_registry
 
     work = args.models / "registry"
     work.mkdir(parents=True, exist_ok=True)
@@ -302,7 +298,11 @@ def main() -> None:
         prime = make_workload(names, len(names), arrival="burst", seed=1)
         for i, a in enumerate(prime):
             a.expert = names[i]
-        res, worker = await run_policy(registry, prime, "grouped", budget, device=device, max_tokens=4)
+        from workers.engines.base import EngineOptions
+
+        options = EngineOptions(vllm_args=json.loads(args.engine_args))
+        res, worker = await run_policy(registry, prime, "grouped", budget, device=device, max_tokens=4,
+                                       worker_kwargs={"engine_options": options})
         loads = [t for k, _, t in instrument(worker) if k == "load"]
         report["phases"]["prime"] = {"engine_starts_s": [round(x, 2) for x in loads], "result": asdict(res)}
         log(f"prime: starts {report['phases']['prime']['engine_starts_s']}")

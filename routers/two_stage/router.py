@@ -14,14 +14,11 @@ PROFILE_FILE = "profile.json"
 
 
 def make_expert_map(ctx: RouterContext, labels: list[str], parents: dict | None, label_weights: dict | None) -> ExpertMap:
-    from coe.settings import get_settings
-
     opts = ctx.options
-    settings = get_settings()
     profile = opts.get("profile", Path(ctx.artifacts_dir) / PROFILE_FILE)
     table = load_scores(ctx.registry, labels, Path(profile) if profile else None, parents)
-    budget = opts.get("budget_b", settings.router_budget_b)
-    return build_map(table, ctx.registry, cost_weight=float(opts.get("cost_weight", settings.router_cost_weight)),
+    budget = opts.get("budget_b", ctx.budget_b)
+    return build_map(table, ctx.registry, cost_weight=float(opts.get("cost_weight", ctx.cost_weight)),
                      budget_b=float(budget) if budget is not None else None, label_weights=label_weights)
 
 
@@ -37,7 +34,7 @@ def check_registry_labels(ctx: RouterContext, labels: list[str], parents: dict |
 @register("two_stage")
 class TwoStageRouter(Router):
     """Options (ctx.options): artifact (version or folder), tau (override), cost_weight and
-    budget_b (average active params, billions; defaults from settings), profile (score file; default <artifacts>/profile.json),
+    budget_b (average active params, billions; defaults from the context), profile (score file; default <artifacts>/profile.json),
     labels / level (expected label set; a mismatch is an error)."""
 
     def __init__(self, ctx: RouterContext, artifact: Artifact):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from coe.registry import Registry
+    from coe.core.registry import Registry
 
 DECLARED_SCORE = 1.0
 PRIOR_SCORE = 0.1

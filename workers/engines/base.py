@@ -9,23 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from coe.core.settings import default_cache_dir
 from workers.jobs import Completion, GenerationRequest
 
 OnDelta = Callable[[int, str], None]
 """on_delta(row, text): new text for row `row` of the batch, in order."""
 
-
-def plain_messages(messages: list[dict]) -> list[dict]:
-    """Chat messages with plain-string content (OpenAI-style text parts are joined)."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m.get("role", "user"), "content": content or ""})
-    return out
 
 
 class EngineError(RuntimeError):
@@ -45,6 +37,18 @@ class EngineSpec:
     max_batch: int
     api_base: str | None = None
     api_key_env: str | None = None
+    options: "EngineOptions" = field(default_factory=lambda: EngineOptions())
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Process settings an engine needs, handed down by whoever builds the worker (never read from globals)."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    threads: int | None = None  # CPU threads for CPU engines; None = the library's default
+    openai_timeout_s: float = 120.0
+    openai_retries: int = 2
+    vllm_args: dict = field(default_factory=dict)  # extra keyword arguments for vLLM's engine
 
 
 class Engine(ABC):

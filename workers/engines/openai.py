@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 32
 """Requests in flight at once per engine; the batch size (max_batch) caps it further."""
-TIMEOUT_S = float(os.environ.get("COE_OPENAI_TIMEOUT_S", "120"))
-NUM_RETRIES = int(os.environ.get("COE_OPENAI_RETRIES", "2"))
 NO_KEY = "not-needed"
 """Sent when the expert names no api_key_env: self-hosted servers usually ignore the key, but clients insist on one."""
 
@@ -38,10 +36,10 @@ def _litellm():
 class OpenAIEngine(Engine):
     supports_sleep = False
 
-    def __init__(self, spec: EngineSpec, timeout_s: float = TIMEOUT_S, num_retries: int = NUM_RETRIES):
+    def __init__(self, spec: EngineSpec):
         super().__init__(spec)
-        self.timeout_s = timeout_s
-        self.num_retries = num_retries
+        self.timeout_s = spec.options.openai_timeout_s
+        self.num_retries = spec.options.openai_retries
         self._litellm = None
         self._api_key: str | None = None
 

@@ -10,10 +10,10 @@ unload  the engine is shut down and its device memory freed.
 On a GPU each engine gets `gpu_memory_utilization = memory_gb / the GPU's total memory`, so
 the expert's `memory_gb` in experts.yaml is what it really takes (weights, KV cache
 and activations) and the scheduler's memory budget matches the device (on `device: cpu`, vLLM's CPU
-backend, memory_gb sizes the KV cache through VLLM_CPU_KVCACHE_SPACE). vLLM's
-own arguments can be set for every engine of a worker with the environment
-variable COE_VLLM_ENGINE_ARGS, a JSON object (e.g. '{"enforce_eager": true,
-"max_model_len": 4096}'); they override the derived ones.
+backend, vLLM sizes the KV cache from VLLM_CPU_KVCACHE_SPACE, set by whoever starts the worker).
+vLLM's own arguments for every engine of a worker come from the worker's settings (COE_VLLM_ENGINE_ARGS,
+a JSON object such as '{"enforce_eager": true, "max_model_len": 4096}'); they override the derived ones.
+The GPU is chosen by the process (`coe worker --device gpu:N` sets CUDA_VISIBLE_DEVICES before CUDA starts).
 
 The chat template is applied here with the model's tokenizer, and prompts go to
 vLLM as token ids with one SamplingParams per request, so every row keeps its own
@@ -28,19 +28,17 @@ it is not installed.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
 import threading
 import time
 from typing import Any
 
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, plain_messages
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.decoding import plain_messages
 from workers.jobs import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
 
-ENV_ARGS = "COE_VLLM_ENGINE_ARGS"
 MAX_UTILIZATION = 0.95
 
 
@@ -70,21 +68,6 @@ def memory_utilization(memory_gb: float, total_gb: float) -> float:
     return round(memory_gb / total_gb, 4)
 
 
-def env_engine_args() -> dict:
-    raw = os.environ.get(ENV_ARGS, "").strip()
-    if not raw:
-        return {}
-    try:
-        args = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise EngineError(f"{ENV_ARGS} is not valid JSON: {exc}") from None
-    if not isinstance(args, dict):
-        raise EngineError(f"{ENV_ARGS} must be a JSON object")
-    return args
-
-
-def _device_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if device.startswith("gpu:") else 0
 
 
 def _plain_prompt(messages: list[dict]) -> str:
@@ -112,13 +95,13 @@ class VllmEngine(Engine):
         return self.spec.model_path or self.spec.model
 
     def llm_args(self, total_gb: float | None = None) -> dict:
-        """The arguments `LLM(...)` gets: derived from the spec, then COE_VLLM_ENGINE_ARGS, then the constructor's."""
+        """The arguments `LLM(...)` gets: derived from the spec, then the worker's vllm_args, then the constructor's."""
         args = {"model": self.model, "max_num_seqs": self.spec.max_batch, "seed": 0}
         if self.spec.device != "cpu":
-            total = gpu_total_gb(_device_index(self.spec.device)) if total_gb is None else total_gb
+            total = gpu_total_gb(0) if total_gb is None else total_gb  # the worker process sees only its GPU
             args["gpu_memory_utilization"] = memory_utilization(self.spec.memory_gb, total)
             args["enable_sleep_mode"] = True
-        args.update(env_engine_args())
+        args.update(self.spec.options.vllm_args)
         args.update(self.engine_args)
         return args
 
@@ -134,10 +117,6 @@ class VllmEngine(Engine):
                 from vllm import LLM
             except ImportError as exc:
                 raise EngineError(f"vllm is not installed: {exc}") from exc
-            if self.spec.device.startswith("gpu:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
-                os.environ["CUDA_VISIBLE_DEVICES"] = str(_device_index(self.spec.device))
-            if self.spec.device == "cpu":  # vLLM's CPU backend sizes its KV cache from this variable (GiB)
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(self.spec.memory_gb))))
             args = self.llm_args()
             t0 = time.perf_counter()
             try:

@@ -206,12 +206,8 @@ def parse(data: bytes) -> list[Question]:
     return questions
 
 
-def load_mmlu(cache_dir: Path | None = None) -> list[Question]:
+def load_mmlu(cache_dir: Path) -> list[Question]:
     """All 14,042 MMLU test questions with subcategory, category and split."""
-    if cache_dir is None:
-        from coe.settings import get_settings
-
-        cache_dir = get_settings().cache_dir
     questions = parse(read_raw(Path(cache_dir)))
     if len(questions) != N_QUESTIONS:
         raise DataError(f"expected {N_QUESTIONS} questions, found {len(questions)}")

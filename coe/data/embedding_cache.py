@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from coe.embedder import Embedder
+    from coe.core.encoder import Encoder
 
 
 def texts_hash(texts: list[str]) -> str:
@@ -20,7 +20,7 @@ def texts_hash(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def embedder_key(embedder: "Embedder") -> str:
+def embedder_key(embedder: "Encoder") -> str:
     runtime = getattr(embedder, "runtime_id", None) or "torch"
     return f"{embedder.id}-{runtime}".replace("/", "_").replace("@", "_")
 
@@ -33,7 +33,7 @@ def shipped_path(name: str) -> Path:
     return SHIPPED_DIR / name.replace(".npy", ".f16.npy")
 
 
-def cached_embeddings(embedder: "Embedder", texts: list[str], cache_dir: Path, show_progress: bool = False) -> np.ndarray:
+def cached_embeddings(embedder: "Encoder", texts: list[str], cache_dir: Path, show_progress: bool = False) -> np.ndarray:
     """Embed `texts` once per (encoder, runtime, texts) and keep the matrix as .npy under cache_dir/embeddings.
 
     The key names the encoder's weights and the exact texts, so a shipped copy is used only when it is

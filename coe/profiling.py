@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from coe.aggregation import aggregation_messages
-from coe.embedder import Embedder
+from coe.embedder import make_embedder
 from coe.pipeline import ChatInput, Pipeline
-from coe.registry import Registry, load_registry
-from coe.settings import Settings
-from evals.letters import extract_letter
-from routers.base import RouterContext
+from coe.core.registry import Registry, load_registry
+from coe.core.settings import Settings
+from coe.data.letters import extract_letter
+from coe.service import engine_options
 from routers.skills import (
     SkillIndex, SkillsRouter, choose, global_weights, keyword_messages, keywords_to_skills, local_scores,
     parse_keywords, recruit_weights, text_seed,
@@ -83,14 +83,14 @@ class Runner:
         if self.batch:
             for name, e in list(self.registry.experts.items()):
                 self.registry.experts[name] = e.model_copy(update={"max_batch": self.batch})
-        self.embedder = Embedder(s.encoder)
-        self.router = SkillsRouter(RouterContext(self.registry, self.embedder, s.artifacts_dir))
-        self.index: SkillIndex = self.router.index
+        self.embedder = make_embedder(s)
         self.queue = MemoryQueue(max_depth=s.max_queue_depth)
-        self.worker = Worker(self.registry, self.queue, device="cpu")
+        self.worker = Worker(self.registry, self.queue, device="cpu", engine_options=engine_options(s))
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.worker.run(self._stop))
-        self.pipeline = Pipeline(self.registry, self.embedder, self.router, self.queue, s)
+        self.pipeline = await Pipeline.create(self.registry, self.embedder, self.queue, s, "skills")
+        self.router: SkillsRouter = self.pipeline.routers["skills"]
+        self.index: SkillIndex = self.router.index
         await self.worker.ready.wait()
 
     async def stop(self) -> None:
@@ -256,7 +256,7 @@ async def measure_aggregators(runner: Runner, profile: dict, questions: list, ca
 def select_questions(data: str, split: str, limit: int | None, cache_dir: Path | None = None) -> list:
     if data != "mmlu":
         raise ValueError(f"unknown data set '{data}' (known: mmlu)")
-    from evals.data.mmlu import by_split, load_mmlu
+    from coe.data.mmlu import by_split, load_mmlu
 
     questions = sorted(by_split(load_mmlu(cache_dir), split), key=lambda q: q.id)  # id = content hash: a stable shuffle
     return questions[:limit] if limit else questions

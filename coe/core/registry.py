@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coe.assets import AssetError, is_local_ref, resolve_model_path
+from coe.core.assets import AssetError, is_local_ref, resolve_model_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_NAMES = {"coe"}

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     max_k: int = 5
     default_k: int = 1
     max_queue_depth: int = 10_000
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(None, description="CPU threads of the local engine (torch has one pool per process)")
+    openai_timeout_s: float = Field(120.0, description="openai engine: seconds per request to the remote server")
+    openai_retries: int = Field(2, description="openai engine: retries of a failed request")
+    vllm_engine_args: dict = Field(default_factory=dict, description="vllm engine: extra LLM(...) arguments, a JSON object")
     log_level: str = "info"
 
 

@@ -1,0 +1,1 @@
+"""GPU benchmarks run on a lent GPU machine (see docs/serving.md)."""
