@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from coe.core.settings import get_settings
-from coe_evals.data import mmlu
+from coe.data import mmlu
 
 
 @pytest.fixture(scope="module")

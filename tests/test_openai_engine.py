@@ -6,13 +6,14 @@ import pytest
 
 from tests.conftest import free_port, start_server, stop_server
 from workers.engines import create_engine
-from workers.engines.base import EngineError, EngineSpec
+from workers.engines.base import EngineError, EngineOptions, EngineSpec
 from workers.jobs import GenerationRequest
 
 
-def spec(model: str, api_base: str | None, api_key_env: str | None = None) -> EngineSpec:
+def spec(model: str, api_base: str | None, api_key_env: str | None = None, **options) -> EngineSpec:
     return EngineSpec(key=f"openai|{model}|remote", engine="openai", model=model, model_path=None, device="remote",
-                      memory_gb=1.0, max_batch=4, api_base=api_base, api_key_env=api_key_env)
+                      memory_gb=1.0, max_batch=4, api_base=api_base, api_key_env=api_key_env,
+                      options=EngineOptions(**options))
 
 
 def ask(text: str, max_tokens: int = 6) -> GenerationRequest:
@@ -49,10 +50,8 @@ def test_unknown_model_is_a_clear_engine_error(server):
 
 
 def test_unreachable_server_is_a_clear_engine_error():
-    from workers.engines.openai import OpenAIEngine
-
     base = f"http://127.0.0.1:{free_port()}/v1"
-    e = OpenAIEngine(spec("openai/stem", base), timeout_s=5, num_retries=0)
+    e = create_engine(spec("openai/stem", base, openai_timeout_s=5, openai_retries=0))
     e.load()
     with pytest.raises(EngineError, match=r"127\.0\.0\.1") as info:
         e.generate([ask("hi")])
