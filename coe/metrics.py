@@ -16,6 +16,8 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 ROUTED = Counter("coe_routed_total", "Queries routed to each expert", ["expert", "router"], registry=REGISTRY)
+ROUTER_LLM_JOBS = Counter("coe_router_llm_jobs_total", "Jobs a router's LLM sent through the queue (e.g. skills keywords)",
+                          ["expert"], registry=REGISTRY)
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)

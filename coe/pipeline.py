@@ -124,12 +124,15 @@ class Pipeline:
         """A pipeline with its default router built (errors of that router propagate as they are)."""
         pipeline = cls(registry, embedder, queue, settings, default_router)
         pipeline._loop = asyncio.get_running_loop()
-        pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, pipeline.router_context())
+        ctx = pipeline.router_context(default_router)
+        pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
 
-    def router_context(self) -> RouterContext:
-        """What routers get from the service: the registry, the encoder, settings, and an LLM through the queue."""
+    def router_context(self, name: str) -> RouterContext:
+        """What router `name` gets from the service: the registry, the encoder, its options from the settings,
+        and an LLM through the queue."""
         return RouterContext(self.registry, self.embedder, self.settings.artifacts_dir,
+                             options=dict(self.settings.router_options.get(name, {})),
                              cost_weight=self.settings.router_cost_weight, budget_b=self.settings.router_budget_b,
                              generate=self.generate_for_router)
 
@@ -140,7 +143,7 @@ class Pipeline:
             async with self._router_lock:
                 if name not in self.routers:
                     try:
-                        self.routers[name] = await asyncio.to_thread(build_router, name, self.router_context())
+                        self.routers[name] = await asyncio.to_thread(build_router, name, self.router_context(name))
                     except (KeyError, FileNotFoundError, ValueError) as exc:
                         raise BadRequest(f"router '{name}' is not available: {exc}", "coe.router") from None
         return self.routers[name]
@@ -161,12 +164,16 @@ class Pipeline:
         started = time.perf_counter()
         jobs = [Job(expert=expert, request=GenerationRequest(messages=m, max_tokens=max_tokens, temperature=0.0))
                 for m in chats]
+        metrics.ROUTER_LLM_JOBS.labels(expert).inc(len(jobs))
         for job in jobs:
             await self._submit(job)
         results = await asyncio.gather(*(self._result(j, self._deadline_left(started)) for j in jobs))
         failed = [r for r in results if not r.ok]
         if failed:
             raise ExpertFailed(f"expert '{expert}' failed: {failed[0].error}")
+        for r in results:
+            metrics.TOKENS.labels(expert, "prompt").inc(r.completion.prompt_tokens)
+            metrics.TOKENS.labels(expert, "completion").inc(r.completion.completion_tokens)
         return [r.completion.text for r in results]
 
     async def route(self, texts: list[str], k: int = 1, router: str | None = None) -> tuple[list[RouteDecision], dict[str, float]]:

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     router_tau_target: str = Field("accuracy:0.90", description="two_stage fallback threshold: accuracy:X (routed part at least X accurate on validation), fallback:X (share X falls back) or tau:X")
     router_cost_weight: float = Field(0.0, ge=0, description="two_stage stage 2: score minus this weight times the expert's relative cost")
     router_budget_b: float | None = Field(None, gt=0, description="two_stage stage 2: average active parameters (billions) the map may spend")
+    router_options: dict[str, dict] = Field(default_factory=dict, description="options per router name, a JSON object, e.g. {\"skills\": {\"skill_source\": \"keywords\"}}")
     redis_url: str | None = None
     api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
     admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")
