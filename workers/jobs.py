@@ -10,7 +10,13 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class GenerationRequest:
-    """One chat to complete; the engine applies the model's chat template."""
+    """One chat to complete; the engine applies the model's chat template.
+
+    With `choices`, nothing is generated: the engine scores each choice as the text that follows
+    the chat (the template with the generation prompt; when the chat ends with an assistant
+    message, that message is continued instead, as a prefill) and the Completion carries one
+    log-probability per choice (summed over the choice's tokens) in `choice_logprobs`.
+    """
 
     messages: list[dict]
     max_tokens: int = 256
@@ -19,6 +25,7 @@ class GenerationRequest:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    choices: list[str] | None = None
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str = "stop"
+    choice_logprobs: list[float] | None = None  # with request.choices: one per choice, in order
 
 
 @dataclass

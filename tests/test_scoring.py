@@ -1,0 +1,33 @@
+"""Benchmark items as model inputs: an MMLU question as a letter-scoring chat, a HumanEval problem as a chat."""
+
+from __future__ import annotations
+
+import pytest
+
+from coe.data.humaneval import Problem
+from coe.data.mmlu import Question
+from coe.data.scoring import (
+    ANSWER_PREFIX, LETTER_CHOICES, humaneval_generation, mmlu_scoring, predicted_letter,
+)
+
+
+def test_mmlu_question_is_scored_by_the_letter_after_answer():
+    q = Question("q1", "Which planet is largest?", ("Mars", "Jupiter", "Venus", "Earth"), 1, "astronomy", "physics",
+                 "STEM", "test")
+    task = mmlu_scoring(q)
+    user, assistant = task.messages
+    assert user["role"] == "user" and user["content"].startswith(q.prompt) and "B. Jupiter" in user["content"]
+    assert assistant == {"role": "assistant", "content": ANSWER_PREFIX}
+    assert task.choices == LETTER_CHOICES == [" A", " B", " C", " D"]
+    assert predicted_letter([-3.2, -0.4, -2.0, -5.0]) == q.answer_letter == "B"
+    assert predicted_letter([-1.0, -1.0, -2.0, -2.0]) == "A"  # a tie goes to the earlier letter
+    with pytest.raises(ValueError):
+        predicted_letter([0.0, -1.0])
+
+
+def test_humaneval_problem_is_a_greedy_chat():
+    p = Problem("HumanEval/0", "def f(x):\n    \"\"\"Double x.\"\"\"\n", "    return 2 * x\n",
+                "def check(candidate):\n    assert candidate(2) == 4\n", "f", "test")
+    task = humaneval_generation(p, max_tokens=300)
+    assert task.messages == p.messages() and task.max_tokens == 300 and task.temperature == 0.0
+    assert p.program(p.canonical_solution).endswith("check(f)\n")

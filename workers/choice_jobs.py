@@ -1,0 +1,66 @@
+"""Scoring jobs: a request with `choices` asks for a log-probability per choice instead of text.
+
+The worker hands such jobs here instead of to `engine.generate`. Jobs with the same choices
+run as one `engine.choice_logprobs(requests, choices)` call (a batch, like generate); an
+engine without that method, or one that answers with the wrong shape, fails its jobs with
+an engine error, never the worker. The Completion's text is the best-scoring choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from workers.engines.base import EngineError
+from workers.jobs import Completion, Job, JobResult
+
+log = logging.getLogger("coe.worker")
+
+
+def is_scoring(job: Job) -> bool:
+    return job.request.choices is not None
+
+
+def _completion(choices: tuple[str, ...], row: list[float]) -> Completion:
+    scores = [float(x) for x in row]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return Completion(text=choices[best], prompt_tokens=0, completion_tokens=0, choice_logprobs=scores)
+
+
+async def _score_group(engine, jobs: list[Job], choices: tuple[str, ...]) -> tuple[list[Completion | None], str | None]:
+    score = getattr(engine, "choice_logprobs", None)
+    try:
+        if score is None:
+            raise EngineError(f"{type(engine).__name__} cannot score choices (it has no choice_logprobs)")
+        if not choices:
+            raise EngineError("a scoring job needs at least one choice")
+        rows = await asyncio.to_thread(score, [j.request for j in jobs], list(choices))
+        if len(rows) != len(jobs) or any(len(row) != len(choices) for row in rows):
+            raise EngineError(f"choice_logprobs answered {len(rows)} rows of {sorted({len(r) for r in rows})} scores; "
+                              f"expected {len(jobs)} rows of {len(choices)}")
+        return [_completion(choices, row) for row in rows], None
+    except Exception as exc:  # an engine failure fails its own jobs, never the worker
+        if score is not None:
+            log.exception("scoring failed on a batch of %d", len(jobs))
+        return [None] * len(jobs), f"{type(exc).__name__}: {exc}"
+
+
+async def score_jobs(engine, jobs: list[Job], worker: str) -> list[JobResult]:
+    """One result per job, in order: choice log-probabilities, or the engine's error."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(tuple(job.request.choices or ()), []).append(i)
+    results: list[JobResult | None] = [None] * len(jobs)
+    for choices, rows in groups.items():
+        group = [jobs[i] for i in rows]
+        started = time.time()
+        completions, error = await _score_group(engine, group, choices)
+        elapsed = time.time() - started
+        for i, job, completion in zip(rows, group, completions):
+            results[i] = JobResult(
+                job_id=job.id, expert=job.expert, completion=completion, error=error,
+                error_type="engine_error" if error else None, worker=worker,
+                queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(group),
+            )
+    return results
