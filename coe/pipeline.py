@@ -71,6 +71,7 @@ class ChatInput:
     stream: bool = False
     k: int | None = None
     router: str | None = None
+    choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Pipeline:
             messages=messages, max_tokens=max_tokens,
             temperature=gen.temperature if inp.temperature is None else inp.temperature,
             top_p=gen.top_p if inp.top_p is None else inp.top_p,
-            repetition_penalty=gen.repetition_penalty, seed=seed, stop=list(inp.stop),
+            repetition_penalty=gen.repetition_penalty, seed=seed, stop=list(inp.stop), choices=inp.choices,
         )
 
     async def _submit(self, job: Job) -> None:

@@ -38,5 +38,9 @@ from coe_evals.bench_load import load  # noqa: E402
 
 bench_app.command("load")(load)
 
+from coe_evals.bench_quality import quality  # noqa: E402
+
+bench_app.command("quality")(quality)
+
 if __name__ == "__main__":
     bench_app()

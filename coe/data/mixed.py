@@ -1,0 +1,66 @@
+"""The mixed workload of the quality benchmark and of `coe profile --data mixed`: MMLU and HumanEval.
+
+An item is one question with its route label (an MMLU subcategory, or `coding` for HumanEval), the
+text a router sees, and how it is asked and graded: MMLU by the log-likelihood of the answer letters
+(a scoring job), HumanEval by running the generated code (a generation job). Samples are stratified
+(the same number per MMLU subcategory) and stable (ordered by content hash), so every run of the same
+size asks the same questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from coe.data import humaneval, mmlu, scoring
+
+Domain = Literal["mmlu", "humaneval"]
+CODE_ROUTE = "coding"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    domain: Domain
+    label: str  # the route it belongs to
+    text: str  # what the router sees: the user's request
+    messages: list[dict]
+    choices: list[str] | None  # scoring job (MMLU) when set; generation job (HumanEval) otherwise
+    gold: str  # the answer letter; "pass" for code
+    max_tokens: int
+    question: mmlu.Question | None = None
+    problem: humaneval.Problem | None = None
+
+
+def _stable(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def mmlu_item(q: mmlu.Question) -> Item:
+    task = scoring.mmlu_scoring(q)
+    return Item(f"mmlu:{q.id[:16]}", "mmlu", q.subcategory, q.prompt, task.messages, task.choices,
+                q.answer_letter, 1, question=q)
+
+
+def code_item(p: humaneval.Problem, max_tokens: int) -> Item:
+    task = scoring.humaneval_generation(p, max_tokens)
+    return Item(f"humaneval:{p.task_id}", "humaneval", CODE_ROUTE, task.messages[-1]["content"], task.messages,
+                None, "pass", task.max_tokens, problem=p)
+
+
+def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | None,
+               code_max_tokens: int = scoring.CODE_MAX_TOKENS) -> list[Item]:
+    """`per_subcategory` MMLU questions of each of the 17 subcategories and `n_code` HumanEval problems
+    (None: all of the split) from `split` ('validation' or 'test')."""
+    by_sub: dict[str, list[mmlu.Question]] = defaultdict(list)
+    for q in mmlu.by_split(mmlu.load_mmlu(cache_dir), split):
+        by_sub[q.subcategory].append(q)
+    items = [mmlu_item(q) for sub in sorted(by_sub)
+             for q in sorted(by_sub[sub], key=lambda q: _stable(q.id))[:per_subcategory]]
+    problems = sorted(humaneval.by_split(humaneval.load_humaneval(cache_dir), split),
+                      key=lambda p: _stable(p.task_id))
+    items += [code_item(p, code_max_tokens) for p in problems[:n_code]]
+    return items

@@ -1,0 +1,127 @@
+"""Every expert answers the mixed workload through the real dispatch path, and each answer is graded.
+
+MMLU items are scoring jobs (the worker asks the engine for the log-probability of each answer letter);
+HumanEval items are generation jobs whose code then runs in the sandbox (coe/data/code_exec.py), never in
+this process. Each answer keeps its tokens and its share of the engine time of the batch it ran in, so
+quality can be set against compute. `coe profile --data mixed` and `coe bench quality` both start here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+
+from coe.data.code_exec import run_many
+from coe.data.code_extract import extract_completion
+from coe.data.mixed import Item
+from coe.data.scoring import predicted_letter
+from coe.pipeline import ChatInput
+from coe.profiling import Runner
+from routers.skills_profile import build_profile
+from workers.jobs import JobResult
+
+CODE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Answer:
+    """One expert's graded answer to one item."""
+
+    expert: str
+    correct: bool
+    text: str  # the letter for MMLU, the generated answer for code
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_s: float = 0.0  # this answer's share of its batch's engine time
+    error: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ItemRecord:
+    item: Item
+    skills: list[str] = field(default_factory=list)
+    answers: dict[str, Answer] = field(default_factory=dict)
+
+    def as_profile_record(self) -> dict:
+        """The shape routers/skills_profile.build_profile counts: gold vs each expert's answer."""
+        gold = self.item.gold
+        return {"id": self.item.id, "subcategory": self.item.label, "category": self.item.domain,
+                "skills": self.skills, "gold": gold,
+                "answers": {e: (a.text or None) if self.item.choices is not None else ("pass" if a.correct else "fail")
+                            for e, a in self.answers.items()}}
+
+
+def graded_answer(expert: str, item: Item, result: JobResult) -> Answer:
+    """The answer as graded as it can be now; code answers are graded later by grade_code."""
+    if not result.ok:
+        return Answer(expert, False, "", error=f"{result.error_type}: {result.error}")
+    c = result.completion
+    share = result.generate_s / max(1, result.batch_size)
+    if item.choices is not None:
+        letter = predicted_letter(c.choice_logprobs or [])
+        return Answer(expert, letter == item.gold, letter, c.prompt_tokens, c.completion_tokens, share)
+    return Answer(expert, False, c.text, c.prompt_tokens, c.completion_tokens, share)
+
+
+async def ask(runner: Runner, expert: str, item: Item, messages: list[dict] | None = None) -> JobResult:
+    """One request for `item` to `expert` (model=<expert>), on the path a client's request takes."""
+    inp = ChatInput(model=expert, messages=messages or item.messages, max_tokens=item.max_tokens, temperature=0.0,
+                    seed=0, choices=item.choices)
+    plan = await runner.pipeline.plan(inp)
+    job = plan.jobs[0]
+    await runner.queue.submit(job)
+    return await runner.queue.wait_result(job.id, runner.settings.request_timeout_s)
+
+
+async def grade_code(pairs: list[tuple[Item, Answer]], workers: int = 2) -> None:
+    """Run each generated solution sandboxed; an answer is correct when its program passes."""
+    runnable = [(item, a) for item, a in pairs if not a.error]
+    programs = [item.problem.program(extract_completion(a.text, item.problem.prompt, item.problem.entry_point))
+                for item, a in runnable]
+    results = await asyncio.to_thread(run_many, programs, workers, CODE_TIMEOUT_S)
+    for (_, a), r in zip(runnable, results):
+        a.correct = r.passed
+        if not r.passed:
+            a.error = f"{r.status}: {r.error[-200:]}"
+
+
+async def run_experts(runner: Runner, items: list[Item], experts: list[str]) -> list[ItemRecord]:
+    """Every expert's graded answer to every item. Items are asked shortest first, expert by expert, so
+    the worker's batches hold one model and pad little."""
+    records = {it.id: ItemRecord(it) for it in items}
+    order = sorted(items, key=lambda it: len(it.text))
+    calls = [lambda it=it, e=e: ask(runner, e, it) for e in experts for it in order]
+    results = await runner.bounded(calls, f"{len(experts)} experts x {len(items)} items")
+    code: list[tuple[Item, Answer]] = []
+    for (e, it), r in zip(((e, it) for e in experts for it in order), results):
+        a = graded_answer(e, it, r)
+        records[it.id].answers[e] = a
+        if it.choices is None:
+            code.append((it, a))
+    if code:
+        runner.progress(f"running {len(code)} code answers in the sandbox")
+        await grade_code(code)
+    return [records[it.id] for it in items]
+
+
+def mixed_profile(records: list[ItemRecord], experts: list[str], meta: dict) -> dict:
+    """The profile file routers read (per route and per skill, correct/total), with tokens and engine time."""
+    profile = build_profile([r.as_profile_record() for r in records], experts, meta)
+    for e in experts:
+        answers = [r.answers[e] for r in records if e in r.answers]
+        profile["experts"][e].update({
+            "prompt_tokens": sum(a.prompt_tokens for a in answers),
+            "completion_tokens": sum(a.completion_tokens for a in answers),
+            "engine_s": round(sum(a.engine_s for a in answers), 3),
+            "errors": sum(bool(a.error) and not a.error.startswith(("failed", "timeout")) for a in answers),
+        })
+    return profile
+
+
+def records_json(records: list[ItemRecord]) -> list[dict]:
+    return [{"id": r.item.id, "domain": r.item.domain, "label": r.item.label, "skills": r.skills,
+             "answers": {e: asdict(a) for e, a in r.answers.items()}} for r in records]

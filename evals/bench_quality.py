@@ -1,0 +1,164 @@
+"""`coe bench quality`: does composing experts beat picking one model, per unit of compute?
+
+One run, the whole service path: every expert answers the validation items and the held-out test items
+of the mixed workload (MMLU by answer-letter log-likelihood, HumanEval by running the generated code in
+the sandbox) through the queue and the worker; profiles are fitted on validation only; then each policy
+routes the test items with the real routers (two-stage with its cost weight swept, skills k=1 and k=3
+with the aggregator, whose merge runs as real jobs), next to every single expert, random and the
+oracle. Writes quality.json, quality.md and quality.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from coe_evals import quality_policies as pol
+from coe_evals.quality_report import goals, markdown, plot, summarise
+
+COST_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 1.0)
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+async def _merge(runner, records, candidates: list[list[str]], aggregator: str):
+    """The aggregator merges each item's k candidate answers, as real jobs (scoring for MMLU, code for code)."""
+    from coe.aggregation import aggregation_messages
+    from coe.data.scoring import ANSWER_PREFIX
+    from coe.expert_runs import ask, grade_code, graded_answer
+
+    async def one(rec, cands):
+        cand_text = [(e, rec.answers[e].text) for e in cands]
+        messages = aggregation_messages(rec.item.messages, cand_text)
+        if rec.item.choices is not None:
+            messages = messages + [{"role": "assistant", "content": ANSWER_PREFIX}]
+        return graded_answer(aggregator, rec.item, await ask(runner, aggregator, rec.item, messages))
+
+    calls = [lambda r=r, c=c: one(r, c) for r, c in zip(records, candidates)]
+    merged = await runner.bounded(calls, f"aggregation by {aggregator}")
+    code = [(r.item, a) for r, a in zip(records, merged) if r.item.choices is None]
+    if code:
+        await grade_code(code)
+    return merged
+
+
+def _route(runner, name: str, options: dict, texts: list[str], vecs, k: int) -> list:
+    from routers import build_router
+
+    ctx = runner.pipeline.router_context(name)
+    router = build_router(name, replace(ctx, options={**ctx.options, **options}))
+    return router.route(texts, vecs, k)
+
+
+async def evaluate(runner, val, test, experts: list[str], profile_path: Path, seed: int) -> list[pol.PolicyRun]:
+    params = {e: runner.registry.experts[e].params_b for e in experts}
+    texts = [r.item.text for r in test]
+    vecs = await asyncio.to_thread(runner.embedder.encode, texts)
+    runs = [pol.single(test, e, params) for e in experts]
+    runs.append(pol.uniform_random(test, experts, params, seed))
+    for w in COST_WEIGHTS:
+        decisions = await asyncio.to_thread(_route, runner, "two_stage", {"profile": str(profile_path), "cost_weight": w},
+                                            texts, vecs, 1)
+        runs.append(pol.routed(f"two-stage w={w:g}", "two_stage", test, [d.experts[0] for d in decisions], params,
+                               {"cost_weight": w}))
+    skills_opts = {"profile": str(profile_path), "mode": "sample"}
+    k1 = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 1)
+    runs.append(pol.routed("skills k=1", "skills", test, [d.experts[0] for d in k1], params, {"k": 1}))
+    k3 = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 3)
+    aggregator = next((d.aggregator for d in k3 if d.aggregator), None) or runner.registry.aggregator.name
+    candidates = [d.experts for d in k3]
+    merged = await _merge(runner, test, candidates, aggregator)
+    runs.append(pol.aggregated(f"skills k=3 + {aggregator}", test, candidates, merged, aggregator, params,
+                               {"k": 3, "aggregator": aggregator}))
+    runs.append(pol.oracle(test, experts, params))
+    return runs
+
+
+async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
+                        val_code: int | None, seed: int, batch: int | None, log) -> dict:
+    from coe.data.mixed import load_items
+    from coe.expert_runs import mixed_profile, records_json, run_experts
+    from coe.profiling import Runner
+    from routers.skills_profile import save_profile
+
+    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code)
+    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code)
+    runner = Runner(settings, batch=batch, progress=log)
+    await runner.start()
+    try:
+        experts = runner.registry.names
+        timings = {}
+        t0 = time.perf_counter()
+        val = await run_experts(runner, val_items, experts)
+        timings["validation_answers_s"] = round(time.perf_counter() - t0, 1)
+        vecs = await asyncio.to_thread(runner.embedder.encode, [r.item.text for r in val])
+        for r, row in zip(val, runner.index.top(vecs, 3)):
+            r.skills = [n for n, _ in row]
+        profile = mixed_profile(val, experts, {"data": "mixed", "split": "validation"})
+        profile_path = Path(tempfile.mkdtemp(prefix="coe-quality-")) / "profile.json"
+        save_profile(profile, profile_path)
+        t0 = time.perf_counter()
+        test = await run_experts(runner, test_items, experts)
+        timings["test_answers_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        runs = await evaluate(runner, val, test, experts, profile_path, seed)
+        timings["policies_s"] = round(time.perf_counter() - t0, 1)
+        domains = [r.item.domain for r in test]
+        return {"experts": {e: {"params_b": runner.registry.experts[e].params_b,
+                                "model": runner.registry.experts[e].model,
+                                "engine": runner.registry.experts[e].engine} for e in runner.registry.names},
+                "n_validation": len(val), "n_test": len(test),
+                "n_test_by_domain": {d: domains.count(d) for d in sorted(set(domains))},
+                "validation_profile": {e: {k: v for k, v in p.items() if k != "skills"}
+                                       for e, p in profile["experts"].items()},
+                "policies": [summarise(run, domains) for run in runs], "timings": timings,
+                "test_records": records_json(test)}
+    finally:
+        await runner.stop()
+
+
+def quality(
+    experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE)"),
+    quick: bool = typer.Option(False, help="a small stratified sample (1 MMLU question per subcategory, 4 code problems)"),
+    per_subcategory: int = typer.Option(20, help="held-out MMLU questions per subcategory"),
+    code: int = typer.Option(None, help="held-out HumanEval problems (default: all 98 of the test split)"),
+    val_per_subcategory: int = typer.Option(10, help="validation MMLU questions per subcategory (profiles)"),
+    val_code: int = typer.Option(None, help="validation HumanEval problems (default: all 66)"),
+    batch: int = typer.Option(None, help="override every expert's max_batch"),
+    seed: int = typer.Option(0),
+    default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
+    out: Path = typer.Option(DEFAULT_OUT, help="where quality.json/.md/.png go"),
+) -> None:
+    """Quality against compute of every policy on the held-out mixed workload (MMLU + HumanEval), in one run."""
+    from coe.core.settings import get_settings
+
+    settings = get_settings()
+    if experts_file:
+        settings = settings.model_copy(update={"experts_file": experts_file})
+    if quick:
+        per_subcategory, code, val_per_subcategory, val_code = 1, 4, 1, 4
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,
+                                    lambda m: print(m, file=sys.stderr, flush=True)))
+    weight = settings.router_cost_weight if default_cost_weight is None else default_cost_weight
+    res.update({"mode": "quick" if quick else "full", "default_cost_weight": weight,
+                "goals": goals(res["policies"], weight), "seconds": round(time.perf_counter() - started, 1),
+                "command": "coe bench quality " + " ".join(shlex.quote(a) for a in sys.argv[3:]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "load_avg": [round(x, 2) for x in (*load_before, *os.getloadavg())]})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "quality.md").write_text(markdown(res))
+    plot(res, out / "quality.png")
+    typer.echo(markdown(res))
+    typer.echo(f"wrote {out}/quality.json, quality.md, quality.png in {res['seconds']} s")
