@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import replace
+
 import pytest
 
 from tests.conftest import free_port, start_server, stop_server
 from workers.engines import create_engine
-from workers.engines.base import EngineError, EngineSpec
+from workers.engines.base import EngineError, EngineOptions, EngineSpec
 from workers.jobs import GenerationRequest
 
 
@@ -41,6 +45,51 @@ def test_streaming_reports_deltas_per_row(engine):
         assert c.text and "".join(seen[row]) == c.text
 
 
+def test_submit_streams_text_as_it_arrives(engine):
+    async def go():
+        seen: list[tuple[float, str]] = []
+        out = await engine.submit(ask("Tell me about the sea.", max_tokens=24), lambda t: seen.append((time.perf_counter(), t)))
+        return seen, out, time.perf_counter()
+
+    seen, out, ended = asyncio.run(go())
+    assert len(seen) > 1 and "".join(t for _, t in seen) == out.text and out.completion_tokens > 1
+    assert seen[0][0] < ended
+
+
+def test_submitted_requests_run_side_by_side(engine):
+    async def go():
+        return await asyncio.gather(*(engine.submit(ask(q)) for q in ("What is 2+2?", "Name a planet.", "Say hi.")))
+
+    out = asyncio.run(go())
+    assert all(c.text.strip() and c.prompt_tokens > 0 for c in out)
+
+
+def test_cancel_closes_the_stream_and_returns_what_came(engine):
+    req = ask("Describe the history of Rome in detail.", max_tokens=32)
+
+    async def go():
+        full = await engine.submit(req)
+        cancelled, pieces = asyncio.Event(), []
+
+        def on_text(text: str) -> None:
+            pieces.append(text)
+            cancelled.set()
+
+        cut = await engine.submit(req, on_text, cancelled)
+        task = asyncio.create_task(engine.submit(req, lambda t: None))  # cancelling the task stops it too
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        again = await engine.submit(ask("What is 2+2?"))  # the engine keeps serving after both cancels
+        return full, cut, pieces, again
+
+    full, cut, pieces, again = asyncio.run(go())
+    assert cut.finish_reason == "cancelled" and cut.text == "".join(pieces)
+    assert full.text.startswith(cut.text) and len(cut.text) < len(full.text)  # greedy: a prefix, cut short
+    assert again.text.strip()
+
+
 def test_unknown_model_is_a_clear_engine_error(server):
     e = create_engine(spec("openai/no-such-expert", server.v1))
     e.load()
@@ -49,10 +98,8 @@ def test_unknown_model_is_a_clear_engine_error(server):
 
 
 def test_unreachable_server_is_a_clear_engine_error():
-    from workers.engines.openai import OpenAIEngine
-
     base = f"http://127.0.0.1:{free_port()}/v1"
-    e = OpenAIEngine(spec("openai/stem", base), timeout_s=5, num_retries=0)
+    e = create_engine(replace(spec("openai/stem", base), options=EngineOptions(openai_timeout_s=5, openai_retries=0)))
     e.load()
     with pytest.raises(EngineError, match=r"127\.0\.0\.1") as info:
         e.generate([ask("hi")])
