@@ -8,9 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "coe"
+from coe.core.paths import default_cache_dir
 
 
 class Settings(BaseSettings):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from coe.core.settings import default_cache_dir
+from coe.core.paths import default_cache_dir  # not coe.core.settings: engines run where pydantic-settings is not installed
 from workers.jobs import Completion, GenerationRequest
 
 OnDelta = Callable[[int, str], None]
