@@ -30,11 +30,16 @@ def tokenizer_files(source: Path, dest: Path) -> None:
     for name in TOKENIZER_FILES:
         if (source / name).exists():
             shutil.copy(source / name, dest / name)
+    # Readable by transformers 4 and 5 alike (the device's may be older than ours): the class by its old name
+    # (5 keeps it as an alias), the chat template inside (4 reads it only there), no 5-only keys.
+    cfg = json.loads((dest / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("backend", "is_local", "local_files_only"):
+        cfg.pop(key, None)
     template = source / "chat_template.jinja"
-    if template.exists():  # older transformers read the template only from tokenizer_config.json
-        cfg = json.loads((dest / "tokenizer_config.json").read_text())
+    if template.exists():
         cfg.setdefault("chat_template", template.read_text())
-        (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+    (dest / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
 def main() -> None:
