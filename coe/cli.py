@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from coe.cli_common import ExpertsOpt, console, load_or_exit, prepare_weights, settings_for
+from coe.cli_common import ExpertsOpt, console, load_or_exit, parse_gpus, place_or_exit, prepare_weights, settings_for
 from coe.cli_plugins import mount_plugins
 from coe.cli_profile import profile
 from coe.cli_train import train
@@ -42,6 +42,28 @@ def experts_list(experts_file: Path = ExpertsOpt) -> None:
         role = ", ".join(r for r, on in (("fallback", e.fallback), ("aggregator", e.aggregator)) if on)
         table.add_row(e.name, e.engine, e.device, f"{e.params_b:g}", str(e.max_batch), ", ".join(e.categories), role)
     console.print(table)
+
+
+@experts_app.command("plan")
+def experts_plan(
+    gpus: str = typer.Option(None, help="GB of each GPU, e.g. 80,80 (default: COE_GPU_MEMORY_GB, else the GPUs detected)"),
+    traffic: Path = typer.Option(None, help="requests/s per expert, a JSON or YAML mapping (default: COE_TRAFFIC_FILE, else equal)"),
+    experts_file: Path = ExpertsOpt,
+) -> None:
+    """Show where the GPU experts run (device: auto ones placed by memory and traffic) and why."""
+    settings = settings_for(experts_file)
+    registry = load_or_exit(settings)
+    placement = place_or_exit(registry, settings, parse_gpus(gpus), traffic)
+    table = Table("expert", "model", "memory GB", "req/s", "device", "tier", "why")
+    for name, a in sorted(placement.experts.items(), key=lambda kv: (kv[1].device, kv[0])):
+        e = registry.experts[name]
+        table.add_row(name, e.model, f"{e.memory_gb:g}", f"{placement.traffic.get(name, 0.0):.3g}", a.device, a.tier, a.reason)
+    console.print(table)
+    gpus_table = Table("GPU", "total GB", "usable GB", "resident GB", "asleep GB", "req/s", "worker")
+    for g in placement.gpus.values():
+        gpus_table.add_row(g.device, f"{g.total_gb:.1f}", f"{g.usable_gb:.1f}", f"{g.resident_gb:g}", f"{g.asleep_gb:g}",
+                           f"{g.traffic:.3g}", f"coe worker --device {g.device}")
+    console.print(gpus_table)
 
 
 @app.command()

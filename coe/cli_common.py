@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from coe.core.placement import Placement, PlacementError, detect_gpus_gb, load_traffic
 from coe.core.registry import Registry, RegistryError, load_registry
 from coe.core.settings import Settings, get_settings
 
@@ -29,6 +30,30 @@ def load_or_exit(settings: Settings) -> Registry:
         err_console.print(f"[bold red]{settings.experts_file} is invalid:[/]")
         for problem in exc.problems:
             err_console.print(f"  - {problem}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def parse_gpus(text: str | None) -> list[float] | None:
+    """'80,80' -> [80.0, 80.0]; None stays None."""
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        err_console.print(f"[bold red]--gpus must be GB per GPU separated by commas (e.g. 80,80), not '{text}'[/]")
+        raise typer.Exit(2) from None
+
+
+def place_or_exit(registry: Registry, settings: Settings, gpus_gb: list[float] | None = None,
+                  traffic_file: Path | None = None) -> Placement:
+    """Place the `device: auto` experts on the GPUs given, else COE_GPU_MEMORY_GB, else those detected."""
+    gpus = gpus_gb or settings.gpu_memory_gb or detect_gpus_gb()
+    path = traffic_file or settings.traffic_file
+    try:
+        traffic = load_traffic(path) if path else None
+        return registry.place(gpus, traffic, settings.placement_headroom)
+    except PlacementError as exc:
+        err_console.print(f"[bold red]cannot place the experts: {exc}[/]")
         raise typer.Exit(1) from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from coe.cli_common import err_console, load_or_exit, prepare_weights, settings_for
+from coe.cli_common import err_console, load_or_exit, place_or_exit, prepare_weights, settings_for
 
 log = logging.getLogger("coe.worker")
 
@@ -68,6 +68,10 @@ def worker(
                           "without Redis, `coe serve` runs its own embedded worker[/]")
         raise typer.Exit(2)
     registry = load_or_exit(settings)
+    if device.startswith("gpu:") and registry.auto_placed:
+        placement = place_or_exit(registry, settings)  # every worker computes the same plan from the same inputs
+        if memory_gb is None and device in placement.gpus:
+            memory_gb = placement.gpus[device].usable_gb  # what the plan filled; asleep experts are woken within it
     experts = registry.on_device(device)
     if not experts:
         err_console.print(f"[bold red]no experts are placed on device '{device}' in {settings.experts_file}[/]")

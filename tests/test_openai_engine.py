@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from tests.conftest import free_port, start_server, stop_server
@@ -40,6 +43,51 @@ def test_streaming_reports_deltas_per_row(engine):
     out = engine.generate([ask("What is water made of?"), ask("Say hello.")], lambda row, text: seen[row].append(text))
     for row, c in enumerate(out):
         assert c.text and "".join(seen[row]) == c.text
+
+
+def test_submit_streams_text_as_it_arrives(engine):
+    async def go():
+        seen: list[tuple[float, str]] = []
+        out = await engine.submit(ask("Tell me about the sea.", max_tokens=24), lambda t: seen.append((time.perf_counter(), t)))
+        return seen, out, time.perf_counter()
+
+    seen, out, ended = asyncio.run(go())
+    assert len(seen) > 1 and "".join(t for _, t in seen) == out.text and out.completion_tokens > 1
+    assert seen[0][0] < ended
+
+
+def test_submitted_requests_run_side_by_side(engine):
+    async def go():
+        return await asyncio.gather(*(engine.submit(ask(q)) for q in ("What is 2+2?", "Name a planet.", "Say hi.")))
+
+    out = asyncio.run(go())
+    assert all(c.text.strip() and c.prompt_tokens > 0 for c in out)
+
+
+def test_cancel_closes_the_stream_and_returns_what_came(engine):
+    req = ask("Describe the history of Rome in detail.", max_tokens=32)
+
+    async def go():
+        full = await engine.submit(req)
+        cancelled, pieces = asyncio.Event(), []
+
+        def on_text(text: str) -> None:
+            pieces.append(text)
+            cancelled.set()
+
+        cut = await engine.submit(req, on_text, cancelled)
+        task = asyncio.create_task(engine.submit(req, lambda t: None))  # cancelling the task stops it too
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        again = await engine.submit(ask("What is 2+2?"))  # the engine keeps serving after both cancels
+        return full, cut, pieces, again
+
+    full, cut, pieces, again = asyncio.run(go())
+    assert cut.finish_reason == "cancelled" and cut.text == "".join(pieces)
+    assert full.text.startswith(cut.text) and len(cut.text) < len(full.text)  # greedy: a prefix, cut short
+    assert again.text.strip()
 
 
 def test_unknown_model_is_a_clear_engine_error(server):

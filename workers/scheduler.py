@@ -17,6 +17,7 @@ Neither starves: a group whose oldest job has waited `max_wait_s` goes first.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -101,14 +102,15 @@ class Scheduler:
     def batch_size(self, key: str) -> int:
         return 1 if self.policy == "fcfs" else self.groups[key].max_batch
 
-    def plan(self, key: str) -> list[Action]:
-        """Evictions (least recently used first) then the wake or load that makes `key` resident."""
+    def plan(self, key: str, busy: Collection[str] = ()) -> list[Action]:
+        """Evictions (idle before `busy` groups, least recently used first) then the wake or load that makes `key` resident."""
         target = self.groups[key]
         if target.tier is Tier.RESIDENT:
             return []
         actions = []
         used = sum(g.memory_gb for g in self.groups.values() if g.tier is Tier.RESIDENT)
-        victims = sorted((g for g in self.groups.values() if g.tier is Tier.RESIDENT), key=lambda g: g.last_used)
+        victims = sorted((g for g in self.groups.values() if g.tier is Tier.RESIDENT),
+                         key=lambda g: (g.key in busy, g.last_used))
         for victim in victims:
             if used + target.memory_gb <= self.memory_budget_gb:
                 break

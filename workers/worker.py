@@ -3,6 +3,8 @@
 Each turn: ask the scheduler for the next weights group, make it resident,
 claim up to a batch of its jobs (oldest first, across the group's experts),
 run them in one engine call off the event loop, publish results, acknowledge.
+When every engine takes jobs one by one (vLLM's AsyncLLM, a remote server), the
+worker serves them continuously instead (workers/continuous.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from coe.core.assets import AssetError, is_local_ref
 from coe.core.registry import ExpertConfig, Registry
 from workers.choice_jobs import is_scoring, score_jobs
+from workers.continuous import ContinuousLoop
 from workers.engines import create_engine
 from workers.engines.base import Engine, EngineOptions, EngineSpec
 from workers.jobs import Job, JobResult
@@ -72,6 +75,7 @@ class Worker:
         self._next_registry: Registry | None = None
         self._leaving: set[str] = set()
         self._next_reclaim = 0.0
+        self.continuous = ContinuousLoop(self)
 
     async def preload(self) -> None:
         """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
@@ -164,6 +168,9 @@ class Worker:
         if not self.ready.is_set():
             await self.preload()
         while not stop.is_set():
+            if self.continuous.applies():
+                await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
+                continue
             served = await self.step()
             if not served:
                 await self.wait_or_reclaim(stop)

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coe.core.assets import AssetError, is_local_ref, resolve_model_path
+from coe.core.placement import DEFAULT_HEADROOM, Item, Placement, PlacementError, plan
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_NAMES = {"coe"}
@@ -35,7 +36,8 @@ class ExpertConfig(BaseModel):
     model: str = Field(min_length=1, description="package:<module>[/file], a local path, or a model id")
     api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server (engine: openai)")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the provider key")
-    device: str = Field("cpu", pattern=r"^(cpu|gpu:\d+|remote)$")
+    device: str = Field("cpu", pattern=r"^(cpu|gpu:\d+|remote|auto)$",
+                        description="cpu, gpu:N, remote, or auto (a GPU chosen by the placement: coe experts plan)")
     memory_gb: float = Field(1.0, gt=0)
     max_batch: int = Field(8, ge=1, le=1024)
     params_b: float = Field(gt=0, description="active parameters, billions")
@@ -70,6 +72,8 @@ class ExpertConfig(BaseModel):
             raise ValueError(f"api_base/api_key_env only apply to engine 'openai', not '{self.engine}'")
         if self.engine == "local" and self.device.startswith("gpu"):
             raise ValueError("engine 'local' runs on the CPU; use engine 'vllm' for a GPU")
+        if self.device == "auto" and self.engine != "vllm":
+            raise ValueError(f"device 'auto' places experts on GPUs; engine '{self.engine}' does not run on one")
         return self
 
     @property
@@ -131,6 +135,7 @@ class Registry:
         self.spec = spec
         self.path = path
         self.experts: dict[str, ExpertConfig] = {e.name: e for e in spec.experts}
+        self.placement: Placement | None = None
 
     @property
     def names(self) -> list[str]:
@@ -147,8 +152,32 @@ class Registry:
     def model_path(self, expert: ExpertConfig) -> Path:
         return resolve_model_path(expert.model, self.path.parent)
 
+    @property
+    def auto_placed(self) -> list[ExpertConfig]:
+        return [e for e in self.experts.values() if e.device == "auto"]
+
+    def place(self, gpus_gb: list[float], traffic: dict[str, float] | None = None,
+              headroom: float = DEFAULT_HEADROOM) -> Placement:
+        """Decide (coe.core.placement) which GPU each `device: auto` expert runs on; `on_device` follows it."""
+        items = [Item(e.name, f"{e.engine}|{e.model}", e.memory_gb, e.device)
+                 for e in self.experts.values() if e.device == "auto" or e.device.startswith("gpu:")]
+        self.placement = plan(items, gpus_gb, traffic, headroom)
+        return self.placement
+
+    def resolved(self, expert: ExpertConfig) -> ExpertConfig:
+        """The expert with the device it really runs on (an `auto` one: the placement's GPU)."""
+        if expert.device != "auto":
+            return expert
+        device = self.placement.device_of(expert.name) if self.placement else None
+        if device is None:
+            raise PlacementError(f"expert '{expert.name}' has device 'auto' and no placement was made (Registry.place)")
+        return expert.model_copy(update={"device": device})
+
     def on_device(self, device: str) -> list[ExpertConfig]:
-        return [e for e in self.experts.values() if e.device == device]
+        """The experts a worker for `device` serves; `auto` ones where the placement put them."""
+        if not device.startswith("gpu:"):
+            return [e for e in self.experts.values() if e.device == device]
+        return [r for e in self.experts.values() if e.device in (device, "auto") and (r := self.resolved(e)).device == device]
 
 
 def parse_registry(text: str, path: Path) -> Registry:

@@ -8,9 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "coe"
+from coe.core.paths import default_cache_dir
 
 
 class Settings(BaseSettings):
@@ -46,7 +44,10 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, description="CPU threads of the local engine (torch has one pool per process)")
     openai_timeout_s: float = Field(120.0, description="openai engine: seconds per request to the remote server")
     openai_retries: int = Field(2, description="openai engine: retries of a failed request")
-    vllm_engine_args: dict = Field(default_factory=dict, description="vllm engine: extra LLM(...) arguments, a JSON object")
+    vllm_engine_args: dict = Field(default_factory=dict, description="vllm engine: extra AsyncEngineArgs(...) arguments, a JSON object")
+    gpu_memory_gb: list[float] = Field(default_factory=list, description="memory of each GPU in GB, a JSON list such as [80, 80], for placing device: auto experts where GPUs cannot be detected")
+    traffic_file: Path | None = Field(None, description="requests/s per expert (JSON or YAML mapping) the placement of device: auto experts balances; unset = equal")
+    placement_headroom: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory the placement fills")
     log_level: str = "info"
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -36,79 +36,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Real layer shapes (from the models' published config.json); vocab replaced by the tokenizer's.
-ARCHS = {
-    "qwen2.5-0.5b": dict(arch="Qwen2ForCausalLM", model_type="qwen2", hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, tie=True, rope_theta=1e6),
-    "llama-3.2-1b": dict(arch="LlamaForCausalLM", model_type="llama", hidden_size=2048, intermediate_size=8192,
-                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, tie=True, rope_theta=5e5),
-    "qwen2.5-1.5b": dict(arch="Qwen2ForCausalLM", model_type="qwen2", hidden_size=1536, intermediate_size=8960,
-                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie=True, rope_theta=1e6),
-}
+
+def use_this_checkout() -> None:
+    """Import coe, workers and the benchmarks (as coe_evals) from this checkout: nothing is installed on the device."""
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("coe_evals", ROOT / "evals" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "evals")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["coe_evals"] = module
+    spec.loader.exec_module(module)
+
 # Eight experts that do not all fit: memory_gb sums to 80 GB on a card of about 79 GB, budget 30 GB.
 EXPERTS = [("qwen2.5-0.5b", 8.0)] * 4 + [("llama-3.2-1b", 12.0)] * 2 + [("qwen2.5-1.5b", 12.0)] * 2
-
-
-def config_for(name: str, vocab: int, tok_cfg: dict) -> dict:
-    a = ARCHS[name]
-    cfg = {
-        "architectures": [a["arch"]], "model_type": a["model_type"], "hidden_size": a["hidden_size"],
-        "intermediate_size": a["intermediate_size"], "num_hidden_layers": a["num_hidden_layers"],
-        "num_attention_heads": a["num_attention_heads"], "num_key_value_heads": a["num_key_value_heads"],
-        "head_dim": a["hidden_size"] // a["num_attention_heads"], "hidden_act": "silu", "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096, "rope_theta": a["rope_theta"], "tie_word_embeddings": a["tie"],
-        "vocab_size": vocab, "torch_dtype": "bfloat16", "bos_token_id": tok_cfg.get("bos_token_id", 1),
-        "eos_token_id": tok_cfg.get("eos_token_id", 2), "attention_bias": False,
-    }
-    if a["model_type"] == "qwen2":
-        cfg["use_sliding_window"] = False
-    return cfg
-
-
-def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    h, i, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    hd = cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], h), "model.norm.weight": (h,)}
-    for layer in range(n):
-        p = f"model.layers.{layer}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-        })
-        if cfg["model_type"] == "qwen2":  # Qwen2 has q/k/v biases
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,), p + "self_attn.v_proj.bias": (kv,)})
-    if not cfg["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (cfg["vocab_size"], h)
-    return shapes
-
-
-def build_model(folder: Path, arch: str, tokenizer: Path, seed: int) -> dict:
-    """config.json + random bf16 safetensors + the tokenizer files, in `folder`."""
-    import torch
-    from safetensors.torch import save_file
-
-    tok_cfg = json.loads((tokenizer / "config.json").read_text()) if (tokenizer / "config.json").exists() else {}
-    vocab = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"]
-    cfg = config_for(arch, len(vocab), tok_cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in tokenizer.iterdir():
-        if f.is_file() and f.name != "config.json" and not f.name.endswith(".safetensors"):
-            shutil.copy(f, folder / f.name)
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    tensors, params = {}, 0
-    for name, shape in tensor_shapes(cfg).items():
-        if name.endswith("norm.weight"):
-            t = torch.ones(shape, dtype=torch.bfloat16, device="cuda")
-        else:
-            t = (torch.randn(shape, generator=gen, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16)
-        tensors[name] = t.cpu()
-        params += t.numel()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return {"arch": arch, "params": params, "bytes": params * 2}
 
 
 RESULT_NAME = ["gpu-serving"]
@@ -127,8 +66,8 @@ def chat(i: int) -> list[dict]:
 
 
 async def throughput(worker, key: str, expert: str, batch: int, max_tokens: int, repeats: int) -> dict:
-    """One batch of `batch` chats: through the worker (submit to last result) vs bare llm.generate, alternating."""
-    from vllm import SamplingParams
+    """One batch of `batch` chats: through the worker (submit to last result) vs the bare AsyncLLM, alternating."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
 
     from workers.jobs import GenerationRequest, Job
     from workers.queue_memory import MemoryQueue
@@ -136,7 +75,7 @@ async def throughput(worker, key: str, expert: str, batch: int, max_tokens: int,
     engine = worker.engines[key]
     reqs = [GenerationRequest(messages=chat(i), max_tokens=max_tokens, temperature=0.0) for i in range(batch)]
     prompts = [{"prompt_token_ids": engine.prompt_ids(r.messages)} for r in reqs]
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, output_kind=RequestOutputKind.FINAL_ONLY)
     for r in reqs:
         r.stop = []
     rows = {"worker": [], "bare": []}
@@ -157,10 +96,18 @@ async def throughput(worker, key: str, expert: str, batch: int, max_tokens: int,
         return dt, sum(r.completion.completion_tokens for r in results if r.ok)
 
     await via_worker()  # makes the expert resident; not timed
-    def bare() -> tuple[float, int]:
+    async def bare_batch() -> tuple[float, int]:  # on the engine's own loop, where its AsyncLLM lives
+        async def one(i: int, prompt: dict) -> int:
+            async for out in engine.llm.generate(prompt, params, f"bare-{time.time_ns()}-{i}"):
+                last = out
+            return len(last.outputs[0].token_ids)
+
         t0 = time.perf_counter()
-        outs = engine.llm.generate(prompts, params, use_tqdm=False)
-        return time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in outs)
+        tokens = sum(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+        return time.perf_counter() - t0, tokens
+
+    def bare() -> tuple[float, int]:
+        return engine.runner.call(bare_batch())
 
     for r in range(repeats):  # alternate which side goes first
         if r % 2:
@@ -200,8 +147,9 @@ def main() -> None:
     experts = [(a, m) for a, m in EXPERTS if not args.archs or a in args.archs.split(",")]
     if args.archs:
         experts = list({a: (a, m) for a, m in experts}.values())
-    sys.path.insert(0, str(ROOT))
+    use_this_checkout()
     from coe_evals.bench_serving import evict_all, instrument, make_workload, run_policy, write_experts_file
+    from coe_evals.gpu.gpu_models import build_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))

@@ -1,23 +1,36 @@
 """The engine interface the scheduler drives.
 
 An engine owns one set of weights. `load` makes it resident, `sleep` frees the
-device but keeps it fast to wake, `unload` drops it; `generate` completes a
-batch of chats in one call and may report text as it is produced.
+device but keeps it fast to wake, `unload` drops it.
+
+Two ways to run requests:
+  generate  a batch of chats in one call, from a worker thread (every engine has it).
+  submit    one chat at a time, as it arrives, from the worker's event loop: engines that batch
+            continuously inside (vLLM's AsyncLLM, a remote OpenAI-compatible server) set
+            `supports_streaming_submit`, and the worker then serves them job by job
+            (workers/continuous.py) instead of batch by batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from coe.core.settings import default_cache_dir
+from coe.core.paths import default_cache_dir  # not coe.core.settings: engines run where pydantic-settings is not installed
 from workers.jobs import Completion, GenerationRequest
 
 OnDelta = Callable[[int, str], None]
 """on_delta(row, text): new text for row `row` of the batch, in order."""
 
+OnText = Callable[[str], None]
+"""on_text(text): new text of one submitted request, in order, called on the submitter's event loop."""
+
+CANCELLED = "cancelled"
+"""finish_reason of a submitted request stopped through its `cancelled` event."""
 
 
 class EngineError(RuntimeError):
@@ -52,7 +65,9 @@ class EngineOptions:
 
 
 class Engine(ABC):
-    supports_sleep: bool = False
+    supports_sleep: ClassVar[bool] = False
+    supports_streaming_submit: ClassVar[bool] = False
+    """True when `submit` is implemented: requests join the running batch one by one (continuous batching)."""
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -64,6 +79,17 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
         """Complete every request; one Completion per request, in order."""
+
+    async def submit(self, request: GenerationRequest, on_text: OnText | None = None,
+                     cancelled: asyncio.Event | None = None) -> Completion:
+        """Complete one request alongside whatever else the engine is running; await it on the worker's loop.
+
+        Text streams to `on_text` as it is produced (None: the caller wants only the result). When
+        `cancelled` is set, the request is aborted in the engine (its slot is free when this returns)
+        and what was produced so far comes back with finish_reason 'cancelled'. Cancelling the awaiting
+        task aborts it too (CancelledError propagates). Failures raise EngineError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} serves batches only (supports_streaming_submit is False)")
 
     def sleep(self) -> None:
         """Free device memory but keep the engine quick to wake; default: unload."""

@@ -3,23 +3,24 @@
 The expert's `model` is a LiteLLM model string (`hosted_vllm/<id>` or `openai/<id>` for a self-hosted
 server, `openai/gpt-4o-mini` for OpenAI itself, ...), `api_base` the server's URL, and `api_key_env`
 the NAME of the environment variable that holds the key (read when the engine loads, never stored in
-experts.yaml). A batch is sent as concurrent requests from a thread pool: the server does the batching.
-Streaming jobs stream; the others do not. Nothing is resident, so load/sleep/unload cost nothing.
+experts.yaml). Every request is its own streamed `litellm.acompletion` on the engine's event loop
+(engine_loop.py): the worker submits jobs as it claims them and the server does the batching; text is
+handed on as it arrives. A cancelled job closes its stream, which tells the server to stop. Timeouts and
+retries come from `spec.options` (openai_timeout_s, openai_retries). Nothing is resident, so
+load/sleep/unload cost nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import EngineError, EngineSpec
+from workers.engines.engine_loop import Emit, LoopEngine
 from workers.jobs import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENCY = 32
-"""Requests in flight at once per engine; the batch size (max_batch) caps it further."""
 NO_KEY = "not-needed"
 """Sent when the expert names no api_key_env: self-hosted servers usually ignore the key, but clients insist on one."""
 
@@ -33,7 +34,7 @@ def _litellm():
     return litellm
 
 
-class OpenAIEngine(Engine):
+class OpenAIEngine(LoopEngine):
     supports_sleep = False
 
     def __init__(self, spec: EngineSpec):
@@ -69,6 +70,7 @@ class OpenAIEngine(Engine):
         kw = dict(
             model=self.spec.model, messages=req.messages, max_tokens=req.max_tokens, temperature=req.temperature,
             top_p=req.top_p, api_key=self._api_key, timeout=self.timeout_s, num_retries=self.num_retries,
+            stream=True, stream_options={"include_usage": True},
         )
         if self.spec.api_base:
             kw["api_base"] = self.spec.api_base
@@ -80,47 +82,34 @@ class OpenAIEngine(Engine):
             kw["extra_body"] = {"repetition_penalty": req.repetition_penalty}
         return kw
 
-    def _one(self, row: int, req: GenerationRequest, on_delta: OnDelta | None) -> Completion:
-        litellm = self._litellm
+    async def complete(self, request: GenerationRequest, emit: Emit, stream: bool) -> Completion:
+        if self._litellm is None:
+            self.load()
+        parts: list[str] = []
+        finish, usage, chunks, response = "stop", None, 0, None
         try:
-            if on_delta is None:
-                resp = litellm.completion(**self._kwargs(req))
-                choice = resp.choices[0]
-                usage = getattr(resp, "usage", None)
-                return Completion(
-                    text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
-                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                )
-            parts: list[str] = []
-            finish, usage, chunks = "stop", None, 0
-            for chunk in litellm.completion(**self._kwargs(req), stream=True, stream_options={"include_usage": True}):
+            response = await self._litellm.acompletion(**self._kwargs(request))
+            async for chunk in response:
                 usage = getattr(chunk, "usage", None) or usage
                 for choice in chunk.choices or []:
                     text = getattr(choice.delta, "content", None)
                     if text:
                         parts.append(text)
                         chunks += 1
-                        on_delta(row, text)
+                        if stream:
+                            emit(text, 1)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-            return Completion(
-                text="".join(parts), finish_reason=finish,
-                prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                completion_tokens=getattr(usage, "completion_tokens", 0) or chunks,
-            )
         except Exception as exc:
             raise EngineError(f"openai engine, model {self.where}: {type(exc).__name__}: {_short(exc)}") from exc
-
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
-        if self._litellm is None:
-            self.load()
-        if not requests:
-            return []
-        workers = max(1, min(len(requests), self.spec.max_batch, MAX_CONCURRENCY))
-        with ThreadPoolExecutor(workers, thread_name_prefix="openai-engine") as pool:
-            futures = [pool.submit(self._one, i, r, on_delta) for i, r in enumerate(requests)]
-            return [f.result() for f in futures]
+        finally:
+            if response is not None:
+                await response.aclose()  # on cancel: drops the connection, so the server stops generating
+        text = "".join(parts)
+        if not stream:
+            emit(text, chunks)
+        return Completion(text=text, finish_reason=finish, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or chunks)
 
 
 def _short(exc: Exception, limit: int = 500) -> str:

@@ -1,40 +1,43 @@
-"""The `vllm` engine: vLLM's offline `LLM` inside the worker that owns the GPU.
+"""The `vllm` engine: vLLM's AsyncLLM (continuous batching) inside the worker that owns the GPU.
 
-load    starts an engine (weights read, memory profiled, KV cache made, CUDA graphs
-        captured): tens of seconds.
-sleep   `LLM.sleep(level=1)`: weights copied to host memory, KV cache dropped, the
-        device memory given back; the engine process stays.
-wake    `LLM.wake_up()`: weights copied back; a fraction of a second.
-unload  the engine is shut down and its device memory freed.
+load    `AsyncLLM.from_engine_args(...)` on the engine's own event loop (engine_loop.py): an engine-core
+        process starts (weights read, memory profiled, KV cache made, CUDA graphs captured): tens of seconds.
+submit  one request joins vLLM's running batch as soon as the worker claims it
+        (`generate(prompt, sampling_params, request_id)`); its text streams back as vLLM produces it
+        (RequestOutputKind.DELTA; FINAL_ONLY when nobody streams); a cancelled request is aborted
+        (`abort(request_id)`), which frees its slot and KV-cache blocks at once.
+sleep   `sleep(level=1)`: weights copied to host memory, KV cache dropped, device memory given back;
+        only with nothing running (the worker drains an engine before it puts it to sleep).
+wake    `wake_up()`: weights copied back; a fraction of a second.
+unload  `shutdown()`: the engine-core process ends and its device memory is freed.
 
-On a GPU each engine gets `gpu_memory_utilization = memory_gb / the GPU's total memory`, so
-the expert's `memory_gb` in experts.yaml is what it really takes (weights, KV cache
-and activations) and the scheduler's memory budget matches the device (on `device: cpu`, vLLM's CPU
-backend, vLLM sizes the KV cache from VLLM_CPU_KVCACHE_SPACE, set by whoever starts the worker).
-vLLM's own arguments for every engine of a worker come from the worker's settings (COE_VLLM_ENGINE_ARGS,
-a JSON object such as '{"enforce_eager": true, "max_model_len": 4096}'); they override the derived ones.
-The GPU is chosen by the process (`coe worker --device gpu:N` sets CUDA_VISIBLE_DEVICES before CUDA starts).
+On a GPU each engine gets `gpu_memory_utilization = memory_gb / the GPU's total memory`, so the
+expert's `memory_gb` in experts.yaml is what it really takes (weights, KV cache and activations) and
+the scheduler's memory budget matches the device (on `device: cpu`, vLLM's CPU backend, vLLM sizes the
+KV cache from VLLM_CPU_KVCACHE_SPACE, set by whoever starts the worker). `max_num_seqs` is the
+expert's max_batch: the worker keeps at most that many of its jobs in the engine. vLLM's own arguments
+come from `spec.options.vllm_args` (the service's COE_VLLM_ENGINE_ARGS, handed down) and override the
+derived ones. The GPU is chosen by the process (`coe worker --device gpu:N` sets CUDA_VISIBLE_DEVICES
+before CUDA starts).
 
-The chat template is applied here with the model's tokenizer, and prompts go to
-vLLM as token ids with one SamplingParams per request, so every row keeps its own
-temperature, top_p, repetition_penalty, seed, stop strings and max_tokens. vLLM
-does not stream through the offline API: `on_delta` gets each row's whole text
-once, at the end.
-
-vllm is imported only when an engine loads, so the rest of the service runs where
-it is not installed.
+The chat template is applied here with the model's tokenizer, and prompts go to vLLM as token ids with
+one SamplingParams per request (temperature, top_p, repetition_penalty, seed, stop strings, max_tokens).
+vllm is imported only when an engine loads, so the rest of the service runs where it is not installed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import inspect
 import logging
-import threading
 import time
+import uuid
 from typing import Any
 
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import EngineError, EngineSpec
 from workers.engines.decoding import plain_messages
+from workers.engines.engine_loop import Emit, LoopEngine
 from workers.jobs import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -68,15 +71,13 @@ def memory_utilization(memory_gb: float, total_gb: float) -> float:
     return round(memory_gb / total_gb, 4)
 
 
-
-
 def _plain_prompt(messages: list[dict]) -> str:
     """A prompt for tokenizers without a chat template."""
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
-class VllmEngine(Engine):
-    """One vLLM engine (its own engine-core process) for one set of weights."""
+class VllmEngine(LoopEngine):
+    """One AsyncLLM (its own engine-core process) for one set of weights."""
 
     supports_sleep = True
 
@@ -88,15 +89,15 @@ class VllmEngine(Engine):
         self.asleep = False
         self.max_model_len = 0
         self.load_s = 0.0
-        self._lock = threading.Lock()
+        self.running: set[str] = set()  # request ids inside vLLM; touched on the engine's loop only
 
     @property
     def model(self) -> str:
         return self.spec.model_path or self.spec.model
 
     def llm_args(self, total_gb: float | None = None) -> dict:
-        """The arguments `LLM(...)` gets: derived from the spec, then the worker's vllm_args, then the constructor's."""
-        args = {"model": self.model, "max_num_seqs": self.spec.max_batch, "seed": 0}
+        """The AsyncEngineArgs: derived from the spec, then the worker's vllm_args, then the constructor's."""
+        args = {"model": self.model, "max_num_seqs": self.spec.max_batch, "seed": 0, "disable_log_stats": True}
         if self.spec.device != "cpu":
             total = gpu_total_gb(0) if total_gb is None else total_gb  # the worker process sees only its GPU
             args["gpu_memory_utilization"] = memory_utilization(self.spec.memory_gb, total)
@@ -105,74 +106,85 @@ class VllmEngine(Engine):
         args.update(self.engine_args)
         return args
 
-    # ---- lifecycle
+    # ---- lifecycle: blocking calls (worker threads, scripts) run on the engine's loop
 
     def load(self) -> None:
-        with self._lock:
-            if self.llm is not None:
-                if self.asleep:
-                    self._wake()
-                return
-            try:
-                from vllm import LLM
-            except ImportError as exc:
-                raise EngineError(f"vllm is not installed: {exc}") from exc
-            args = self.llm_args()
-            t0 = time.perf_counter()
-            try:
-                llm = LLM(**args)
-            except Exception as exc:
-                raise EngineError(f"vllm could not start {self.spec.model}: {type(exc).__name__}: {exc}") from exc
-            self.llm = llm
-            self.asleep = False
-            self.max_model_len = int(llm.llm_engine.model_config.max_model_len)
-            self.tokenizer = None if args.get("skip_tokenizer_init") else llm.get_tokenizer()
-            self.load_s = time.perf_counter() - t0
-            log.info("vllm engine %s started in %.1fs (gpu_memory_utilization=%s)", self.spec.key, self.load_s,
-                     args.get("gpu_memory_utilization"))
+        self.runner.call(self._load())
 
     def sleep(self) -> None:
-        with self._lock:
-            if self.llm is None or self.asleep:
-                return
-            self.llm.sleep(level=1)
-            self.asleep = True
+        self.runner.call(self._sleep())
 
     def wake(self) -> None:
-        if self.llm is None:
-            self.load()
-            return
-        with self._lock:
-            self._wake()
-
-    def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+        self.runner.call(self._wake())
 
     def unload(self) -> None:
-        with self._lock:
-            llm, self.llm, self.tokenizer, self.asleep = self.llm, None, None, False
-            if llm is None:
-                return
-            for stop in (getattr(llm, "shutdown", None), getattr(getattr(llm.llm_engine, "engine_core", None), "shutdown", None)):
-                if stop is not None:
-                    try:
-                        stop()
-                        break
-                    except Exception:  # best effort: the process is going away either way
-                        log.debug("vllm shutdown failed", exc_info=True)
-            del llm
-            gc.collect()
-            try:
-                import torch
+        if self.runner.loop is None:
+            return
+        self.runner.call(self._unload())
+        self.runner.stop()
 
-                if torch.cuda.is_initialized():
-                    torch.cuda.empty_cache()
-            except ImportError:
-                pass
+    async def _load(self) -> None:
+        if self.llm is not None:
+            await self._wake()
+            return
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise EngineError(f"vllm is not installed: {exc}") from exc
+        args = self.llm_args()
+        t0 = time.perf_counter()
+        try:
+            llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+            tokenizer = None
+            if not args.get("skip_tokenizer_init"):
+                tokenizer = llm.get_tokenizer()
+                if inspect.isawaitable(tokenizer):  # a coroutine in some vLLM releases
+                    tokenizer = await tokenizer
+        except Exception as exc:
+            raise EngineError(f"vllm could not start {self.spec.model}: {type(exc).__name__}: {exc}") from exc
+        self.llm, self.tokenizer, self.asleep = llm, tokenizer, False
+        self.max_model_len = int(llm.model_config.max_model_len)
+        self.load_s = time.perf_counter() - t0
+        log.info("vllm engine %s started in %.1fs (gpu_memory_utilization=%s)", self.spec.key, self.load_s,
+                 args.get("gpu_memory_utilization"))
 
-    # ---- generation
+    async def _sleep(self) -> None:
+        if self.llm is None or self.asleep:
+            return
+        if self.running:
+            raise EngineError(f"vllm engine {self.spec.key} cannot sleep with {len(self.running)} requests running")
+        await self.llm.sleep(level=1)
+        self.asleep = True
+
+    async def _wake(self) -> None:
+        if self.llm is None:
+            await self._load()
+        elif self.asleep:
+            await self.llm.wake_up()
+            self.asleep = False
+
+    async def _unload(self) -> None:
+        llm, self.llm, self.tokenizer, self.asleep = self.llm, None, None, False
+        if llm is None:
+            return
+        try:
+            if self.running:
+                await llm.abort(list(self.running))
+            llm.shutdown()
+        except Exception:  # best effort: the engine is going away either way
+            log.debug("vllm shutdown failed", exc_info=True)
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    # ---- requests
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if self.tokenizer is None:
@@ -184,37 +196,46 @@ class VllmEngine(Engine):
             text = _plain_prompt(msgs)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def sampling_params(self, request: GenerationRequest, room: int) -> Any:
-        from vllm import SamplingParams
+    def sampling_params(self, request: GenerationRequest, room: int, stream: bool = True) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         return SamplingParams(
             n=1, max_tokens=max(1, min(request.max_tokens, room)), temperature=request.temperature, top_p=request.top_p,
             repetition_penalty=request.repetition_penalty, seed=request.seed, stop=[s for s in request.stop if s] or None,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
 
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
-        if not requests:
-            return []
-        with self._lock:
-            if self.llm is None or self.asleep:
-                raise EngineError(f"vllm engine {self.spec.key} is not resident")
-            prompts, params = [], []
-            for i, req in enumerate(requests):
-                ids = self.prompt_ids(req.messages)
-                room = self.max_model_len - len(ids)
-                if room < 1:
-                    raise EngineError(f"request {i}: prompt of {len(ids)} tokens does not fit the {self.max_model_len}-token context")
-                prompts.append({"prompt_token_ids": ids})
-                params.append(self.sampling_params(req, room))
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions = []
-        for i, out in enumerate(outputs):
-            o = out.outputs[0]
-            completions.append(Completion(text=o.text, prompt_tokens=len(out.prompt_token_ids or prompts[i]["prompt_token_ids"]),
-                                          completion_tokens=len(o.token_ids), finish_reason=o.finish_reason or "length"))
-            if on_delta is not None and o.text:
-                on_delta(i, o.text)
-        return completions
+    async def complete(self, request: GenerationRequest, emit: Emit, stream: bool) -> Completion:
+        if self.llm is None or self.asleep:
+            raise EngineError(f"vllm engine {self.spec.key} is not resident")
+        ids = self.prompt_ids(request.messages)
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise EngineError(f"prompt of {len(ids)} tokens does not fit the {self.max_model_len}-token context")
+        params = self.sampling_params(request, room, stream)
+        rid = uuid.uuid4().hex
+        llm, parts, tokens, finish = self.llm, [], 0, None
+        self.running.add(rid)
+        try:
+            async for out in llm.generate({"prompt_token_ids": ids}, params, rid):
+                o = out.outputs[0]
+                if o.text or o.token_ids:
+                    emit(o.text, len(o.token_ids))
+                    parts.append(o.text)
+                    tokens += len(o.token_ids)
+                finish = o.finish_reason or finish
+        except asyncio.CancelledError:
+            try:
+                await llm.abort(rid)  # frees the slot now, not when the request would have ended
+            except Exception:
+                log.warning("vllm engine %s could not abort request %s", self.spec.key, rid, exc_info=True)
+            raise
+        except Exception as exc:
+            raise EngineError(f"vllm engine {self.spec.key}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.running.discard(rid)
+        return Completion(text="".join(parts), prompt_tokens=len(ids), completion_tokens=tokens,
+                          finish_reason=finish or "length")
 
 
 ENGINE_CLASS = VllmEngine

@@ -1,0 +1,142 @@
+"""Streaming clients for evals/gpu/vs_vllm.py: replay a request stream, time the first token and the last.
+
+Every request starts at its arrival time (Poisson gaps) as its own task and streams; its time to first
+token (TTFT) runs from the moment it is sent to the first text, its latency to the end. Throughput is
+completion tokens over the wall time (first arrival to last answer). GPU memory is sampled while a run
+lasts (device-wide, so every engine process counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from coe_evals.workload import Arrival, percentile
+from workers.jobs import GenerationRequest, Job, JobResult
+from workers.queue import Delta
+
+
+@dataclass
+class Outcome:
+    expert: str
+    ok: bool
+    ttft_s: float | None
+    latency_s: float
+    tokens: int
+    error: str | None = None
+
+
+async def replay(arrivals: list[Arrival], send: Callable[[Arrival], Awaitable[Outcome]],
+                 timeout_s: float) -> tuple[list[Outcome], float]:
+    """Send every arrival at its time; requests still unanswered after `timeout_s` count as errors."""
+    t0 = time.perf_counter()
+
+    async def one(a: Arrival) -> Outcome:
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(send(a), max(0.1, timeout_s - (started - t0)))
+        except Exception as exc:  # a failed or timed-out request is counted, never fatal
+            return Outcome(a.expert, False, None, time.perf_counter() - started, 0, f"{type(exc).__name__}: {exc}"[:300])
+
+    tasks = []
+    for a in arrivals:
+        delay = t0 + a.at_s - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(a)))
+    outcomes = list(await asyncio.gather(*tasks))
+    return outcomes, time.perf_counter() - t0
+
+
+def coe_sender(queue, max_tokens: int, timeout_s: float) -> Callable[[Arrival], Awaitable[Outcome]]:
+    """A client of coe's queue: a streaming job per request, read back as the worker publishes it."""
+
+    async def send(a: Arrival) -> Outcome:
+        job = Job(expert=a.expert, stream=True,
+                  request=GenerationRequest(messages=a.messages, max_tokens=max_tokens, temperature=0.0))
+        started, first, result = time.perf_counter(), None, None
+        await queue.submit(job)
+        async for event in queue.events(job.id, timeout_s):
+            if isinstance(event, Delta):
+                first = first or time.perf_counter()
+            elif isinstance(event, JobResult):
+                result = event
+        done = time.perf_counter()
+        if result is None or not result.ok:
+            return Outcome(a.expert, False, None, done - started, 0, result.error if result else "no result")
+        return Outcome(a.expert, True, (first or done) - started, done - started, result.completion.completion_tokens)
+
+    return send
+
+
+def _q(values: list[float], q: float) -> float | None:
+    return round(percentile(values, q), 4) if values else None
+
+
+def summarize(outcomes: list[Outcome], wall_s: float, **extra) -> dict:
+    ok = [o for o in outcomes if o.ok]
+    ttft = [o.ttft_s for o in ok if o.ttft_s is not None]
+    lat = [o.latency_s for o in ok]
+    tokens = sum(o.tokens for o in ok)
+    errors = [o.error for o in outcomes if not o.ok]
+    return {
+        "requests": len(outcomes), "errors": len(errors), "first_errors": sorted(set(errors))[:3],
+        "completion_tokens": tokens, "wall_s": round(wall_s, 3), "tokens_per_s": round(tokens / wall_s, 1) if wall_s else None,
+        "ttft_p50_s": _q(ttft, 50), "ttft_p99_s": _q(ttft, 99), "ttft_mean_s": round(statistics.fmean(ttft), 4) if ttft else None,
+        "latency_p50_s": _q(lat, 50), "latency_p99_s": _q(lat, 99),
+        **extra,
+    }
+
+
+def compare(vllm: dict, coe: dict) -> dict:
+    """coe against vLLM, side by side: >1 means coe is higher (better for tokens/s, worse for times)."""
+    def ratio(k: str) -> float | None:
+        a, b = coe.get(k), vllm.get(k)
+        return round(a / b, 3) if a is not None and b else None
+
+    return {f"coe_over_vllm_{k}": ratio(k) for k in ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "latency_p50_s",
+                                                     "latency_p99_s")}
+
+
+class MemorySampler:
+    """Peak and mean of `read()` (GiB in use on the GPU), sampled in a thread while a run lasts."""
+
+    def __init__(self, read: Callable[[], float], every_s: float = 0.2):
+        self.read, self.every_s = read, every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemorySampler:
+        self._thread = threading.Thread(target=self._run, name="gpu-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.read())
+            except Exception:  # a failed reading is a missing sample, not a failed run
+                pass
+            self._stop.wait(self.every_s)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict:
+        s = self.samples
+        return {"gpu_used_gib_peak": round(max(s), 2) if s else None,
+                "gpu_used_gib_mean": round(statistics.fmean(s), 2) if s else None}
+
+
+def gpu_used_gib() -> float:
+    """Memory in use on GPU 0 by every process (total minus free), in GiB."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(0)
+    return (total - free) / 2**30
