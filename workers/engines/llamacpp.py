@@ -206,8 +206,10 @@ class LlamaCppEngine(Engine):
         with self._lock:
             if self.ctx is None:
                 raise EngineError(f"llamacpp engine {self.spec.key} is not loaded")
-            rows = [self._row(i, req) for i, req in enumerate(requests)]
+            rows: list[_Row] = []
             try:
+                for i, req in enumerate(requests):
+                    rows.append(self._row(i, req))
                 self._decode(rows, on_delta)
             finally:
                 for r in rows:
@@ -304,7 +306,7 @@ class LlamaCppEngine(Engine):
         return self.lc.llama_get_memory(self.ctx)
 
     def _clear(self) -> None:
-        self.lc.llama_memory_clear(self._memory(), True)
+        self.lc.llama_memory_clear(self._memory(), False)  # mark every cell free; no need to zero them
 
     # ---- multiple-choice scoring
 
