@@ -33,7 +33,7 @@ def plain_prompt(messages: list[dict]) -> str:
     return "\n\n".join(turns + ["Assistant:"])
 
 
-PLAIN_STOPS = ["\nUser:"]
+PLAIN_STOPS = ["\n\nUser:", "\nUser:"]
 
 
 def token_budget(row: int, n_prompt: int, max_tokens: int, context: int) -> int:
