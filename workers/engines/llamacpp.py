@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CONTEXT_PER_SEQUENCE = 4096
 """Tokens (prompt + output) one request may use, at most the model's trained context. llama.cpp allocates
 the KV cache up front for max_batch sequences of this length."""
+MAX_SLOTS = 64
+"""Sequences decoded together at most; more requests in one call wait for a finished one's slot."""
 BATCH_TOKENS = 512
 """Tokens per llama_decode call; longer prompts are fed over several steps."""
 SEED_RANGE = 0xFFFFFFFF
@@ -118,7 +120,7 @@ class LlamaCppEngine(Engine):
             if not model:
                 raise EngineError(f"llama.cpp cannot load {gguf}")
             threads = self.spec.options.threads or os.cpu_count() or 1
-            self.n_slots = max(1, self.spec.max_batch)
+            self.n_slots = max(1, min(self.spec.max_batch, MAX_SLOTS))
             params = lc.llama_context_default_params()
             params.n_ctx = self.n_slots * min(CONTEXT_PER_SEQUENCE, lc.llama_model_n_ctx_train(model))
             params.n_batch = params.n_ubatch = BATCH_TOKENS

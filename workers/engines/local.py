@@ -235,7 +235,6 @@ class LocalEngine(Engine):
             return full[len(prefix):]
         return ""
 
-
     # ---- multiple-choice scoring
 
     def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
