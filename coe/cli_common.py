@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from coe.core.placement import Placement, PlacementError, detect_gpus_gb, load_traffic
-from coe.core.registry import Registry, RegistryError, load_registry
+from coe.core.registry import CPU_ENGINES, Registry, RegistryError, load_registry
 from coe.core.settings import Settings, get_settings
 
 console = Console()
@@ -58,11 +58,18 @@ def place_or_exit(registry: Registry, settings: Settings, gpus_gb: list[float] |
 
 
 def prepare_weights(registry: Registry, experts, cache_dir: Path) -> None:
-    """Convert the local GGUF weights of `experts` once (with progress), so the service or worker starts fast."""
+    """Assemble split models and convert the local engine's GGUF weights once (with progress), so the
+    service or worker starts fast."""
     from coe.core.weights import prepare_local_weights
 
-    for ref in sorted({str(registry.model_path(e)) for e in experts if e.engine == "local"}):
+    seen = set()
+    for e in experts:
+        if e.engine not in CPU_ENGINES or (e.engine, e.model) in seen:
+            continue
+        seen.add((e.engine, e.model))
         try:
-            prepare_local_weights(ref, cache_dir)
+            path = registry.model_path(e, cache_dir)  # assembles a split model once
+            if e.engine == "local":
+                prepare_local_weights(path, cache_dir)
         except Exception as exc:  # the worker reports it per request; other experts still serve
-            err_console.print(f"[yellow]warning: cannot prepare weights {ref}: {exc}[/]")
+            err_console.print(f"[yellow]warning: cannot prepare weights {e.model}: {exc}[/]")

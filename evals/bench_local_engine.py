@@ -9,11 +9,8 @@ max_tokens and greedy decoding:
                 (the 8 prompts one call each) and batch 8 (one call), through
                 workers.engines.local.LocalEngine, the code the service runs.
   llama.cpp     load of the GGUF as is (Q4_1, no conversion), tokens/s at batch 1
-                (create_chat_completion, one prompt a call) and batch 8. The
-                high-level API has no multi-sequence batching, so its batch 8
-                is the 8 prompts run one after another (`sequential`); when the
-                low-level API is there, a batched run (8 sequences in one
-                llama_batch per step) is measured too (`batched`).
+                and batch 8 (8 sequences in one llama_batch per step), through
+                workers.engines.llamacpp.LlamaCppEngine, the code the service runs.
 tokens/s = completion tokens / wall time of the calls (prefill included).
 Writes evals/results/local_engine.json and evals/results/local_engine.md.
 """
@@ -90,6 +87,7 @@ def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
     out["batch1"] = _rate(sum(c.completion_tokens for c in single), b1)
     out["batch8"] = _rate(sum(c.completion_tokens for c in batch), b8)
     out["batch8"]["mode"] = "batched (one left-padded batch)"
+    out["greedy_matches_batch1"] = sum(a.text == b.text for a, b in zip(single, batch))
     out["sample"] = batch[0].text[:200]
     return out
 
@@ -98,115 +96,32 @@ def bench_llama_cpp(gguf: Path, max_tokens: int, threads: int) -> dict:
     try:
         import llama_cpp
     except ImportError as exc:
-        return {"engine": "llama.cpp", "error": f"llama-cpp-python not installed: {exc}"}
+        return {"engine": "llama.cpp", "error": f"llama-cpp-python not installed: {exc} (scripts/setup_llamacpp.sh)"}
+    from workers.engines.base import EngineOptions, EngineSpec
+    from workers.engines.llamacpp import LlamaCppEngine
+    from workers.jobs import GenerationRequest
 
     out: dict = {"engine": "llama.cpp", "llama_cpp_python": llama_cpp.__version__}
+    spec = EngineSpec(key="bench", engine="llamacpp", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1,
+                      max_batch=len(PROMPTS), options=EngineOptions(threads=threads))
+    engine = LlamaCppEngine(spec)
     t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False, seed=0)
+    engine.load()
     out["load_s"] = round(time.perf_counter() - t0, 2)
 
-    def one(messages: list[dict], n: int) -> dict:
-        return llm.create_chat_completion(messages=messages, max_tokens=n, temperature=0.0, top_k=1)
-
-    one(chats()[0], 4)  # warm-up
+    reqs = [GenerationRequest(messages=m, max_tokens=max_tokens, temperature=0.0) for m in chats()]
+    engine.generate([GenerationRequest(messages=chats()[0], max_tokens=4, temperature=0.0)])  # warm-up
     with _clock() as b1:
-        single = [one(m, max_tokens) for m in chats()]
-    out["batch1"] = _rate(sum(r["usage"]["completion_tokens"] for r in single), b1)
+        single = [engine.generate([r])[0] for r in reqs]
     with _clock() as b8:
-        seq = [one(m, max_tokens) for m in chats()]
-    out["batch8"] = _rate(sum(r["usage"]["completion_tokens"] for r in seq), b8)
-    out["batch8"]["mode"] = "sequential (high-level API has no multi-sequence batching)"
-    out["sample"] = seq[0]["choices"][0]["message"]["content"][:200]
-    try:
-        prompts = [llm.tokenize(_chat_text(llm, m).encode(), add_bos=False, special=True) for m in chats()]
-        out["batch8_lowlevel"] = _llama_batched_greedy(llama_cpp, gguf, prompts, max_tokens, threads)
-    except Exception as exc:  # the low-level API changes between releases
-        out["batch8_lowlevel"] = {"error": f"{type(exc).__name__}: {exc}"}
-    del llm
+        batch = engine.generate(reqs)
+    engine.unload()
+    out["batch1"] = _rate(sum(c.completion_tokens for c in single), b1)
+    out["batch8"] = _rate(sum(c.completion_tokens for c in batch), b8)
+    out["batch8"]["mode"] = "batched (one llama_batch per step, one KV-cache sequence per request)"
+    out["greedy_matches_batch1"] = sum(a.text == b.text for a, b in zip(single, batch))
+    out["sample"] = batch[0].text[:200]
     return out
-
-
-def _chat_text(llm, messages: list[dict]) -> str:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    meta = llm.metadata
-    fmt = Jinja2ChatFormatter(
-        template=meta["tokenizer.chat_template"],
-        eos_token=llm._model.token_get_text(llm.token_eos()),
-        bos_token=llm._model.token_get_text(llm.token_bos()),
-    )
-    return fmt(messages=messages).prompt
-
-
-def _llama_batched_greedy(lc, gguf: Path, prompts: list[list[int]], max_tokens: int, threads: int) -> dict:
-    """Greedy decoding of all prompts together: one llama_batch per step, one sequence id per prompt."""
-    import numpy as np
-
-    n = len(prompts)
-    mparams = lc.llama_model_default_params()
-    model = lc.llama_model_load_from_file(str(gguf).encode(), mparams)
-    cparams = lc.llama_context_default_params()
-    cparams.n_ctx = sum(len(p) for p in prompts) + n * max_tokens + 64
-    cparams.n_batch = max(512, sum(len(p) for p in prompts))
-    cparams.n_ubatch = cparams.n_batch
-    cparams.n_seq_max = n
-    cparams.n_threads = threads
-    cparams.n_threads_batch = threads
-    clock = _clock().__enter__()
-    ctx = lc.llama_init_from_model(model, cparams)
-    vocab = lc.llama_model_get_vocab(model)
-    n_vocab = lc.llama_vocab_n_tokens(vocab)
-    batch = lc.llama_batch_init(cparams.n_batch, 0, n)
-
-    def add(i: int, tok: int, pos: int, seq: int, want: bool) -> None:
-        batch.token[i] = tok
-        batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq
-        batch.logits[i] = want
-
-    k = 0
-    last: dict[int, int] = {}
-    for s, p in enumerate(prompts):
-        for j, tok in enumerate(p):
-            add(k, tok, j, s, j == len(p) - 1)
-            if j == len(p) - 1:
-                last[s] = k
-            k += 1
-    batch.n_tokens = k
-    if lc.llama_decode(ctx, batch) != 0:
-        raise RuntimeError("llama_decode failed on the prompts")
-    pos = {s: len(p) for s, p in enumerate(prompts)}
-    produced = {s: 0 for s in range(n)}
-    live = set(range(n))
-    generated = 0
-    while live:
-        nxt = {}
-        for s in sorted(live):
-            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, last[s]), shape=(n_vocab,))
-            tok = int(logits.argmax())
-            produced[s] += 1
-            generated += 1
-            if lc.llama_vocab_is_eog(vocab, tok) or produced[s] >= max_tokens:
-                live.discard(s)
-            else:
-                nxt[s] = tok
-        if not nxt:
-            break
-        for i, (s, tok) in enumerate(sorted(nxt.items())):
-            add(i, tok, pos[s], s, True)
-            last[s] = i
-            pos[s] += 1
-        batch.n_tokens = len(nxt)
-        if lc.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-    clock.__exit__()
-    lc.llama_batch_free(batch)
-    lc.llama_free(ctx)
-    lc.llama_model_free(model)
-    res = _rate(generated, clock)
-    res["mode"] = "batched (low-level llama_batch, 8 sequence ids, greedy by argmax)"
-    return res
 
 
 class _clock:
@@ -253,13 +168,9 @@ def markdown(result: dict) -> str:
         b1, b8 = r["batch1"], r["batch8"]
         lines.append(
             f"| {r['engine']} | {load} | {b1['tokens_per_s']} | {b8['tokens_per_s']} | "
-            f"{b1['tokens_per_cpu_s']} | {b8['tokens_per_cpu_s']} | {b8['mode']} |"
+            f"{b1['tokens_per_cpu_s']} | {b8['tokens_per_cpu_s']} | {b8['mode']}; greedy batch-8 text = batch-1 text "
+            f"for {r['greedy_matches_batch1']} of {len(PROMPTS)} prompts |"
         )
-        low = r.get("batch8_lowlevel")
-        if low and "error" not in low:
-            lines.append(f"| {r['engine']} | — | — | {low['tokens_per_s']} | — | {low['tokens_per_cpu_s']} | {low['mode']} |")
-        elif low:
-            lines.append(f"| {r['engine']} | — | — | — | — | — | low-level batch failed: {low['error']} |")
     return "\n".join(lines) + "\n"
 
 

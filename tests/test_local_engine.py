@@ -6,6 +6,7 @@ The first run on a machine converts the GGUF to a cached folder (~40 s on 2 core
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -137,3 +138,25 @@ def test_generate_before_load_is_an_engine_error():
     eng = create_engine(spec())
     with pytest.raises(EngineError, match="not loaded"):
         eng.generate([greedy("hi")])
+
+
+def test_choice_logprobs_score_each_choice_as_a_continuation(engine):
+    reqs = [greedy("Which is a fruit? A) car B) apple C) stone D) cloud"), greedy("Pick a letter.")]
+    scores = engine.choice_logprobs(reqs, [" A", " B", " C", " D", " B) apple"])
+    assert len(scores) == 2 and all(len(row) == 5 for row in scores)
+    assert all(math.isfinite(x) and x < 0 for row in scores for x in row)
+    assert scores[0][4] < scores[0][1]  # " B) apple" is " B" and then more (negative) log-probabilities
+    assert engine.choice_logprobs(reqs[:1], [" A", " B", " C", " D"])[0] == pytest.approx(scores[0][:4])
+
+
+def test_choice_logprobs_is_not_supported_by_default_with_stand_in_engine():
+    from workers.engines.base import Engine
+
+    class StandIn(Engine):
+        def load(self) -> None: ...
+
+        def generate(self, requests, on_delta=None):
+            return []
+
+    with pytest.raises(EngineError, match="engine 'local': choice_logprobs is not supported"):
+        StandIn(spec()).choice_logprobs([greedy("hi")], [" A"])

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 from coe.core.assets import AssetError, is_local_ref
-from coe.core.registry import ExpertConfig, Registry
+from coe.core.model_parts import is_parts_ref
+from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.continuous import ContinuousLoop
 from workers.engines import create_engine
@@ -30,8 +31,11 @@ log = logging.getLogger("coe.worker")
 
 
 def engine_spec(registry: Registry, expert: ExpertConfig, options: EngineOptions) -> EngineSpec:
+    """The engine's view of an expert. A split model (`parts:`) keeps no path here: the engine assembles
+    it into its cache folder when it loads, so building a worker never copies a gigabyte."""
     path = None
-    if expert.engine == "local" or (expert.engine == "vllm" and is_local_ref(expert.model)):
+    local = expert.engine in CPU_ENGINES or (expert.engine == "vllm" and is_local_ref(expert.model))
+    if local and not is_parts_ref(expert.model):
         try:
             path = str(registry.model_path(expert))
         except AssetError:

@@ -10,11 +10,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coe.core.assets import AssetError, is_local_ref, resolve_model_path
+from coe.core.assets import AssetError, check_model_ref, is_local_ref, resolve_model_path
 from coe.core.placement import DEFAULT_HEADROOM, Item, Placement, PlacementError, plan
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_NAMES = {"coe"}
+CPU_ENGINES = ("local", "llamacpp")
+"""Engines that run local weights on this machine's CPU."""
 
 
 class GenerationDefaults(BaseModel):
@@ -32,8 +34,8 @@ class ExpertConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
-    engine: Literal["local", "vllm", "openai"]
-    model: str = Field(min_length=1, description="package:<module>[/file], a local path, or a model id")
+    engine: Literal["local", "llamacpp", "vllm", "openai"]
+    model: str = Field(min_length=1, description="package:<module>[/file], parts:<name>, a local path, or a model id")
     api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server (engine: openai)")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the provider key")
     device: str = Field("cpu", pattern=r"^(cpu|gpu:\d+|remote|auto)$",
@@ -70,8 +72,8 @@ class ExpertConfig(BaseModel):
             raise ValueError("engine 'openai' needs api_base (a self-hosted server) or api_key_env (a hosted provider)")
         if self.engine != "openai" and (self.api_base or self.api_key_env):
             raise ValueError(f"api_base/api_key_env only apply to engine 'openai', not '{self.engine}'")
-        if self.engine == "local" and self.device.startswith("gpu"):
-            raise ValueError("engine 'local' runs on the CPU; use engine 'vllm' for a GPU")
+        if self.engine in CPU_ENGINES and self.device.startswith("gpu"):
+            raise ValueError(f"engine '{self.engine}' runs on the CPU; use engine 'vllm' for a GPU")
         if self.device == "auto" and self.engine != "vllm":
             raise ValueError(f"device 'auto' places experts on GPUs; engine '{self.engine}' does not run on one")
         return self
@@ -149,8 +151,9 @@ class Registry:
     def aggregator(self) -> ExpertConfig | None:
         return next((e for e in self.experts.values() if e.aggregator), None)
 
-    def model_path(self, expert: ExpertConfig) -> Path:
-        return resolve_model_path(expert.model, self.path.parent)
+    def model_path(self, expert: ExpertConfig, cache_dir: Path | None = None) -> Path:
+        """The expert's weights on disk; a split (`parts:`) model is assembled into `cache_dir` first."""
+        return resolve_model_path(expert.model, self.path.parent, cache_dir)
 
     @property
     def auto_placed(self) -> list[ExpertConfig]:
@@ -194,9 +197,9 @@ def parse_registry(text: str, path: Path) -> Registry:
         raise RegistryError(path, [_describe(path, raw, e) for e in exc.errors()]) from None
     problems = []
     for i, e in enumerate(spec.experts):
-        if e.engine == "local" or (e.engine == "vllm" and is_local_ref(e.model)):
+        if e.engine in CPU_ENGINES or (e.engine == "vllm" and is_local_ref(e.model)):
             try:
-                resolve_model_path(e.model, path.parent)
+                check_model_ref(e.model, path.parent)
             except AssetError as exc:
                 problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'model': {exc}")
         if e.api_key_env and e.api_key_env not in os.environ:

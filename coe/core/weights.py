@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coe.core.assets import AssetError, resolve_model_path
+from coe.core.locks import file_lock
 
 CACHE_FORMAT = 1
 """Bump when the folder layout changes; old folders are then rebuilt under a new name."""
@@ -73,7 +74,7 @@ def prepare_local_weights(
     same file at once.
     """
     say = progress or (lambda _msg: None)
-    path = ref_or_path if isinstance(ref_or_path, Path) else resolve_model_path(str(ref_or_path))
+    path = ref_or_path if isinstance(ref_or_path, Path) else resolve_model_path(str(ref_or_path), cache_dir=cache_dir)
     if is_hf_folder(path):
         return path
     gguf = _find_gguf(path)
@@ -81,7 +82,7 @@ def prepare_local_weights(
     if (target / DONE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if (target / DONE_MARKER).is_file():  # another process finished while we waited
             return target
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -95,27 +96,6 @@ def prepare_local_weights(
                 shutil.rmtree(tmp, ignore_errors=True)
     say(f"ready: {target}")
     return target
-
-
-class _file_lock:
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_file_lock":
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: the atomic rename still protects readers
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the lock
-            self.fd = None
 
 
 def _convert_gguf(gguf: Path, out: Path, say: Progress) -> None:

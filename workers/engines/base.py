@@ -91,6 +91,11 @@ class Engine(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} serves batches only (supports_streaming_submit is False)")
 
+    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+        """Log-probability of each choice string as the continuation of each request's chat prompt (after the
+        generation prompt), for multiple-choice scoring the lm-evaluation-harness way. Optional capability."""
+        raise EngineError(f"engine '{self.spec.engine}': choice_logprobs is not supported")
+
     def sleep(self) -> None:
         """Free device memory but keep the engine quick to wake; default: unload."""
         self.unload()

@@ -1,8 +1,15 @@
-"""Decoding helpers every engine shares: chat messages as plain text, greedy cut-off, stop strings, safe streaming."""
+"""Decoding helpers every engine shares: chat messages as plain text, greedy cut-off, context budget,
+stop strings, safe streaming, and multiple-choice scoring."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from workers.engines.base import EngineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily: the limit they tend to, without overflow."""
@@ -17,6 +24,64 @@ def plain_messages(messages: list[dict]) -> list[dict]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         out.append({"role": m.get("role", "user"), "content": content or ""})
     return out
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """A completion-style prompt for a base model that has no chat template: a transcript ending where
+    the assistant's answer starts. PLAIN_STOPS keeps the model from writing the next user turn."""
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in plain_messages(messages)]
+    return "\n\n".join(turns + ["Assistant:"])
+
+
+PLAIN_STOPS = ["\n\nUser:", "\nUser:"]
+
+
+def token_budget(row: int, n_prompt: int, max_tokens: int, context: int) -> int:
+    """How many tokens row `row` may generate: max_tokens, cut to what the context has left."""
+    room = context - n_prompt
+    if room < 1:
+        raise EngineError(f"request {row}: prompt of {n_prompt} tokens does not fit the {context}-token context")
+    return max(0, min(max_tokens, room))
+
+
+@dataclass
+class ChoicePlan:
+    """How to score choices as continuations of one prompt, the lm-evaluation-harness way.
+
+    Choice c's log-probability sums log p(c[j] | prompt + c[:j]). The log-probabilities it needs come from
+    one sequence, prompt + c[:-1], at positions n_prompt-1 onwards; choices with the same all-but-last
+    tokens share a sequence, so single-token choices ("A".."D") cost one pass over the prompt.
+    """
+
+    n_prompt: int
+    choices: list[list[int]]
+    sequences: list[list[int]]
+    which: list[int]  # choice -> its sequence
+
+    @classmethod
+    def build(cls, prompt: list[int], choices: list[list[int]]) -> "ChoicePlan":
+        sequences: list[list[int]] = []
+        which = []
+        for c in choices:
+            if not c:
+                raise EngineError("a choice to score is empty")
+            seq = prompt + c[:-1]
+            if seq not in sequences:
+                sequences.append(seq)
+            which.append(sequences.index(seq))
+        return cls(len(prompt), choices, sequences, which)
+
+    def scores(self, logprobs: list["np.ndarray"]) -> list[float]:
+        """`logprobs[s]`: log-softmax rows of sequence s at positions n_prompt-1 onwards, shape (k, vocab)."""
+        return [float(sum(logprobs[s][j, tok] for j, tok in enumerate(c))) for c, s in zip(self.choices, self.which)]
+
+
+def log_softmax(logits: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def held_back(text: str, stops: list[str]) -> int:

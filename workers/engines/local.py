@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from coe.core.weights import dtype_kw, generation_config, prepare_local_weights
 from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
-from workers.engines.decoding import MIN_TEMPERATURE, RowText, plain_messages
+from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_messages,
+                                      plain_prompt, token_budget)
 from workers.jobs import Completion, GenerationRequest
 
 if TYPE_CHECKING:
@@ -116,7 +117,14 @@ class LocalEngine(Engine):
 
     # ---- generation
 
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat in the model's template; a base model without one gets decoding.plain_prompt."""
+        if not self.has_template:
+            return self.tokenizer(plain_prompt(messages))["input_ids"]
         text = self.tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -132,15 +140,14 @@ class LocalEngine(Engine):
         import torch
 
         rows = []
+        extra_stops = [] if self.has_template else PLAIN_STOPS
         for i, req in enumerate(requests):
             ids = self.prompt_ids(req.messages)
-            room = self.max_context - len(ids)
-            if room < 1:
-                raise EngineError(f"request {i}: prompt of {len(ids)} tokens does not fit the {self.max_context}-token context")
+            max_new = token_budget(i, len(ids), req.max_tokens, self.max_context)
             gen = None
             if req.temperature > 0:
                 gen = torch.Generator().manual_seed(req.seed if req.seed is not None else secrets.randbits(63))
-            rows.append(_Row(i, req, ids, max(0, min(req.max_tokens, room)), gen, RowText(i, [s for s in req.stop if s])))
+            rows.append(_Row(i, req, ids, max_new, gen, RowText(i, [s for s in req.stop if s] + extra_stops)))
 
         active = [r for r in rows if r.max_new > 0]
         for r in rows:
@@ -227,6 +234,29 @@ class LocalEngine(Engine):
             row.prefix_offset, row.read_offset = row.read_offset, len(row.ids)
             return full[len(prefix):]
         return ""
+
+    # ---- multiple-choice scoring
+
+    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+        """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan);
+        one forward pass per sequence the plan needs (one per request for single-token choices)."""
+        import torch
+
+        with self._lock:
+            if self.model is None:
+                raise EngineError(f"local engine {self.spec.key} is not loaded")
+            choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+            plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
+            with torch.inference_mode():
+                return [plan.scores([self._logprobs(p, seq, plan.n_prompt - 1) for seq in plan.sequences])
+                        for p, plan in enumerate(plans)]
+
+    def _logprobs(self, row: int, ids: list[int], start: int) -> Any:
+        import torch
+
+        token_budget(row, len(ids), 1, self.max_context)
+        logits = self.model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0, start:]
+        return log_softmax(logits.float().numpy())
 
 
 def _select_rows(cache: Any, idx: "torch.Tensor") -> Any:
