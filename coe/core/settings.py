@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COE_", env_file=".env", extra="ignore")
 
     experts_file: Path = Path("experts.yaml")
+    routes_file: Path = Field(Path("routes.yaml"), description="the routes the router emits; a relative path lives beside experts_file")
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = Field("auto", description="router name; 'auto' = trained two_stage if its artifact exists, else centroid")
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     openai_retries: int = Field(2, description="openai engine: retries of a failed request")
     vllm_engine_args: dict = Field(default_factory=dict, description="vllm engine: extra LLM(...) arguments, a JSON object")
     log_level: str = "info"
+
+    @property
+    def routes_path(self) -> Path:
+        """routes_file, a relative one beside experts_file."""
+        return self.routes_file if self.routes_file.is_absolute() else self.experts_file.parent / self.routes_file
 
 
 @lru_cache
