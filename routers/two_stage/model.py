@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from routers.two_stage import fastpath
+
 CLASSIFIERS = ("logreg", "mlp")
 
 
@@ -106,8 +108,11 @@ class Stage1:
         if self.classifier == "mlp":
             parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
         else:
-            parts = [log_softmax(self.dense.decision_function(embeddings))]
-        parts.append(self.lex.decision_function(self._lex_features(texts)) if self.lex is not None else 0.0)
+            parts = [log_softmax(fastpath.linear(self.dense, [embeddings]))]
+        if self.lex is not None:
+            parts.append(fastpath.linear(self.lex, [fastpath.tfidf(self.word, texts), fastpath.tfidf(self.char, texts)]))
+        else:
+            parts.append(0.0)
         parts.append(self._knn_logits(embeddings) if self.bank is not None else 0.0)
         return parts
 
