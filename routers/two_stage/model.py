@@ -19,6 +19,11 @@ from routers.two_stage import fastpath
 CLASSIFIERS = ("logreg", "mlp")
 
 
+def per_class(z: np.ndarray) -> np.ndarray:
+    """A binary model's one decision column as two logit columns [0, z] (softmax of them = sigmoid of z)."""
+    return np.stack([np.zeros_like(z), z], axis=1) if z.ndim == 1 else z
+
+
 def log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -108,9 +113,10 @@ class Stage1:
         if self.classifier == "mlp":
             parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
         else:
-            parts = [log_softmax(fastpath.linear(self.dense, [embeddings]))]
+            parts = [log_softmax(per_class(fastpath.linear(self.dense, [embeddings])))]
         if self.lex is not None:
-            parts.append(fastpath.linear(self.lex, [fastpath.tfidf(self.word, texts), fastpath.tfidf(self.char, texts)]))
+            lexical = fastpath.linear(self.lex, [fastpath.tfidf(self.word, texts), fastpath.tfidf(self.char, texts)])
+            parts.append(per_class(lexical))
         else:
             parts.append(0.0)
         parts.append(self._knn_logits(embeddings) if self.bank is not None else 0.0)
