@@ -237,7 +237,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     out = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer"),
+        "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer")
+                   + (f" (variants: {', '.join(variants)})" if variants is not None else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "encoder": {"ref": settings.encoder, "id": encoders["fast"].id, "fast_runtime": encoders["fast"].runtime_id,
