@@ -104,6 +104,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
                  if v is not None}
     settings = settings.model_copy(update=overrides)
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     questions = load_mmlu(settings.cache_dir)
     split = {s: by_split(questions, s) for s in ("train", "validation", "test")}
     if sample:
@@ -240,7 +241,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer")
                    + (f" (variants: {', '.join(variants)})" if variants is not None else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None},
+                    "load_avg_at_start": load_at_start},
         "encoder": {"ref": settings.encoder, "id": encoders["fast"].id, "fast_runtime": encoders["fast"].runtime_id,
                     "runtime": settings.encoder_runtime, "max_seq_length": settings.encoder_max_seq_length},
         "routes": {"file": str(routes.path), "names": routes.names, "task": routes.of_kind("task"), "sources": sources},
