@@ -1,4 +1,4 @@
-"""The `coe` command line: serve, route, experts, and the training and benchmark commands."""
+"""The `coe` command line: serve, route, experts, routes, and the training and benchmark commands."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.table import Table
 from coe.cli_common import ExpertsOpt, console, load_or_exit, parse_gpus, place_or_exit, prepare_weights, settings_for
 from coe.cli_plugins import mount_plugins
 from coe.cli_profile import profile
+from coe.cli_routes import routes_app
 from coe.cli_train import train
 from coe.cli_worker import worker
 
@@ -19,6 +20,7 @@ app = typer.Typer(help="coe: a Composition-of-Experts service behind one OpenAI-
                   no_args_is_help=True, pretty_exceptions_enable=False)
 experts_app = typer.Typer(help="Inspect and validate experts.yaml.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
+app.add_typer(routes_app, name="routes")
 app.command("train")(train)
 app.command("profile")(profile)
 app.command("worker")(worker)

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from coe.core.placement import Placement, PlacementError, detect_gpus_gb, load_traffic
 from coe.core.registry import CPU_ENGINES, Registry, RegistryError, load_registry
+from coe.core.routes import Routes, RoutesError, load_routes_if_present
 from coe.core.settings import Settings, get_settings
 
 console = Console()
@@ -22,15 +23,28 @@ def settings_for(experts_file: Path | None) -> Settings:
     return settings.model_copy(update={"experts_file": experts_file}) if experts_file else settings
 
 
-def load_or_exit(settings: Settings) -> Registry:
-    """The registry, or every problem printed and exit code 1."""
+def _exit_with(path: Path, problems: list[str]) -> None:
+    err_console.print(f"[bold red]{path} is invalid:[/]")
+    for problem in problems:
+        err_console.print(f"  - {problem}", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def load_routes_or_exit(settings: Settings) -> Routes | None:
+    """The routes (None without a routes file), or every problem printed and exit code 1."""
     try:
-        return load_registry(settings.experts_file)
+        return load_routes_if_present(settings.routes_path)
+    except RoutesError as exc:
+        _exit_with(settings.routes_path, exc.problems)
+
+
+def load_or_exit(settings: Settings) -> Registry:
+    """The registry checked against the routes, or every problem printed and exit code 1."""
+    routes = load_routes_or_exit(settings)
+    try:
+        return load_registry(settings.experts_file, routes)
     except RegistryError as exc:
-        err_console.print(f"[bold red]{settings.experts_file} is invalid:[/]")
-        for problem in exc.problems:
-            err_console.print(f"  - {problem}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        _exit_with(settings.experts_file, exc.problems)
 
 
 def parse_gpus(text: str | None) -> list[float] | None:

@@ -1,4 +1,5 @@
-"""`coe train`: fit a router on a data set and write its versioned artifact.
+"""`coe train`: fit the router for the declared routes on MMLU, the routes' examples and the user's data,
+and write its versioned artifact.
 
 Mounted into coe/cli.py as `app.command("train")(train)`. Embeddings of the data set are
 cached on disk (keyed by encoder, runtime and texts), so a second run only refits.
@@ -45,64 +46,63 @@ def embed_with_progress(embedder, texts: list[str], cache_dir: Path, label: str 
     return vecs
 
 
-def train_mmlu_two_stage(level: str = "subcategory", classifier: str = "logreg", out: Path | None = None,
-                         tau_target: str | None = None, lexical: bool = True, settings=None, embedder=None,
-                         quiet: bool = False) -> Path:
-    """Train the two-stage router on MMLU's train split; the function `coe train` and first-run setup call."""
+def train_router(sources: list[str] | None = None, level: str = "subcategory", classifier: str = "logreg",
+                 out: Path | None = None, tau_target: str | None = None, lexical: bool = True, settings=None,
+                 embedder=None, quiet: bool = False) -> Path:
+    """Train the two-stage router on `sources` (mmlu, user-requests, JSONL/CSV paths) and the routes' examples;
+    the function `coe train` and first-run setup call. Nothing is written unless training succeeds."""
     from rich.console import Console
 
     from coe.core.registry import load_registry
-    from coe.embedder import make_embedder
+    from coe.core.routes import load_routes_if_present
     from coe.core.settings import get_settings
-    from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, by_split, data_hash, load_mmlu
+    from coe.embedder import make_embedder
+    from coe.train_data import DEFAULT_SOURCES, gather, labeled_sets
     from routers.base import RouterContext
     from routers.two_stage.router import make_expert_map
-    from routers.two_stage.train import LabeledSet, train_two_stage
+    from routers.two_stage.train import train_two_stage
 
     if level not in LEVELS:
         raise typer.BadParameter(f"level must be one of {', '.join(LEVELS)}")
     console = Console(quiet=quiet)
     settings = settings or get_settings()
     out = Path(out or settings.artifacts_dir)
-    console.print(f"loading MMLU (cache {settings.cache_dir})")
-    questions = load_mmlu(settings.cache_dir)
+    routes = load_routes_if_present(settings.routes_path)
+    data = gather(list(sources or DEFAULT_SOURCES), routes, settings.cache_dir, level)
+    for note in data.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    console.print(f"training on {data.record['name']}" + (f" for the {len(routes.names)} routes of {routes.path}" if routes else ""))
     embedder = embedder or make_embedder(settings)
-    vecs = embed_with_progress(embedder, [q.question for q in questions], settings.cache_dir)
-    index = {id(q): i for i, q in enumerate(questions)}
-
-    def labeled(split: str) -> LabeledSet:
-        qs = by_split(questions, split)
-        return LabeledSet([q.question for q in qs], vecs[[index[id(q)] for q in qs]], [q.label(level) for q in qs],
-                          [q.subject for q in qs])
+    train, validation, tests = labeled_sets(data, lambda texts: embed_with_progress(embedder, texts, settings.cache_dir))
 
     registry = None
     try:
-        registry = load_registry(settings.experts_file)
+        registry = load_registry(settings.experts_file, routes)
     except Exception as exc:  # the map is a record only; the router rebuilds it from the live registry
         console.print(f"[yellow]no expert map recorded: {exc}[/yellow]")
-    parents = CATEGORY_TO_SUBCATEGORIES if level == "category" else None
 
     def expert_map(labels, weights):
         if registry is None:
             return None
         ctx = RouterContext(registry, embedder, out, cost_weight=settings.router_cost_weight,
                             budget_b=settings.router_budget_b)
-        return make_expert_map(ctx, labels, parents, weights).to_json()
+        return make_expert_map(ctx, labels, data.parents, weights).to_json()
 
+    record = {**data.record, "n_train": len(train.texts), "n_validation": len(validation.texts),
+              **{f"n_test_{name}": len(t.texts) for name, t in tests.items()}}
     with console.status("training") as status:
         path = train_two_stage(
-            labeled("train"), labeled("validation"), test=labeled("test"), artifacts_dir=out,
+            train, validation, tests=tests, artifacts_dir=out,
             encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
             level=level, classifier=classifier, lexical=lexical,
-            tau_target=tau_target or settings.router_tau_target, parents=parents, expert_map=expert_map,
-            data={"name": "mmlu", "hash": data_hash(questions), "text": "question", "n_train": len(by_split(questions, "train")),
-                  "n_validation": len(by_split(questions, "validation")), "n_test": len(by_split(questions, "test"))},
+            tau_target=tau_target or settings.router_tau_target, parents=data.parents, expert_map=expert_map,
+            data=record, routes={"fingerprint": routes.fingerprint(), "names": routes.names, "file": str(routes.path)} if routes else None,
             progress=lambda msg: status.update(f"training: {msg}"),
         )
     manifest = json.loads((path / "manifest.json").read_text())
-    m = manifest["metrics"]
     console.print(f"wrote {path} in {manifest['train_seconds']} s  tau={manifest['tau']:.3f}")
-    console.print(f"validation {m['validation']}\ntest       {m.get('test')}")
+    for name, m in manifest["metrics"].items():
+        console.print(f"{name:16s} {m}")
     return path
 
 
@@ -118,26 +118,39 @@ def artifact_exists(artifacts_dir: Path) -> bool:
 
 def train(
     router: str = typer.Option("two_stage", help="router to train (two_stage)"),
-    data: str = typer.Option("mmlu", help="training data (mmlu: the 60% train split; tau on the 20% validation split)"),
-    level: str = typer.Option("subcategory", help="label level: subcategory (17) or category (4)"),
+    data: list[str] = typer.Option(None, help="training data, repeatable: mmlu (MMLU's train split; validation for tau), "
+                                              "user-requests (the shipped user requests' tune split), or a .jsonl/.csv "
+                                              "file of text,label[,split]. Default: mmlu + user-requests. The routes' "
+                                              "examples are always used."),
+    level: str = typer.Option("subcategory", help="label level: subcategory (the routes) or category (MMLU's 4; no routes file)"),
     classifier: str = typer.Option("logreg", help="stage-1 classifier on embeddings: logreg or mlp"),
     lexical: bool = typer.Option(True, help="add the TF-IDF (word + char n-gram) model to the embedding model"),
     tau_target: str = typer.Option(None, help="accuracy:X, fallback:X or tau:X (default: settings.router_tau_target)"),
     out: Path = typer.Option(None, help="artifacts folder (default: settings.artifacts_dir)"),
     if_missing: bool = typer.Option(False, "--if-missing", help="do nothing if a trained artifact already exists"),
 ) -> None:
-    """Fit the two-stage router and write a versioned artifact (classifier, labels, tau, map, encoder, data hash, metrics)."""
+    """Fit the two-stage router for the routes of routes.yaml and write a versioned artifact (classifier, labels,
+    tau, map, encoder runtime, routes, data hashes, metrics)."""
+    from coe.cli_common import err_console, load_routes_or_exit
     from coe.core.settings import get_settings
+    from coe.data.labelled import DataFileError
+    from coe.train_data import TrainingDataError
 
     if router != "two_stage":
         raise typer.BadParameter("only the two_stage router is trained; baselines build from its artifact")
-    if data != "mmlu":
-        raise typer.BadParameter("only --data mmlu is available")
     settings = get_settings()
     if if_missing and artifact_exists(Path(out or settings.artifacts_dir)):
         typer.echo(f"two_stage artifact present under {out or settings.artifacts_dir}; nothing to do")
         return
-    train_mmlu_two_stage(level, classifier, out, tau_target, lexical, settings)
+    load_routes_or_exit(settings)
+    try:
+        train_router(data or None, level, classifier, out, tau_target, lexical, settings)
+    except (DataFileError, TrainingDataError) as exc:
+        err_console.print("[bold red]cannot train:[/]")
+        where = f"{exc.path}: " if isinstance(exc, DataFileError) else ""
+        for problem in exc.problems:
+            err_console.print(f"  - {where}{problem}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
 
 
 app.command("train")(train)

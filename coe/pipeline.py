@@ -18,6 +18,7 @@ from coe.aggregation import aggregation_messages, last_user_text
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
 from coe.core.registry import ExpertConfig, Registry
+from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from routers import RouteDecision, Router, RouterContext, build_router
 from workers.jobs import GenerationRequest, Job, JobResult
@@ -135,7 +136,7 @@ class Pipeline:
         return RouterContext(self.registry, self.embedder, self.settings.artifacts_dir,
                              options=dict(self.settings.router_options.get(name, {})),
                              cost_weight=self.settings.router_cost_weight, budget_b=self.settings.router_budget_b,
-                             generate=self.generate_for_router)
+                             generate=self.generate_for_router, routes=load_routes_if_present(self.settings.routes_path))
 
     # --- routing --------------------------------------------------------------
     async def get_router(self, name: str | None) -> Router:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from coe.embedder import make_embedder
 from coe.pipeline import Pipeline
 from coe.core.registry import Registry, load_registry
+from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from workers.engines.base import EngineOptions
 from workers.queue import JobQueue
@@ -60,7 +61,7 @@ class Service:
     async def start(self, embedded_worker: bool = True) -> None:
         """Load everything; the embedded worker (no Redis) preloads its models in the background."""
         settings = self.settings
-        self.registry = load_registry(settings.experts_file)
+        self.registry = load_registry(settings.experts_file, load_routes_if_present(settings.routes_path))
         embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
         name = choose_router(settings)

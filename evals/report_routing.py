@@ -48,7 +48,41 @@ def markdown(res: dict) -> str:
         if r.get("ood_by_kind"):
             extra.append("OOD to fallback by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ood_by_kind"].items()))
         lines.append(f"- **{r['router']}**: {r['notes']}" + (f" ({'; '.join(extra)})" if extra else ""))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + user_section(res)) + "\n"
+
+
+def user_section(res: dict) -> list[str]:
+    """The service's router on held-out user requests, per route, and a route declared with 10 examples."""
+    user = res.get("user") or {}
+    if not user:
+        return []
+    r = res.get("routes") or {}
+    lines = ["", "## User requests (the service's router, trained as `coe train` does)", "",
+             f"Routes: {len(r.get('names', []))} from `{r.get('file')}` ({len(r.get('task', []))} task routes); "
+             f"trained on {' + '.join(r.get('sources', []))} + the routes' examples; test rows never trained on.", ""]
+    for name, m in user.items():
+        if name == "new_route":
+            continue
+        lines += [f"**{name}** test split: top-1 route accuracy {_f(m['accuracy'])} on {m['n']} requests "
+                  f"(task routes {_f(m['accuracy_task_routes'])}, subject routes {_f(m['accuracy_subject_routes'])}), "
+                  f"macro-F1 {_f(m['macro_f1'])}, fallback {_f(m['fallback_rate'])}, accuracy routed {_f(m['accuracy_routed'])}; "
+                  f"lowest route {m['min_route'][0]} {_f(m['min_route'][1])}.", "",
+                  "| route | accuracy |", "|---|---|"]
+        lines += [f"| {lab} | {_f(acc)} |" for lab, acc in m["per_route"].items()]
+        lines += ["", "Most frequent confusions (truth -> predicted): "
+                  + ", ".join(f"{k} ({v})" for k, v in m["top_confusions"].items()), ""]
+    if "new_route" in user:
+        n = user["new_route"]
+        lines += [f"**New route** `{n['route']}` declared with {n['n_examples']} examples, retrained with no other "
+                  f"change: recall {_f(n['recall'])} on {n['n_test']} requests written separately (routed, not to the "
+                  f"fallback: {_f(n['routed_recall'])}); missed as {', '.join(n['missed_as']) or '-'}; user-request accuracy "
+                  f"after adding it {_f(n.get('user_accuracy_after'))}.", ""]
+    ts = next((x for x in res["results"] if x["router"] == "two_stage"), {})
+    if ts.get("user_requests_timing"):
+        t = ts["user_requests_timing"]
+        lines += [f"Timing on user requests (shorter than MMLU questions): p50 {_f(t['p50_ms'], 1)} ms, p99 "
+                  f"{_f(t['p99_ms'], 1)} ms, {_f(t['throughput_qps'], 1)} q/s at batch {t['batch']}.", ""]
+    return lines
 
 
 def plot(res: dict, path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from coe.core.encoder import Encoder
 from coe.core.registry import Registry
+from coe.core.routes import Routes
 
 Generate = Callable[[str, list[list[dict]], int], list[str]]
 """generate(expert, chats, max_tokens) -> texts: an LLM call through the service's dispatch path.
@@ -45,6 +46,7 @@ class RouterContext:
     cost_weight: float = 0.0  # two_stage stage 2 defaults (options may override per router)
     budget_b: float | None = None
     generate: Generate | None = None  # an LLM for routers that need one (skills keywords); None = not offered
+    routes: Routes | None = None  # the routes file a trained router must have been trained for; None = no file
 
 
 class Router(ABC):

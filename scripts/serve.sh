@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if [ ! -d artifacts/two_stage ]; then
-  .venv/bin/coe train --router two_stage --data mmlu --level subcategory
+  .venv/bin/coe train --router two_stage   # MMLU + the shipped user requests + the routes' examples
 fi
 exec .venv/bin/coe serve "$@"

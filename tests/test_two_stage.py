@@ -177,3 +177,33 @@ def test_stage2_reads_a_profile(tmp_path):
     assert table.score("mid", "math") == pytest.approx(61 / 102)
     assert table.score("big", "math") == 1.0  # unmeasured: declared
     assert build_map(table, reg, cost_weight=0.1).assignment["math"] == "small"  # 0.97 - 0.1/70 > 1.0 - 0.1
+
+
+def test_other_encoder_runtime_is_refused_with_the_fix(artifacts, registry):
+    class Int8Short(Embedder):
+        @property
+        def runtime_id(self) -> str:
+            return "onnx-int8-L32"
+
+    with pytest.raises(ArtifactError, match="COE_ENCODER_RUNTIME=torch COE_ENCODER_MAX_SEQ_LENGTH=.*coe train"):
+        build_router("two_stage", RouterContext(registry, Int8Short(get_settings().encoder), artifacts))
+
+
+def test_artifact_without_routes_is_refused_when_a_routes_file_exists(artifacts, registry, embedder):
+    from coe.core.routes import load_routes
+
+    with pytest.raises(ArtifactError, match="not trained for the routes of .*added .*coe train"):
+        build_router("two_stage", RouterContext(registry, embedder, artifacts, routes=load_routes(ROOT / "routes.yaml")))
+
+
+def test_fastpath_computes_what_scikit_learn_computes(artifacts, data):
+    from routers.two_stage import fastpath
+
+    stage1 = load_artifact(artifacts).stage1
+    _, val = data
+    texts = val.texts + ["", "a"]
+    for vec in (stage1.word, stage1.char):
+        assert np.allclose(fastpath.tfidf(vec, texts).toarray(), vec.transform(texts).toarray(), atol=1e-6)
+    lexical = fastpath.linear(stage1.lex, [fastpath.tfidf(stage1.word, texts), fastpath.tfidf(stage1.char, texts)])
+    assert np.allclose(lexical, stage1.lex.decision_function(stage1._lex_features(texts)), atol=1e-5)
+    assert np.allclose(fastpath.linear(stage1.dense, [val.embeddings]), stage1.dense.decision_function(val.embeddings), atol=1e-5)

@@ -135,7 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.queue.ping()
         except QueueUnavailable as exc:
             return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
-        return {"status": "ready", "router": pipeline().default_router, "experts": service.registry.names}
+        return {"status": "ready", "router": pipeline().default_router, "encoder": pipeline().embedder.runtime_id,
+                "experts": service.registry.names}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:

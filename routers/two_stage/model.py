@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from routers.two_stage import fastpath
+
 CLASSIFIERS = ("logreg", "mlp")
+
+
+def per_class(z: np.ndarray) -> np.ndarray:
+    """A binary model's one decision column as two logit columns [0, z] (softmax of them = sigmoid of z)."""
+    return np.stack([np.zeros_like(z), z], axis=1) if z.ndim == 1 else z
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -106,8 +113,12 @@ class Stage1:
         if self.classifier == "mlp":
             parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
         else:
-            parts = [log_softmax(self.dense.decision_function(embeddings))]
-        parts.append(self.lex.decision_function(self._lex_features(texts)) if self.lex is not None else 0.0)
+            parts = [log_softmax(per_class(fastpath.linear(self.dense, [embeddings])))]
+        if self.lex is not None:
+            lexical = fastpath.linear(self.lex, [fastpath.tfidf(self.word, texts), fastpath.tfidf(self.char, texts)])
+            parts.append(per_class(lexical))
+        else:
+            parts.append(0.0)
         parts.append(self._knn_logits(embeddings) if self.bank is not None else 0.0)
         return parts
 
@@ -117,8 +128,27 @@ class Stage1:
 
     def calibrate(self, texts: list[str], embeddings: np.ndarray, labels: list[str]) -> dict:
         """Fit the three weights on held-out data (L-BFGS-B on the log-likelihood of `labels`)."""
-        y = np.array([self.labels.index(lab) for lab in labels])
+        return self.calibrate_parts(self._logits(texts, embeddings), labels)
+
+    def aligned_logits(self, texts: list[str], embeddings: np.ndarray, fine: list[str]) -> list:
+        """The three logit sets with columns in the order of `fine` (another model's fine classes); a class
+        this model never saw gets a floor, so out-of-fold models can calibrate the model fitted on all rows."""
         parts = self._logits(texts, embeddings)
+        cols = [self.fine.index(f) if f in self.fine else -1 for f in fine]
+        out = []
+        for part, floor in zip(parts, (np.log(1e-6), -10.0, np.log(1e-6))):
+            if np.isscalar(part):
+                out.append(part)
+                continue
+            aligned = np.full((part.shape[0], len(fine)), floor)
+            known = [j for j, c in enumerate(cols) if c >= 0]
+            aligned[:, known] = part[:, [cols[j] for j in known]]
+            out.append(aligned)
+        return out
+
+    def calibrate_parts(self, parts: list, labels: list[str]) -> dict:
+        """calibrate() on logits computed already (e.g. by out-of-fold models, see aligned_logits)."""
+        y = np.array([self.labels.index(lab) for lab in labels])
         from scipy.optimize import minimize
 
         active = np.array([True, self.lex is not None, self.bank is not None])
@@ -139,6 +169,9 @@ class Stage1:
                 best = (float(res.fun), tuple(round(float(v), 4) for v in full))
         self.weights = best[1]
         return {"weights": list(self.weights), "val_nll": round(float(best[0]), 4)}
+
+    def proba_from_parts(self, parts: list) -> np.ndarray:
+        return self._combine(parts, *self.weights)
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         """[n, labels] probabilities.

@@ -22,6 +22,38 @@ def make_expert_map(ctx: RouterContext, labels: list[str], parents: dict | None,
                      budget_b=float(budget) if budget is not None else None, label_weights=label_weights)
 
 
+def _runtime_env(runtime_id: str) -> str:
+    """'onnx-int8-L64' -> the settings that select it."""
+    runtime, sep, length = runtime_id.rpartition("-L")
+    if not (sep and length.isdigit()):
+        runtime, length = runtime_id, ""
+    return f"COE_ENCODER_RUNTIME={runtime} COE_ENCODER_MAX_SEQ_LENGTH={length}"
+
+
+def check_encoder_runtime(ctx: RouterContext, artifact: Artifact) -> None:
+    """The classifier was fitted on vectors of one runtime and truncation; others shift them."""
+    trained = (artifact.manifest.get("encoder") or {}).get("runtime")
+    serving = getattr(ctx.embedder, "runtime_id", None)
+    if trained and serving and trained != serving:
+        raise ArtifactError(f"{artifact.path}: trained on embeddings of encoder runtime '{trained}' but this service embeds "
+                            f"with '{serving}'; serve with {_runtime_env(trained)}, or retrain with the service's "
+                            f"settings: coe train")
+
+
+def check_routes(ctx: RouterContext, artifact: Artifact) -> None:
+    """An artifact serves the routes file it was trained for: same names, kinds and examples."""
+    if ctx.routes is None:
+        return
+    trained = artifact.manifest.get("routes") or {}
+    if trained.get("fingerprint") == ctx.routes.fingerprint():
+        return
+    was, now = set(trained.get("names") or artifact.labels), set(ctx.routes.names)
+    change = [f"added {sorted(now - was)}" if now - was else "", f"removed {sorted(was - now)}" if was - now else ""]
+    change = "; ".join(c for c in change if c) or ("examples or kinds changed" if trained else "it was trained without one")
+    raise ArtifactError(f"{artifact.path}: not trained for the routes of {ctx.routes.path} ({change}); "
+                        f"retrain so the router learns them: coe train")
+
+
 def check_registry_labels(ctx: RouterContext, labels: list[str], parents: dict | None, path: Path) -> None:
     """Declared expert categories must overlap the artifact's label set, or stage 2 is blind."""
     known = {lab.lower() for lab in labels} | {m.lower() for ms in (parents or {}).values() for m in ms}
@@ -51,6 +83,8 @@ class TwoStageRouter(Router):
     def build(cls, ctx: RouterContext) -> "TwoStageRouter":
         artifact = load_artifact(ctx.artifacts_dir, ctx.options.get("artifact"), encoder_id=ctx.embedder.id,
                                  labels=ctx.options.get("labels"), level=ctx.options.get("level"))
+        check_encoder_runtime(ctx, artifact)
+        check_routes(ctx, artifact)
         return cls(ctx, artifact)
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:

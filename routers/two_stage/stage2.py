@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DECLARED_SCORE = 1.0
 PRIOR_SCORE = 0.1
+FALLBACK_PRIOR = 0.15  # a label no expert declares goes to the fallback expert, not to the cheapest one
 
 
 class Stage2Error(ValueError):
@@ -47,11 +48,14 @@ def candidate_experts(registry: "Registry") -> list[str]:
 
 
 def declared_scores(registry: "Registry", labels: list[str], parents: dict[str, list[str]] | None = None) -> ScoreTable:
-    """1.0 for a declared category, PRIOR_SCORE otherwise. For a coarse label (e.g. 'STEM') whose
-    finer members are given in `parents`, the score is the share of members the expert declares."""
+    """1.0 for a declared category, PRIOR_SCORE otherwise (FALLBACK_PRIOR for the fallback expert). For a
+    coarse label (e.g. 'STEM') whose finer members are given in `parents`, the score is the share of members
+    the expert declares."""
     experts = candidate_experts(registry)
     scores = np.full((len(experts), len(labels)), PRIOR_SCORE)
     for i, name in enumerate(experts):
+        if registry.experts[name].fallback:
+            scores[i, :] = FALLBACK_PRIOR
         declared = {c.strip().lower() for c in registry.experts[name].categories}
         for j, label in enumerate(labels):
             members = (parents or {}).get(label)

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from routers.two_stage.artifact import new_version, save_artifact
+from routers.two_stage.mixture import EXAM, RouteMixture
 from routers.two_stage.model import Stage1
 
 DEFAULT_TAU_TARGET = "accuracy:0.90"
@@ -23,6 +24,7 @@ class LabeledSet:
     embeddings: np.ndarray
     labels: list[str]
     fine_labels: list[str] | None = None  # finer labels to train on (e.g. MMLU subjects), summed up to `labels`
+    groups: list[str] | None = None  # per row: exam, request or example (routers.two_stage.mixture); None = all exam
 
 
 def parse_tau_target(target: str) -> tuple[str, float]:
@@ -76,24 +78,30 @@ def evaluate(probs: np.ndarray, labels: list[str], truth: list[str], tau: float)
 
 
 def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir: Path, encoder: dict,
-                    level: str, data: dict, test: LabeledSet | None = None, classifier: str = "logreg",
+                    level: str, data: dict, tests: dict[str, LabeledSet] | None = None, classifier: str = "logreg",
                     lexical: bool = True, tau_target: str = DEFAULT_TAU_TARGET, parents: dict | None = None,
                     expert_map: Callable[[list[str], dict], dict] | None = None, seed: int = 0,
-                    progress: Callable[[str], None] | None = None, make_latest: bool = True) -> Path:
-    """Fit, calibrate, evaluate and save; returns the artifact folder."""
+                    progress: Callable[[str], None] | None = None, make_latest: bool = True,
+                    routes: dict | None = None) -> Path:
+    """Fit, calibrate, evaluate (on each named test set) and save; returns the artifact folder.
+    `routes` ({"fingerprint", "names"}) binds the artifact to the routes file it was trained for."""
     step = progress or (lambda msg: None)
     t0 = time.perf_counter()
-    stage1 = Stage1(classifier=classifier, lexical=lexical, seed=seed)
-    stage1.fit(train.texts, train.embeddings, train.labels, fine_labels=train.fine_labels, progress=step)
-    step("calibrating on validation")
-    calib = stage1.calibrate(validation.texts, validation.embeddings, validation.labels)
-    val_probs = stage1.predict_proba(validation.texts, validation.embeddings)
+    if train.groups and any(g != EXAM for g in train.groups):
+        stage1 = RouteMixture(classifier=classifier, lexical=lexical, seed=seed)
+        calib, val_probs, val_labels = stage1.fit(train, validation, progress=step)
+    else:
+        stage1 = Stage1(classifier=classifier, lexical=lexical, seed=seed)
+        stage1.fit(train.texts, train.embeddings, train.labels, fine_labels=train.fine_labels, progress=step)
+        step("calibrating on validation")
+        calib = stage1.calibrate(validation.texts, validation.embeddings, validation.labels)
+        val_probs, val_labels = stage1.predict_proba(validation.texts, validation.embeddings), validation.labels
     val_pred = [stage1.labels[i] for i in val_probs.argmax(axis=1)]
-    tau = calibrate_tau(val_probs.max(axis=1), np.array([p == t for p, t in zip(val_pred, validation.labels)]), tau_target)
-    metrics = {"validation": evaluate(val_probs, stage1.labels, validation.labels, tau)}
-    if test is not None:
-        step("evaluating on test")
-        metrics["test"] = evaluate(stage1.predict_proba(test.texts, test.embeddings), stage1.labels, test.labels, tau)
+    tau = calibrate_tau(val_probs.max(axis=1), np.array([p == t for p, t in zip(val_pred, val_labels)]), tau_target)
+    metrics = {"validation": evaluate(val_probs, stage1.labels, val_labels, tau)}
+    for name, test in (tests or {}).items():
+        step(f"evaluating on {name}")
+        metrics[name] = evaluate(stage1.predict_proba(test.texts, test.embeddings), stage1.labels, test.labels, tau)
     counts = {lab: train.labels.count(lab) for lab in stage1.labels}
     label_weights = {lab: c / len(train.labels) for lab, c in counts.items()}
     manifest = {
@@ -104,6 +112,7 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
         "labels": stage1.labels,
         "parents": parents,
         "classifier": classifier,
+        "stage1": type(stage1).__name__,
         "trained_on": "fine labels" if train.fine_labels else "labels",
         "lexical": lexical,
         "calibration": calib,
@@ -111,6 +120,7 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
         "tau_target": tau_target,
         "label_weights": label_weights,
         "data": data,
+        "routes": routes,
         "map": expert_map(stage1.labels, label_weights) if expert_map else None,
         "metrics": metrics,
         "train_seconds": round(time.perf_counter() - t0, 2),
