@@ -137,3 +137,13 @@ def test_generate_before_load_is_an_engine_error():
     eng = create_engine(spec())
     with pytest.raises(EngineError, match="not loaded"):
         eng.generate([greedy("hi")])
+
+
+def test_should_stop_finishes_only_that_row_early_as_cancelled(engine):
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    out = engine.generate([greedy(ESSAY, 200), greedy(ESSAY, 12)],
+                          on_delta=lambda row, text: pieces[row].append(text),
+                          should_stop=lambda row: row == 0 and len(pieces[0]) >= 3)
+    assert out[0].finish_reason == "cancelled" and out[0].completion_tokens < 12
+    assert out[0].text == "".join(pieces[0])
+    assert out[1].finish_reason == "length" and out[1].completion_tokens == 12

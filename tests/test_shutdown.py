@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import shutil
 import signal
 import time
@@ -28,6 +29,11 @@ def chat(server, model="generalist", max_tokens=4, content="Hi!", key=None, **ex
     return httpx.post(f"{server.v1}/chat/completions", json=body, headers=headers, timeout=120)
 
 
+def cancellations(server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return sum(float(v) for v in re.findall(r'^coe_jobs_cancelled_total{stage="\w+"} (\S+)$', text, re.M))
+
+
 def copy_experts(tmp, test_experts_file):
     path = tmp / "experts.yaml"
     shutil.copy(test_experts_file, path)
@@ -41,6 +47,10 @@ def test_deadline_is_504_and_a_full_queue_is_503(tmp_path, test_experts_file):
         started = time.monotonic()
         error = assert_openai_error(chat(srv, max_tokens=60, content="Tell me a long story."), 504)
         assert error["code"] == "timeout" and time.monotonic() - started < 20
+        deadline = time.time() + 10  # the job of the request that ran out of time is cancelled, not left to run
+        while not cancellations(srv):
+            assert time.time() < deadline, httpx.get(f"{srv.base_url}/metrics").text
+            time.sleep(0.3)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda i: chat(srv, max_tokens=40, content=f"Story {i}"), range(6)))
         full = [a for a in answers if a.status_code == 503]
