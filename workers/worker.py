@@ -3,6 +3,8 @@
 Each turn: ask the scheduler for the next weights group, make it resident,
 claim up to a batch of its jobs (oldest first, across the group's experts),
 run them in one engine call off the event loop, publish results, acknowledge.
+Every claimed job is completed or released, whatever fails. While it runs, the
+worker announces its device, so the API knows someone will serve its experts.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, field
 from coe.core.assets import AssetError, is_local_ref
 from coe.core.registry import ExpertConfig, Registry
 from workers.engines import create_engine
+from workers.batch import run_batch
 from workers.engines.base import Engine, EngineOptions, EngineSpec
-from workers.jobs import Job, JobResult
-from workers.queue import JobQueue
+from workers.jobs import ENGINE_ERROR, Job, JobResult
+from workers.load_failures import LoadFailures
+from workers.queue import JobQueue, QueueUnavailable
 from workers.scheduler import Group, Policy, Scheduler
 
 log = logging.getLogger("coe.worker")
@@ -49,6 +53,8 @@ class Worker:
     reclaim_idle_s: float = 60.0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     engine_options: EngineOptions = field(default_factory=EngineOptions)
+    load_retry_s: float = 5.0  # a model that failed to load is tried again after this, doubling up to 5 minutes
+    announce_s: float = 5.0  # how often the worker tells the queue it is alive (it counts as gone after 3 times this)
 
     def __post_init__(self) -> None:
         experts = self.registry.on_device(self.device)
@@ -71,6 +77,11 @@ class Worker:
         self._next_registry: Registry | None = None
         self._leaving: set[str] = set()
         self._next_reclaim = 0.0
+        self.load_failures = LoadFailures(first_s=self.load_retry_s)
+
+    def failed_loads(self) -> dict[str, str]:
+        """Weights groups whose last load failed, with the error (their jobs fail at once until the next try)."""
+        return self.load_failures.errors()
 
     async def preload(self) -> None:
         """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
@@ -84,8 +95,9 @@ class Worker:
                 break
             try:
                 await self._apply(actions)
-            except Exception:
-                log.exception("could not load %s; its experts will answer with an error", key)
+            except Exception as exc:
+                wait = self.load_failures.failed(key, f"{type(exc).__name__}: {exc}")
+                log.exception("could not load %s; its experts answer with an error (next try in %.0fs)", key, wait)
         self.ready.set()
 
     async def _apply(self, actions) -> None:
@@ -160,12 +172,29 @@ class Worker:
             log.info("unloaded %s: no expert uses it any more", key)
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.ready.is_set():
-            await self.preload()
-        while not stop.is_set():
-            served = await self.step()
-            if not served:
-                await self.wait_or_reclaim(stop)
+        """Serve until `stop`; announced as a live consumer of the device from the start (models loading included)."""
+        announcer = asyncio.create_task(self._announce(), name=f"announce-{self.device}")
+        try:
+            if not self.ready.is_set():
+                await self.preload()
+            while not stop.is_set():
+                served = await self.step()
+                if not served:
+                    await self.wait_or_reclaim(stop)
+        finally:
+            announcer.cancel()
+            try:
+                await self.queue.withdraw(self.device, self.name)
+            except QueueUnavailable:
+                pass  # the announcement expires on its own
+
+    async def _announce(self) -> None:
+        while True:
+            try:
+                await self.queue.announce(self.device, self.name, ttl_s=3 * self.announce_s)
+            except QueueUnavailable as exc:
+                log.debug("cannot announce %s: %s", self.device, exc)
+            await asyncio.sleep(self.announce_s)
 
     async def wait_or_reclaim(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self.queue.wait_for_work(self.experts, timeout=1.0))
@@ -186,13 +215,15 @@ class Worker:
             key = self.scheduler.pick(stats)
             if key is None:
                 return False
-        try:
-            await self._apply(self.scheduler.plan(key))
-        except Exception as exc:
-            load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("could not make %s resident", key)
-        else:
-            load_error = None
+        load_error = self.load_failures.blocked(key)
+        if load_error is None:
+            try:
+                await self._apply(self.scheduler.plan(key))
+                self.load_failures.loaded(key)
+            except Exception as exc:
+                load_error = f"{type(exc).__name__}: {exc}"
+                wait = self.load_failures.failed(key, load_error)
+                log.exception("could not make %s resident (next try in %.0fs)", key, wait)
         group = self.scheduler.groups[key]
         limit = self.scheduler.batch_size(key)
         if not jobs:
@@ -203,49 +234,27 @@ class Worker:
                 jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
         if not jobs:
             return False
-        if load_error:
-            await self._fail(jobs, f"model could not be loaded: {load_error}")
-        else:
-            await self._serve(key, jobs)
+        try:
+            if load_error:
+                await self._fail(jobs, f"model could not be loaded: {load_error}")
+            else:
+                await self._serve(key, jobs)
+        except BaseException:  # e.g. Redis went away: what was not completed goes back for any worker
+            await self.queue.release(jobs)
+            raise
         return True
 
     async def _fail(self, jobs: list[Job], error: str) -> None:
         for job in jobs:
             await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
-                                                     error_type="engine_error", worker=self.name))
+                                                     error_type=ENGINE_ERROR, worker=self.name))
 
     async def _serve(self, key: str, jobs: list[Job]) -> None:
-        engine = self.engines[key]
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
-
-        def on_delta(row: int, text: str) -> None:
-            if jobs[row].stream:
-                loop.call_soon_threadsafe(deltas.put_nowait, (jobs[row].id, text))
-
-        async def publish_in_order() -> None:
-            while (item := await deltas.get()) is not None:
-                await self.queue.publish_delta(*item)
-
-        publisher = asyncio.create_task(publish_in_order())
-        started = time.time()
         self.busy = True
         try:
-            completions = await asyncio.to_thread(engine.generate, [j.request for j in jobs], on_delta)
-            error = None
-        except Exception as exc:  # an engine failure fails its own jobs, never the worker
-            log.exception("engine %s failed on a batch of %d", key, len(jobs))
-            completions, error = [None] * len(jobs), f"{type(exc).__name__}: {exc}"
+            results = await run_batch(self.engines[key], jobs, self.queue, self.name)
         finally:
             self.busy = False
-            loop.call_soon_threadsafe(deltas.put_nowait, None)
-            await publisher
-        elapsed = time.time() - started
         self.scheduler.served(key, len(jobs))
-        for job, completion in zip(jobs, completions):
-            result = JobResult(
-                job_id=job.id, expert=job.expert, completion=completion, error=error,
-                error_type="engine_error" if error else None, worker=self.name,
-                queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(jobs),
-            )
+        for job, result in zip(jobs, results):
             await self.queue.complete(job, result)

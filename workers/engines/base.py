@@ -17,7 +17,8 @@ from workers.jobs import Completion, GenerationRequest
 
 OnDelta = Callable[[int, str], None]
 """on_delta(row, text): new text for row `row` of the batch, in order."""
-
+ShouldStop = Callable[[int], bool]
+"""should_stop(row): True once row `row`'s caller is gone; an engine that polls it ends that row as 'cancelled'."""
 
 
 class EngineError(RuntimeError):
@@ -53,6 +54,7 @@ class EngineOptions:
 
 class Engine(ABC):
     supports_sleep: bool = False
+    supports_stop: bool = False  # generate() takes should_stop and ends those rows early
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -62,8 +64,10 @@ class Engine(ABC):
         """Bring weights onto the device (from disk, or from sleep)."""
 
     @abstractmethod
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
-        """Complete every request; one Completion per request, in order."""
+    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
+                 should_stop: ShouldStop | None = None) -> list[Completion]:
+        """Complete every request; one Completion per request, in order. `should_stop` is passed only to
+        engines with `supports_stop`."""
 
     def sleep(self) -> None:
         """Free device memory but keep the engine quick to wake; default: unload."""
