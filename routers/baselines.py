@@ -64,6 +64,7 @@ class LabelRouter(Router):
 
 @register("random")
 class RandomRouter(LabelRouter):
+    serving = False  # a benchmark baseline, never picked by a client
     reason = "uniformly random category"
 
     def __init__(self, *args, **kwargs):
@@ -80,6 +81,7 @@ class RandomRouter(LabelRouter):
 class SingleBestRouter(LabelRouter):
     """Every query to the one expert that is best overall: the map's expert for the most frequent category."""
 
+    serving = False  # a benchmark baseline, never picked by a client
     reason = "single best expert (most frequent training category)"
 
     def predict_proba(self, texts, embeddings):
@@ -112,6 +114,7 @@ class KnnRouter(LabelRouter):
 class OracleRouter(LabelRouter):
     """The gold category (options['gold']: text -> label); the upper bound for stage 1."""
 
+    serving = False  # a benchmark baseline, never picked by a client
     reason = "gold label (oracle)"
 
     def predict_proba(self, texts, embeddings):

@@ -78,7 +78,8 @@ def test_clients_that_disconnect_cancel_their_jobs(srv):
     long = {"model": "generalist", "max_tokens": 1000, "temperature": 0, "stream": True,
             "messages": [{"role": "user", "content": COUNT}]}
     with httpx.stream("POST", f"{srv.v1}/chat/completions", json=long, timeout=120) as running:
-        for line in running.iter_lines():  # until the running job has streamed some text
+        lines = running.iter_lines()  # kept: a line iterator that is dropped closes the connection
+        for line in lines:  # until the running job has streamed some text
             if '"content": "' in line and '"content": ""' not in line:
                 break
         queued = {"model": "generalist", "max_tokens": 50, "messages": [{"role": "user", "content": "Hello!"}]}

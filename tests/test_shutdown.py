@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import re
 import shutil
@@ -32,6 +33,16 @@ def chat(server, model="generalist", max_tokens=4, content="Hi!", key=None, **ex
 def cancellations(server) -> float:
     text = httpx.get(f"{server.base_url}/metrics").text
     return sum(float(v) for v in re.findall(r'^coe_jobs_cancelled_total{stage="\w+"} (\S+)$', text, re.M))
+
+
+async def announce(url: str, device: str, worker: str) -> None:
+    from workers.queue_redis import RedisQueue
+
+    queue = RedisQueue(url)
+    try:
+        await queue.announce(device, worker, ttl_s=120)
+    finally:
+        await queue.close()
 
 
 def copy_experts(tmp, test_experts_file):
@@ -109,7 +120,9 @@ def test_sigterm_with_redis_leaves_queued_jobs_for_other_workers(tmp_path, test_
                     for _ in range(5)]
         assert 429 in statuses and statuses[0] == 200, statuses
         assert redis_db.keys("coe:rl:key-*"), "rate-limit counters live in Redis"
-        # no worker runs: the job waits in Redis; the request is in flight when SIGTERM comes
+        # a worker has announced itself for `cpu` but serves nothing yet (still loading): the job waits in Redis;
+        # the request is in flight when SIGTERM comes
+        asyncio.run(announce(f"redis://127.0.0.1:6379/{REDIS_DB}", "cpu", "still-loading"))
         body = {"model": "generalist", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
         with httpx.stream("POST", f"{srv.v1}/chat/completions", json=body, timeout=60,
                           headers={"Authorization": "Bearer k-other"}) as stream:
