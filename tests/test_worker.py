@@ -112,3 +112,24 @@ def test_a_cancelled_queued_job_never_reaches_the_engine_with_stand_in_engines(m
         assert (await q.counters())["cancelled_queued"] == 1
 
     asyncio.run(main())
+
+
+def test_an_expert_added_and_removed_between_two_turns_still_serves_its_jobs_with_stand_in_engines(make_worker,
+                                                                                                    tmp_path):
+    from coe.core.registry import parse_registry
+
+    poet = '  - {name: poet, engine: openai, model: poet-model, api_base: "http://127.0.0.1:9/v1", params_b: 1}\n'
+
+    async def main():
+        q = MemoryQueue()
+        w = make_worker(q)
+        w.refresh(parse_registry(EXPERTS + poet, tmp_path / "experts.yaml"))  # added while a batch runs...
+        j = ask("poet", "a rhyme")
+        await q.submit(j)
+        w.refresh(parse_registry(EXPERTS, tmp_path / "experts.yaml"))  # ...and removed before the next turn
+        assert await w.step()
+        assert (await q.wait_result(j.id, timeout=5)).completion.text == "a rhyme"
+        assert not await w.step()
+        assert "poet" not in w.experts and StandInEngine.calls[("unload", "poet-model")] == 1
+
+    asyncio.run(main())

@@ -74,7 +74,7 @@ class Worker:
         self.experts = [e.name for e in experts]
         self.busy = False
         self.ready = asyncio.Event()
-        self._next_registry: Registry | None = None
+        self._next_registries: list[Registry] = []
         self._leaving: set[str] = set()
         self._next_reclaim = 0.0
         self.load_failures = LoadFailures(first_s=self.load_retry_s)
@@ -113,9 +113,10 @@ class Worker:
         """Serve `registry`'s experts from the next turn on (never in the middle of a batch).
 
         New weights get an engine (loaded when first needed); an expert that left keeps being served
-        until its queued jobs are done, then its group is unloaded if no expert uses it any more.
+        until its queued jobs are done, then its group is unloaded if no expert uses it any more. That
+        holds for an expert added and removed again while a batch ran: its jobs were accepted meanwhile.
         """
-        self._next_registry = registry
+        self._next_registries.append(registry)
 
     async def _reclaim(self) -> tuple[str | None, list[Job]]:
         """Jobs a dead worker left behind, one expert at a time, ahead of fresh work (they are older).
@@ -136,27 +137,29 @@ class Worker:
     def _group_of(self, expert: str) -> str:
         return next(k for k, g in self.scheduler.groups.items() if expert in g.experts)
 
-    def _adopt(self, registry: Registry) -> None:
-        self._next_registry = None
-        wanted = registry.on_device(self.device)
+    def _adopt(self, registries: list[Registry]) -> None:
+        """Take up the newest registry, keeping every expert of the ones before it until its queue is empty."""
+        self._next_registries = []
         groups = self.scheduler.groups
-        for e in wanted:
-            key = e.weights_key
-            for other_key, g in groups.items():  # an expert whose weights changed moves to its new group
-                if other_key != key and e.name in g.experts:
-                    g.experts.remove(e.name)
-            if key not in groups:
-                self.engines[key] = create_engine(engine_spec(registry, e, self.engine_options))
-                groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
-            if e.name not in groups[key].experts:
-                groups[key].experts.append(e.name)
-        names = [e.name for e in wanted]
-        self._leaving = {n for n in self.experts if n not in names} | (self._leaving - set(names))
+        for registry in registries:
+            for e in registry.on_device(self.device):
+                key = e.weights_key
+                for other_key, g in groups.items():  # an expert whose weights changed moves to its new group
+                    if other_key != key and e.name in g.experts:
+                        g.experts.remove(e.name)
+                if key not in groups:
+                    self.engines[key] = create_engine(engine_spec(registry, e, self.engine_options))
+                    groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
+                if e.name not in groups[key].experts:
+                    groups[key].experts.append(e.name)
+        names = [e.name for e in registries[-1].on_device(self.device)]
+        seen = {e.name for registry in registries for e in registry.on_device(self.device)}
+        self._leaving = (set(self.experts) | seen | self._leaving) - set(names)
         self.experts = names + sorted(self._leaving)
         if self.memory_budget_gb is None:
             self.scheduler.memory_budget_gb = max(self.scheduler.memory_budget_gb,
                                                   sum(g.memory_gb for g in groups.values()))
-        self.registry = registry
+        self.registry = registries[-1]
 
     async def _drop_idle_leavers(self, stats) -> None:
         """Forget experts that left once nothing of theirs is queued; unload groups no expert uses."""
@@ -205,8 +208,8 @@ class Worker:
 
     async def step(self) -> bool:
         """Serve one batch; False when there was nothing to do."""
-        if self._next_registry is not None:
-            self._adopt(self._next_registry)
+        if self._next_registries:
+            self._adopt(self._next_registries)
         stats = await self.queue.pending(self.experts)
         if self._leaving:
             await self._drop_idle_leavers(stats)
