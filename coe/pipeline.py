@@ -150,17 +150,19 @@ class Pipeline:
 
     async def _submit(self, job: Job, open_jobs: set[str]) -> None:
         """Queue `job` (and note it in `open_jobs` until answered); 503 when no live worker serves its device."""
+        expert = self.registry.experts.get(job.expert)
         try:
-            device = self.registry.experts[job.expert].device if job.expert in self.registry.experts else None
-            if device is not None and not await self.queue.consumers(device):
-                raise Unavailable(f"no worker serves device '{device}' (expert '{job.expert}') right now; "
-                                  f"start one (coe worker --device {device}) or retry later", "model")
+            if expert is not None and not await self.queue.consumers(expert.device):
+                raise Unavailable(f"no worker serves device '{expert.device}' (expert '{job.expert}') right now; "
+                                  f"start one (coe worker --device {expert.device}) or retry later", "model")
+            open_jobs.add(job.id)  # before the submit: a request cancelled meanwhile still cancels the job
             await self.queue.submit(job)
         except QueueFull as exc:
+            open_jobs.discard(job.id)
             raise Unavailable(f"the service is at capacity ({exc}); retry later") from None
         except QueueUnavailable as exc:
+            open_jobs.discard(job.id)
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
-        open_jobs.add(job.id)
         try:
             metrics.QUEUE_DEPTH.set(await self.queue.depth())
         except QueueUnavailable:
