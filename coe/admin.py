@@ -153,8 +153,7 @@ class RegistryEditor:
         # one assignment each, no await between them: a request sees the old pipeline or the new one
         self.service.registry = registry
         self.service.pipeline = pipeline
-        if self.service.worker is not None:
-            self.service.worker.refresh(registry)
+        self.service.refresh_workers(registry)
 
     def _change(self, old: Registry, new: Registry, pipeline: Pipeline, backup: Path | None) -> Change:
         return Change(new, pipeline.default_router, added=[n for n in new.names if n not in old.experts],

@@ -98,11 +98,15 @@ async def _run(settings, registry, device, policy, memory_gb, reclaim_idle_s, na
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s serving %s on %s (%s policy)", w.name, ", ".join(w.experts), device, policy)
-    await w.preload()
-    log.info("worker %s ready", w.name)
+    runner = asyncio.create_task(serve_device(w, stop))  # announced from now on, while the models load too
+    ready = asyncio.create_task(w.ready.wait())
+    await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if w.ready.is_set():
+        log.info("worker %s ready", w.name)
     try:
-        await serve_device(w, stop)
+        await runner
     finally:
+        ready.cancel()
         log.info("worker %s stopping: %d batches, %d jobs served", w.name, w.scheduler.stats.batches,
                  w.scheduler.stats.jobs)
         await queue.close()

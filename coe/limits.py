@@ -8,7 +8,7 @@ max_tokens keep working.
 
 from __future__ import annotations
 
-from coe.pipeline import BadRequest
+from coe.pipeline_types import BadRequest
 from coe.core.settings import Settings
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-REQUESTS = Counter("coe_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=REGISTRY)
+REQUESTS = Counter("coe_requests_total", "HTTP requests by route template ('unmatched' if no route took them) and status",
+                   ["endpoint", "status"], registry=REGISTRY)
 STAGE_SECONDS = Histogram(
     "coe_stage_seconds", "Time per request stage", ["stage"], registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
@@ -21,5 +24,25 @@ ROUTER_LLM_JOBS = Counter("coe_router_llm_jobs_total", "Jobs a router's LLM sent
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
-WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded worker", registry=REGISTRY)
-WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded worker", registry=REGISTRY)
+WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)
+WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded workers", registry=REGISTRY)
+
+
+class QueueCounters(Collector):
+    """Counts the queue keeps (with Redis: over every API and worker process), copied in when /metrics is read."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def collect(self):
+        cancelled = CounterMetricFamily("coe_jobs_cancelled", "Jobs whose caller left or ran out of time, by when "
+                                        "they were cancelled: before they started, or while running", labels=["stage"])
+        cancelled.add_metric(["queued"], self.values.get("cancelled_queued", 0))
+        cancelled.add_metric(["running"], self.values.get("cancelled_running", 0))
+        yield cancelled
+        yield CounterMetricFamily("coe_jobs_dead_lettered", "Queued jobs that could not be decoded, set aside unrun",
+                                  value=self.values.get("dead_letter", 0))
+
+
+QUEUE_COUNTERS = QueueCounters()
+REGISTRY.register(QUEUE_COUNTERS)

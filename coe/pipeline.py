@@ -2,6 +2,11 @@
 
 embed -> route -> one job per chosen expert -> (aggregate if k > 1) -> answer.
 The API, the CLI and `coe bench` all go through here.
+
+A job is submitted only when a live worker serves its expert's device (else 503). With k > 1 the
+answers that succeeded are kept (the failed experts are named); if every expert failed, the
+fallback expert answers with its own request; if the aggregator fails, the first routed answer is
+the answer. Jobs a request leaves unanswered (client gone, deadline) are cancelled.
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,90 +24,15 @@ from coe.embedder import Embedder
 from coe.core.registry import ExpertConfig, Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
+from coe.pipeline_types import (
+    BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
+)
 from routers import RouteDecision, Router, RouterContext, build_router
+from routers.base import get_router_class, serving_routers
 from workers.jobs import GenerationRequest, Job, JobResult
 from workers.queue import Delta, JobQueue, QueueFull, QueueUnavailable
 
 ROUTED_MODEL = "coe"
-
-
-class PipelineError(Exception):
-    """A failure the API turns into an OpenAI-style error with this status."""
-
-    status = 500
-    type = "server_error"
-    code: str | None = None
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class UnknownModel(PipelineError):
-    status, type, code = 404, "invalid_request_error", "model_not_found"
-
-
-class BadRequest(PipelineError):
-    status, type, code = 400, "invalid_request_error", None
-
-
-class ExpertFailed(PipelineError):
-    status, type, code = 502, "server_error", "expert_failed"
-
-
-class Unavailable(PipelineError):
-    status, type, code = 503, "server_error", "unavailable"
-
-
-class TimedOut(PipelineError):
-    status, type, code = 504, "server_error", "timeout"
-
-
-@dataclass
-class ChatInput:
-    model: str
-    messages: list[dict]
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stream: bool = False
-    k: int | None = None
-    router: str | None = None
-    choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
-
-
-@dataclass
-class ExpertAnswer:
-    expert: str
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    queue_s: float
-    generate_s: float
-
-
-@dataclass
-class Outcome:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    decision: RouteDecision
-    answers: list[ExpertAnswer]
-    aggregator: str | None
-    timings: dict[str, float]
-    fallback_after_error: str | None = None
-
-
-@dataclass
-class Plan:
-    decision: RouteDecision
-    jobs: list[Job]
-    timings: dict[str, float]
 
 
 class Pipeline:
@@ -119,6 +48,7 @@ class Pipeline:
         self.batcher = EmbedBatcher(embedder)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelling: set[asyncio.Task] = set()
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
@@ -144,11 +74,25 @@ class Pipeline:
         if name not in self.routers:
             async with self._router_lock:
                 if name not in self.routers:
-                    try:
-                        self.routers[name] = await asyncio.to_thread(build_router, name, self.router_context(name))
-                    except (KeyError, FileNotFoundError, ValueError) as exc:
-                        raise BadRequest(f"router '{name}' is not available: {exc}", "coe.router") from None
+                    self.routers[name] = await asyncio.to_thread(self._build_for_client, name)
         return self.routers[name]
+
+    def _build_for_client(self, name: str) -> Router:
+        """A router a client picked: only a serving one, and one that can be built here (400 otherwise)."""
+        from routers.two_stage.artifact import ArtifactError  # trained routers say what is missing with it
+
+        allowed = f"choose one of: {', '.join(serving_routers())}"
+        try:
+            cls = get_router_class(name)
+        except KeyError:
+            raise BadRequest(f"unknown router '{name}'; {allowed}", "coe.router") from None
+        if not cls.serving:
+            raise BadRequest(f"router '{name}' is for benchmarks only; {allowed}", "coe.router")
+        try:
+            return cls.build(self.router_context(name))
+        except (ArtifactError, OSError, KeyError, ValueError) as exc:
+            fix = "" if "coe train" in str(exc) else f"; train it first: coe train --router {name}"
+            raise BadRequest(f"router '{name}' is not available here: {exc}{fix}", "coe.router") from None
 
     def generate_for_router(self, expert: str, chats: list[list[dict]], max_tokens: int) -> list[str]:
         """A router's LLM call (e.g. keywords for skills), run as ordinary jobs on the queue.
@@ -167,9 +111,13 @@ class Pipeline:
         jobs = [Job(expert=expert, request=GenerationRequest(messages=m, max_tokens=max_tokens, temperature=0.0))
                 for m in chats]
         metrics.ROUTER_LLM_JOBS.labels(expert).inc(len(jobs))
-        for job in jobs:
-            await self._submit(job)
-        results = await asyncio.gather(*(self._result(j, self._deadline_left(started)) for j in jobs))
+        open_jobs: set[str] = set()
+        try:
+            for job in jobs:
+                await self._submit(job, open_jobs)
+            results = await asyncio.gather(*(self._result(j, self._deadline_left(started), open_jobs) for j in jobs))
+        finally:
+            self._cancel(open_jobs)
         failed = [r for r in results if not r.ok]
         if failed:
             raise ExpertFailed(f"expert '{expert}' failed: {failed[0].error}")
@@ -208,17 +156,40 @@ class Pipeline:
             repetition_penalty=gen.repetition_penalty, seed=seed, stop=list(inp.stop), choices=inp.choices,
         )
 
-    async def _submit(self, job: Job) -> None:
+    async def _submit(self, job: Job, open_jobs: set[str]) -> None:
+        """Queue `job` (and note it in `open_jobs` until answered); 503 when no live worker serves its device."""
+        expert = self.registry.experts.get(job.expert)
         try:
+            if expert is not None and not await self.queue.consumers(expert.device):
+                raise Unavailable(f"no worker serves device '{expert.device}' (expert '{job.expert}') right now; "
+                                  f"start one (coe worker --device {expert.device}) or retry later", "model")
+            open_jobs.add(job.id)  # before the submit: a request cancelled meanwhile still cancels the job
             await self.queue.submit(job)
         except QueueFull as exc:
+            open_jobs.discard(job.id)
             raise Unavailable(f"the service is at capacity ({exc}); retry later") from None
         except QueueUnavailable as exc:
+            open_jobs.discard(job.id)
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
         try:
             metrics.QUEUE_DEPTH.set(await self.queue.depth())
         except QueueUnavailable:
             pass  # the job is in; the gauge can wait
+
+    def _cancel(self, open_jobs: set[str]) -> None:
+        """Cancel the jobs a request leaves unanswered, without waiting (this may run inside a cancelled task)."""
+        if not open_jobs:
+            return
+        task = asyncio.get_running_loop().create_task(self._cancel_now(list(open_jobs)))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _cancel_now(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            try:
+                await self.queue.cancel(job_id)
+            except QueueUnavailable:
+                return  # the jobs run, and nobody reads their results
 
     async def plan(self, inp: ChatInput) -> Plan:
         if not inp.messages:
@@ -239,34 +210,51 @@ class Pipeline:
             jobs.append(Job(expert=name, request=self._request(expert, inp, inp.messages, seed_offset=i), stream=stream))
         return Plan(decision, jobs, timings)
 
-    async def _result(self, job: Job, timeout: float) -> JobResult:
+    async def _result(self, job: Job, timeout: float, open_jobs: set[str]) -> JobResult:
         try:
-            return await self.queue.wait_result(job.id, timeout)
+            result = await self.queue.wait_result(job.id, timeout)
         except TimeoutError:
             raise TimedOut(f"expert '{job.expert}' did not answer within {timeout:.0f}s") from None
         except QueueUnavailable as exc:
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
+        open_jobs.discard(job.id)
+        return result
 
     def _deadline_left(self, started: float) -> float:
         return max(0.1, self.settings.request_timeout_s - (time.perf_counter() - started))
 
-    async def _answer(self, job: Job, started: float, may_fall_back: bool = True) -> tuple[ExpertAnswer, str | None]:
-        """Run a submitted job; on an engine error of a routed job, the fallback expert answers instead."""
-        result = await self._result(job, self._deadline_left(started))
-        replaced = None
-        fallback = self.registry.fallback
-        if not result.ok and may_fall_back and fallback is not None and fallback.name != job.expert:
-            replaced = job.expert
-            retry = Job(expert=fallback.name, request=job.request, stream=False)
-            await self._submit(retry)
-            result = await self._result(retry, self._deadline_left(started))
-        if not result.ok:
-            raise ExpertFailed(f"expert '{result.expert}' failed: {result.error}")
+    @staticmethod
+    def _answer(result: JobResult) -> ExpertAnswer:
         c = result.completion
         metrics.TOKENS.labels(result.expert, "prompt").inc(c.prompt_tokens)
         metrics.TOKENS.labels(result.expert, "completion").inc(c.completion_tokens)
         return ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-                            result.queue_s, result.generate_s), replaced
+                            result.queue_s, result.generate_s)
+
+    async def _answers(self, plan: Plan, inp: ChatInput, started: float,
+                       open_jobs: set[str]) -> tuple[list[ExpertAnswer], dict[str, str], str | None]:
+        """(answers that succeeded, failed expert -> error, the expert the fallback replaced) for submitted jobs.
+
+        If every routed expert failed, the fallback expert answers with its own request; a client that named
+        the expert gets that expert or an error."""
+        results = await asyncio.gather(*(self._result(j, self._deadline_left(started), open_jobs) for j in plan.jobs))
+        answers = [self._answer(r) for r in results if r.ok]
+        failed = {r.expert: r.error or "failed" for r in results if not r.ok}
+        replaced = None
+        fallback = self.registry.fallback
+        if not answers and plan.decision.router != "bypass" and fallback is not None and fallback.name not in failed:
+            replaced = plan.jobs[0].expert
+            retry = Job(expert=fallback.name, request=self._request(fallback, inp, inp.messages))
+            await self._submit(retry, open_jobs)
+            result = await self._result(retry, self._deadline_left(started), open_jobs)
+            if result.ok:
+                answers = [self._answer(result)]
+            else:
+                failed[fallback.name] = result.error or "failed"
+        if not answers:
+            expert, error = next(iter(failed.items()))
+            raise ExpertFailed(f"expert '{expert}' failed: {error}")
+        return answers, failed, replaced
 
     def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer], decision: RouteDecision | None = None) -> Job | None:
         """The merge job: to the router's measured aggregator if it names one, else the expert marked `aggregator`."""
@@ -279,7 +267,7 @@ class Pipeline:
         return Job(expert=agg.name, request=self._request(agg, inp, messages), stream=inp.stream)
 
     def _outcome(self, plan: Plan, answers: list[ExpertAnswer], final: ExpertAnswer, aggregator: str | None,
-                 started: float, replaced: str | None) -> Outcome:
+                 started: float, replaced: str | None, failed: dict[str, str], aggregation_error: str | None = None) -> Outcome:
         timings = dict(plan.timings)
         timings["queue"] = max(a.queue_s for a in answers)
         timings["generate"] = max(a.generate_s for a in answers)
@@ -293,60 +281,87 @@ class Pipeline:
             prompt_tokens=sum(a.prompt_tokens for a in everyone),
             completion_tokens=sum(a.completion_tokens for a in everyone),
             decision=plan.decision, answers=answers, aggregator=aggregator, timings=timings,
-            fallback_after_error=replaced,
+            fallback_after_error=replaced, failed_experts=failed, aggregation_error=aggregation_error,
         )
 
     async def run(self, inp: ChatInput) -> Outcome:
         started = time.perf_counter()
         plan = await self.plan(inp)
-        for job in plan.jobs:
-            await self._submit(job)
-        routed = plan.decision.router != "bypass"  # a client that names an expert gets that expert or an error
-        pairs = await asyncio.gather(*(self._answer(j, started, routed) for j in plan.jobs))
-        answers = [a for a, _ in pairs]
-        replaced = next((r for _, r in pairs if r), None)
-        agg_job = self._aggregation_job(inp, answers, plan.decision)
-        if agg_job is None:
-            return self._outcome(plan, answers, answers[0], None, started, replaced)
-        await self._submit(agg_job)
-        final, _ = await self._answer(agg_job, started)
-        return self._outcome(plan, answers, final, agg_job.expert, started, replaced)
+        open_jobs: set[str] = set()
+        try:
+            for job in plan.jobs:
+                await self._submit(job, open_jobs)
+            answers, failed, replaced = await self._answers(plan, inp, started, open_jobs)
+            agg_job = self._aggregation_job(inp, answers, plan.decision)
+            if agg_job is None:
+                return self._outcome(plan, answers, answers[0], None, started, replaced, failed)
+            try:
+                await self._submit(agg_job, open_jobs)
+                result = await self._result(agg_job, self._deadline_left(started), open_jobs)
+                error = None if result.ok else result.error
+            except Unavailable as exc:
+                error = exc.message
+            if error is not None:  # k good answers are not thrown away: the first routed one is the answer
+                return self._outcome(plan, answers, answers[0], None, started, replaced, failed,
+                                     f"aggregator '{agg_job.expert}' failed: {error}")
+            return self._outcome(plan, answers, self._answer(result), agg_job.expert, started, replaced, failed)
+        finally:
+            self._cancel(open_jobs)
+
+    async def _relay(self, job: Job, started: float, open_jobs: set[str]) -> AsyncIterator[str | JobResult]:
+        """A streaming job's text as it comes, then its result."""
+        try:
+            async for event in self.queue.events(job.id, self._deadline_left(started)):
+                if isinstance(event, Delta):
+                    yield event.text
+                else:
+                    open_jobs.discard(job.id)
+                    yield event
+        except TimeoutError:
+            raise TimedOut(f"expert '{job.expert}' did not answer within {self.settings.request_timeout_s:.0f}s") from None
+        except QueueUnavailable as exc:
+            raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
 
     async def stream(self, inp: ChatInput) -> AsyncIterator[RouteDecision | str | Outcome]:
         """Yields the routing decision, then text deltas of the final answer, then the Outcome."""
         started = time.perf_counter()
         plan = await self.plan(inp)
-        for job in plan.jobs:
-            await self._submit(job)
-        yield plan.decision
-        if len(plan.jobs) > 1:
-            pairs = await asyncio.gather(*(self._answer(j, started) for j in plan.jobs))
-            answers = [a for a, _ in pairs]
-            final_job = self._aggregation_job(inp, answers, plan.decision)
-            if final_job is None:
-                yield answers[0].text
-                yield self._outcome(plan, answers, answers[0], None, started, None)
-                return
-            await self._submit(final_job)
-        else:
-            answers, final_job = [], plan.jobs[0]
-        result = None
+        open_jobs: set[str] = set()
         try:
-            async for event in self.queue.events(final_job.id, self._deadline_left(started)):
-                if isinstance(event, Delta):
-                    yield event.text
+            for job in plan.jobs:
+                await self._submit(job, open_jobs)
+            yield plan.decision
+            answers, failed, final_job, agg_error = [], {}, plan.jobs[0], None
+            if len(plan.jobs) > 1:
+                answers, failed, _ = await self._answers(plan, inp, started, open_jobs)
+                final_job = self._aggregation_job(inp, answers, plan.decision)
+                try:
+                    if final_job is not None:
+                        await self._submit(final_job, open_jobs)
+                except Unavailable as exc:
+                    final_job, agg_error = None, exc.message
+                if final_job is None:
+                    yield answers[0].text
+                    yield self._outcome(plan, answers, answers[0], None, started, None, failed, agg_error)
+                    return
+            result, sent = None, False
+            async for event in self._relay(final_job, started, open_jobs):
+                if isinstance(event, str):
+                    sent = True
+                    yield event
                 else:
                     result = event
-        except TimeoutError:
-            raise TimedOut(f"expert '{final_job.expert}' did not answer within {self.settings.request_timeout_s:.0f}s") from None
-        except QueueUnavailable as exc:
-            raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
-        if not result.ok:
-            raise ExpertFailed(f"expert '{result.expert}' failed: {result.error}")
-        c = result.completion
-        final = ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-                             result.queue_s, result.generate_s)
-        if answers:
-            yield self._outcome(plan, answers, final, final_job.expert, started, None)
-        else:
-            yield self._outcome(plan, [final], final, None, started, None)
+            if not result.ok:
+                if answers and not sent:  # the aggregator failed before any text: the first routed answer stands
+                    yield answers[0].text
+                    yield self._outcome(plan, answers, answers[0], None, started, None, failed,
+                                        f"aggregator '{final_job.expert}' failed: {result.error}")
+                    return
+                raise ExpertFailed(f"expert '{result.expert}' failed: {result.error}")
+            final = self._answer(result)
+            if answers:
+                yield self._outcome(plan, answers, final, final_job.expert, started, None, failed)
+            else:
+                yield self._outcome(plan, [final], final, None, started, None, failed)
+        finally:
+            self._cancel(open_jobs)

@@ -1,4 +1,9 @@
-"""Builds and owns the running parts: registry, embedder, router, queue, and the embedded worker."""
+"""Builds and owns the running parts: registry, embedder, router, queue, and the embedded workers.
+
+Without Redis, one embedded worker serves each device that has experts (`cpu`, `remote`, `gpu:N`): a
+`remote` worker only talks to servers, and a `gpu:N` worker on a machine without that GPU fails its
+model's load, so its jobs fail with that error instead of waiting for nobody.
+"""
 
 from __future__ import annotations
 
@@ -48,36 +53,55 @@ class Service:
     registry: Registry | None = None
     pipeline: Pipeline | None = None
     queue: JobQueue | None = None
-    worker: Worker | None = None
+    workers: list[Worker] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     startup_error: str | None = None
 
+    _embedded: bool = False
+
     @property
     def ready(self) -> bool:
-        return self.pipeline is not None and (self.worker is None or self.worker.ready.is_set())
+        return self.pipeline is not None and all(w.ready.is_set() for w in self.workers)
 
     async def start(self, embedded_worker: bool = True) -> None:
-        """Load everything; the embedded worker (no Redis) preloads its models in the background."""
+        """Load everything; the embedded workers (no Redis) preload their models in the background."""
         settings = self.settings
         self.registry = load_registry(settings.experts_file, load_routes_if_present(settings.routes_path))
         embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
         name = choose_router(settings)
         self.queue = make_queue(settings)
-        if embedded_worker and not settings.redis_url:
-            self.worker = Worker(self.registry, self.queue, device="cpu", engine_options=engine_options(settings))
-            self._tasks.append(asyncio.create_task(self._run_worker(), name="embedded-worker"))
+        self._embedded = embedded_worker and not settings.redis_url
+        if self._embedded:
+            for device in sorted({e.device for e in self.registry.experts.values()}):
+                self._start_worker(self.registry, device)
         self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name)
         log.info("coe ready to route with '%s' over %d experts", name, len(self.registry.experts))
 
-    async def _run_worker(self) -> None:
+    def _start_worker(self, registry: Registry, device: str) -> None:
+        worker = Worker(registry, self.queue, device=device, engine_options=engine_options(self.settings))
+        self.workers.append(worker)
+        self._tasks.append(asyncio.create_task(self._run_worker(worker), name=f"embedded-worker-{device}"))
+
+    async def _run_worker(self, worker: Worker) -> None:
+        """A worker that dies withdraws from its device, so requests for its experts get 503 from then on."""
         try:
-            await self.worker.run(self._stop)
+            await worker.run(self._stop)
         except Exception as exc:
-            self.startup_error = f"embedded worker stopped: {type(exc).__name__}: {exc}"
-            log.exception("embedded worker stopped")
+            self.startup_error = f"embedded worker for '{worker.device}' stopped: {type(exc).__name__}: {exc}"
+            log.exception("embedded worker for %s stopped", worker.device)
+
+    def refresh_workers(self, registry: Registry) -> None:
+        """The embedded workers serve `registry` from their next turn; a device it newly uses gets a worker."""
+        if not self._embedded:
+            return
+        for worker in self.workers:
+            worker.refresh(registry)
+        served = {w.device for w in self.workers}
+        for device in sorted({e.device for e in registry.experts.values()} - served):
+            self._start_worker(registry, device)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -51,6 +51,9 @@ class RouterContext:
 
 class Router(ABC):
     name: ClassVar[str]
+    serving: ClassVar[bool] = False
+    """Whether a client may pick this router per request (`coe.router`): an allow-list, so a new router is
+    benchmark-only until it says otherwise."""
 
     @classmethod
     def build(cls, ctx: RouterContext) -> "Router":
@@ -94,3 +97,10 @@ def get_router_class(name: str) -> type[Router]:
 
 def build_router(name: str, ctx: RouterContext) -> Router:
     return get_router_class(name).build(ctx)
+
+
+def serving_routers() -> list[str]:
+    """The routers a client may pick per request (imports every router module to ask its class)."""
+    for module in sorted(set(_LAZY.values())):
+        importlib.import_module(module)
+    return sorted(name for name, cls in ROUTERS.items() if cls.serving)

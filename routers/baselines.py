@@ -89,6 +89,7 @@ class SingleBestRouter(LabelRouter):
 @register("knn")
 class KnnRouter(LabelRouter):
     """Majority vote (cosine-weighted) of the k nearest training questions."""
+    serving = True
 
     reason = "k nearest training questions"
 

@@ -20,6 +20,8 @@ def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
 
 @register("centroid")
 class CentroidRouter(Router):
+    serving = True
+
     def __init__(self, ctx: RouterContext):
         self.temperature = float(ctx.options.get("temperature", 0.05))
         self.tau = float(ctx.options.get("tau", 0.0))

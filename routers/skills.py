@@ -217,6 +217,7 @@ class SkillsRouter(Router):
     mode ('sample' | 'top'; default 'sample'), temperature (1.0), global_temperature (0.5),
     batch_pruning (False), prune_below (0.05), skill_source ('embedding' | 'keywords'),
     keyword_expert (an expert name; default the fallback expert), vocab (path)."""
+    serving = True
 
     def __init__(self, ctx: RouterContext):
         opts = ctx.options

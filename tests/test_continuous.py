@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from coe_evals.gpu import stand_in_vllm
-from tests.test_queue_contract import REDIS_URL, _redis_up
+from tests.queue_helpers import REDIS_URL, redis_up
 from workers.jobs import GenerationRequest, Job, JobResult
 from workers.queue import Delta
 from workers.queue_memory import MemoryQueue
@@ -242,7 +242,7 @@ def test_a_model_that_cannot_load_fails_its_own_jobs_only_with_stand_in_vllm(tmp
     asyncio.run(go())
 
 
-@pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL}")
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
 def test_the_continuous_loop_over_redis_with_stand_in_vllm(tmp_path) -> None:
     from workers.queue_redis import RedisQueue
 

@@ -85,6 +85,32 @@ def test_engine_failure_of_a_routed_expert_falls_back(server):
     assert coe["answers"][0]["expert"] == "generalist"
 
 
+def test_with_two_experts_a_failed_one_is_left_out_and_named(server):
+    body = {**VALID, "coe": {"k": 2},
+            "messages": [{"role": "user", "content": "What does my horoscope say for Leo, given my zodiac sign?"}]}
+    resp = post(server, body)
+    assert resp.status_code == 200, resp.text
+    coe = resp.json()["coe"]
+    assert "astrologer" in coe["experts"] and len(coe["experts"]) == 2
+    assert "could not be loaded" in coe["failed_experts"]["astrologer"]
+    [kept] = [e for e in coe["experts"] if e != "astrologer"]
+    assert [a["expert"] for a in coe["answers"]] == [kept] and coe["aggregator"] is None
+    assert resp.json()["choices"][0]["message"]["content"] == coe["answers"][0]["content"]
+
+
+@pytest.mark.parametrize("router", ["oracle", "random", "single_best"])
+def test_benchmark_routers_cannot_be_chosen_by_clients(server, router):
+    error = assert_openai_error(post(server, {**VALID, "coe": {"router": router}}), 400, "coe.router")
+    assert "benchmark" in error["message"]
+    assert all(name in error["message"] for name in ("two_stage", "skills", "centroid", "knn"))
+
+
+@pytest.mark.parametrize("router", ["two_stage", "knn"])
+def test_a_serving_router_without_its_trained_artifact_is_400_with_the_fix(server, router):
+    error = assert_openai_error(post(server, {**VALID, "coe": {"router": router}}), 400, "coe.router")
+    assert "coe train" in error["message"]
+
+
 def test_unknown_route_is_a_json_404(server):
     assert_openai_error(httpx.get(f"{server.base_url}/v1/nothing-here"), 404)
 

@@ -1,14 +1,14 @@
 """Faults with real processes: our own redis-server, a `coe serve` over Redis, and two `coe worker` processes.
 
-In file order: a broken expert, a worker SIGKILLed in the middle of a batch, Redis stopped and restarted,
-and a graceful SIGTERM. The processes are started once for the module (one model load per worker).
+In file order: a broken expert, a worker SIGKILLed in the middle of a batch, Redis stopped and restarted
+(append-only: the jobs it had accepted are answered after it, by a worker started only then), and a
+graceful SIGTERM. The processes are started once for the module (one model load per worker).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,38 +20,11 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, free_port, start_server, stop_server
+from tests.conftest import ROOT, start_server, stop_server
+from tests.redis_server import RedisServer, needs_redis_server
 
 RECLAIM_IDLE_S = 4
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-
-
-class RedisServer:
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")])
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("our redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
+pytestmark = needs_redis_server
 
 
 class WorkerProc:
@@ -167,24 +140,60 @@ def test_jobs_of_a_sigkilled_worker_are_finished_by_another(cluster):
     assert sum(r.xlen(f"coe:jobs:{e}") for e in set(models)) == 0  # nothing left behind
 
 
-def test_redis_down_gives_503_then_recovers_by_itself(cluster):
+def stream_chat(api, model: str, text: str, max_tokens: int = 8) -> tuple[int, str, dict | None]:
+    """(status, the streamed text, the final chunk's coe object)."""
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+    pieces, info = [], None
+    with httpx.stream("POST", f"{api.v1}/chat/completions", json=body, timeout=150) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if "error" in chunk:
+                return 502, chunk["error"]["message"], None
+            for choice in chunk["choices"]:
+                pieces.append(choice["delta"].get("content") or "")
+            info = chunk.get("coe") or info
+        return resp.status_code, "".join(pieces), info
+
+
+def test_jobs_accepted_before_a_redis_restart_are_answered_after_it(cluster, tmp_path_factory, test_experts_file):
     rds, api, workers = cluster
-    rds.stop()
-    down = chat(api, "stem", "What is 1+1?", timeout=30)
-    assert down.status_code == 503 and down.headers.get("Retry-After")
-    assert "unavailable" in down.json()["error"]["message"]
-    ready = httpx.get(f"{api.base_url}/readyz", timeout=10)
-    assert ready.status_code == 503 and ready.headers.get("Retry-After")
-    rds.start()  # back, and empty: it kept nothing on disk
-    deadline = time.time() + 60
-    while True:
-        up = chat(api, "stem", "What is 1+1?", timeout=60)
-        if up.status_code == 200 or time.time() > deadline:
-            break
-        time.sleep(0.5)
-    assert up.status_code == 200, up.text
-    assert httpx.get(f"{api.base_url}/readyz", timeout=10).status_code == 200
-    assert workers["w2"].proc.poll() is None
+    w2, r = workers["w2"], rds.client()
+    w2.proc.send_signal(signal.SIGSTOP)  # no worker runs (w2 is still announced, so requests are accepted)
+    w3 = None
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(chat, api, "stem", "What is an atom?", 8),
+                       pool.submit(chat, api, "humanities", "Who was Cicero?", 8),
+                       pool.submit(stream_chat, api, "stem", "What is a prime number?"),
+                       pool.submit(stream_chat, api, "generalist", "What is a river?")]
+            deadline = time.time() + 60
+            while sum(r.xlen(f"coe:jobs:{e}") for e in ("stem", "humanities", "generalist")) < 4:
+                assert time.time() < deadline, "the four jobs were not queued"
+                time.sleep(0.05)
+            rds.stop()
+            down = chat(api, "stem", "What is 1+1?", timeout=30)
+            assert down.status_code == 503 and down.headers.get("Retry-After")
+            assert "unavailable" in down.json()["error"]["message"]
+            ready = httpx.get(f"{api.base_url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.headers.get("Retry-After")
+            rds.start()  # the same folder: the append-only file brings back every accepted job
+            w3 = WorkerProc(tmp_path_factory.mktemp("w3"), "w3", test_experts_file, rds.url)  # a worker, only now
+            plain = [f.result() for f in futures[:2]]
+            streamed = [f.result() for f in futures[2:]]
+        assert [x.status_code for x in plain] == [200, 200], [x.text for x in plain]
+        assert all(x.json()["choices"][0]["message"]["content"].strip() for x in plain)
+        for status, text, info in streamed:  # each client got one generation, whole, once
+            assert status == 200 and text.strip() and text == info["answers"][0]["content"]
+        answered_by_w3 = [k for k in r.keys("coe:done:*") if json.loads(r.get(k))["worker"] == "w3"]
+        assert len(answered_by_w3) == 4
+        assert "already been answered" not in w3.log()
+        assert httpx.get(f"{api.base_url}/readyz", timeout=10).status_code == 200
+    finally:
+        w2.proc.send_signal(signal.SIGCONT)
+        if w3 is not None:
+            w3.end()
 
 
 def test_sigterm_finishes_the_running_batch_then_exits(cluster):

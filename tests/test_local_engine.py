@@ -160,3 +160,13 @@ def test_choice_logprobs_is_not_supported_by_default_with_stand_in_engine():
 
     with pytest.raises(EngineError, match="engine 'local': choice_logprobs is not supported"):
         StandIn(spec()).choice_logprobs([greedy("hi")], [" A"])
+
+
+def test_should_stop_finishes_only_that_row_early_as_cancelled(engine):
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    out = engine.generate([greedy(ESSAY, 200), greedy(ESSAY, 12)],
+                          on_delta=lambda row, text: pieces[row].append(text),
+                          should_stop=lambda row: row == 0 and len(pieces[0]) >= 3)
+    assert out[0].finish_reason == "cancelled" and out[0].completion_tokens < 12
+    assert out[0].text == "".join(pieces[0])
+    assert out[1].finish_reason == "length" and out[1].completion_tokens == 12

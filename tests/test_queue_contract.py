@@ -1,88 +1,31 @@
 """The JobQueue contract, run against both backends: the in-process queue and Redis Streams (real Redis).
 
 Each Redis test uses its own key prefix and deletes its keys afterwards, so it never touches other data.
+Redis-only behaviour (crash recovery, takeover, dead letters) is in tests/test_queue_redis.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from workers.jobs import Completion, GenerationRequest, Job, JobResult
-from workers.queue import Delta, JobQueue, QueueFull
-from workers.queue_memory import MemoryQueue
-
-REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _redis_up() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-Scenario = Callable[[Callable[..., JobQueue]], Awaitable[None]]
+from tests.queue_helpers import REDIS_URL, job, ok, redis_up, runner
+from workers.jobs import JobResult
+from workers.queue import Delta, QueueFull
 
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request) -> str:
-    if request.param == "redis" and not _redis_up():
+    if request.param == "redis" and not redis_up():
         pytest.skip(f"no Redis at {REDIS_URL}")
     return request.param
 
 
 @pytest.fixture
 def run(backend):
-    """run(scenario): runs `scenario(make_queue)` in a fresh event loop; make_queue(**kw) builds a queue of
-    this backend (Redis: a unique key prefix), closed and cleaned up afterwards."""
-    prefix = f"coetest:{uuid.uuid4().hex[:12]}"
-
-    def go(scenario: Scenario) -> None:
-        async def main():
-            made: list[JobQueue] = []
-
-            def make_queue(max_depth: int = 1000, **kw) -> JobQueue:
-                if backend == "memory":
-                    q = MemoryQueue(max_depth=max_depth)
-                else:
-                    from workers.queue_redis import RedisQueue
-
-                    q = RedisQueue(REDIS_URL, max_depth=max_depth, prefix=prefix, **kw)
-                made.append(q)
-                return q
-
-            try:
-                await scenario(make_queue)
-            finally:
-                for q in made:
-                    if backend == "redis":
-                        keys = [k async for k in q.redis.scan_iter(match=f"{prefix}:*")]
-                        if keys:
-                            await q.redis.delete(*keys)
-                    await q.close()
-
-        asyncio.run(main())
-
-    go.backend = backend
-    go.prefix = prefix
-    return go
-
-
-def job(expert: str = "a", text: str = "hi", stream: bool = False) -> Job:
-    return Job(expert=expert, request=GenerationRequest(messages=[{"role": "user", "content": text}], max_tokens=4),
-               stream=stream)
-
-
-def ok(j: Job, text: str = "answer", worker: str = "w") -> JobResult:
-    return JobResult(job_id=j.id, expert=j.expert, completion=Completion(text, 3, 1), worker=worker)
+    return runner(backend)
 
 
 # --- both backends ---------------------------------------------------------------
@@ -225,140 +168,73 @@ def test_wait_result_times_out(run):
     run(scenario)
 
 
-# --- Redis only: crash recovery ---------------------------------------------------
-
-
-@pytest.fixture
-def redis_run(run):
-    if run.backend != "redis":
-        pytest.skip("crash recovery is a Redis Streams feature")
-    return run
-
-
-def test_reclaims_jobs_of_a_consumer_that_died(redis_run):
+def test_a_cancelled_queued_job_is_never_claimed(run):
     async def scenario(make_queue):
-        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        q = make_queue()
+        gone, kept = job(text="gone"), job(text="kept")
+        await q.submit(gone)
+        await q.submit(kept)
+        await q.cancel(gone.id)
+        assert [j.id for j in await q.claim("a", "w1", 8)] == [kept.id]
+        assert (await q.pending(["a"]))["a"].count == 0
+        await q.complete(kept, ok(kept))
+        assert await q.depth() == 0
+        assert (await q.counters())["cancelled_queued"] == 1
+
+    run(scenario)
+
+
+def test_a_cancelled_running_job_is_reported_stopped(run):
+    async def scenario(make_queue):
+        q = make_queue()
+        a, b = job(text="a"), job(text="b")
+        await q.submit(a)
+        await q.submit(b)
+        assert len(await q.claim("a", "w1", 8)) == 2
+        assert await q.stopped([a.id, b.id]) == set()
+        await q.cancel(a.id)
+        assert await q.stopped([a.id, b.id]) == {a.id}
+        await q.complete(a, JobResult(job_id=a.id, expert="a", error="cancelled by its caller", error_type="cancelled"))
+        await q.complete(b, ok(b))
+        assert (await q.wait_result(b.id, timeout=5)).ok
+        counters = await q.counters()
+        assert (counters["cancelled_running"], counters["cancelled_queued"], counters["dead_letter"]) == (1, 0, 0)
+        assert await q.depth() == 0
+
+    run(scenario)
+
+
+def test_released_jobs_are_claimed_again(run):
+    async def scenario(make_queue):
+        q = make_queue()
         jobs = [job(text=str(i)) for i in range(3)]
         for j in jobs:
-            await api.submit(j)
-        claimed = await dead.claim("a", "dead-1", 2)  # claimed, never acknowledged
-        assert len(claimed) == 2
-        assert await alive.reclaim_stale("a", "alive-1", idle_s=30, max_jobs=8) == []  # not idle long enough
-        assert (await alive.pending(["a"]))["a"].count == 1
-        await asyncio.sleep(0.7)
-        reclaimed = await alive.reclaim_stale("a", "alive-1", idle_s=0.5, max_jobs=8)
-        assert sorted(j.id for j in reclaimed) == sorted(j.id for j in claimed)
-        for j in reclaimed:
-            await alive.complete(j, ok(j, f"by alive {j.id}"))
-        for j in claimed:
-            result = await api.wait_result(j.id, timeout=5)
-            assert result.completion.text == f"by alive {j.id}"
-        # the dead worker wakes up and completes too: no second answer reaches anyone
-        await dead.complete(claimed[0], ok(claimed[0], "late"))
-        assert not await api.redis.exists(api._out(claimed[0].id))
-        assert await api.depth() == 1
+            await q.submit(j)
+        first = await q.claim("a", "w1", 2)
+        await q.release(first)  # e.g. their results could not be stored
+        assert (await q.pending(["a"]))["a"].count == 3
+        again = await q.claim("a", "w2", 8)
+        assert sorted(j.id for j in again) == sorted(j.id for j in jobs)
+        for j in again:
+            await q.complete(j, ok(j, f"by w2 {j.id}"))
+        for j in jobs:
+            assert (await q.wait_result(j.id, timeout=5)).completion.text == f"by w2 {j.id}"
+        assert await q.depth() == 0
 
-    redis_run(scenario)
+    run(scenario)
 
 
-def test_a_live_worker_keeps_its_jobs_with_heartbeats(redis_run):
+def test_live_consumers_are_counted_per_device(run):
     async def scenario(make_queue):
-        api, busy, other = make_queue(), make_queue(heartbeat_s=0.2), make_queue()
-        j = job()
-        await api.submit(j)
-        [claimed] = await busy.claim("a", "busy-1", 1)
-        await asyncio.sleep(2.0)  # a long batch; the heartbeat keeps the job fresh
-        assert await other.reclaim_stale("a", "other-1", idle_s=1.5, max_jobs=8) == []
-        await busy.complete(claimed, ok(claimed))
-        assert (await api.wait_result(j.id, timeout=5)).ok
+        q = make_queue()
+        assert await q.consumers("cpu") == 0
+        await q.announce("cpu", "w1", ttl_s=30)
+        await q.announce("cpu", "w2", ttl_s=0.3)
+        await q.announce("gpu:0", "g1", ttl_s=30)
+        assert (await q.consumers("cpu"), await q.consumers("gpu:0"), await q.consumers("remote")) == (2, 1, 0)
+        await asyncio.sleep(0.6)  # w2 stopped announcing
+        assert await q.consumers("cpu") == 1
+        await q.withdraw("cpu", "w1")
+        assert (await q.consumers("cpu"), await q.consumers("gpu:0")) == (0, 1)
 
-    redis_run(scenario)
-
-
-def test_a_reclaimed_job_that_was_answered_is_dropped(redis_run):
-    async def scenario(make_queue):
-        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
-        j = job()
-        await api.submit(j)
-        [claimed] = await dead.claim("a", "dead-1", 1)
-        await api.redis.set(api._done(j.id), ok(j).to_json())  # answered, then died before the acknowledgement
-        await asyncio.sleep(0.3)
-        assert await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8) == []
-        assert await api.depth() == 0
-
-    redis_run(scenario)
-
-
-def test_a_reclaimed_stream_does_not_repeat_sent_text(redis_run):
-    async def scenario(make_queue):
-        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
-        j = job(stream=True)
-        await api.submit(j)
-        [claimed] = await dead.claim("a", "dead-1", 1)
-        await dead.publish_delta(j.id, "Hel")
-        await asyncio.sleep(0.3)
-        [again] = await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8)
-        for piece in ("He", "l", "lo"):  # the same text generated again
-            await alive.publish_delta(again.id, piece)
-        await alive.complete(again, ok(again, "Hello"))
-        events = [e async for e in api.events(j.id, timeout=5)]
-        assert "".join(e.text for e in events if isinstance(e, Delta)) == "Hello"
-
-    redis_run(scenario)
-
-
-def test_recovers_when_redis_lost_its_data(redis_run):
-    async def scenario(make_queue):
-        api, worker = make_queue(), make_queue()
-        await api.submit(job())
-        [first] = await worker.claim("a", "w1", 1)
-        await worker.complete(first, ok(first))
-        keys = [k async for k in api.redis.scan_iter(match=f"{redis_run.prefix}:*")]
-        await api.redis.delete(*keys)  # as if Redis restarted empty
-        assert (await worker.pending(["a"]))["a"].count == 0
-        j = job()
-        await api.submit(j)
-        assert (await worker.pending(["a"]))["a"].count == 1
-        [claimed] = await worker.claim("a", "w1", 1)
-        await worker.complete(claimed, ok(claimed))
-        assert (await api.wait_result(j.id, timeout=5)).ok
-
-    redis_run(scenario)
-
-
-def test_forgets_consumers_that_are_long_gone(redis_run):
-    async def scenario(make_queue):
-        api, gone, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
-        j = job()
-        await api.submit(j)
-        [claimed] = await gone.claim("a", "gone-1", 1)
-        await gone.complete(claimed, ok(claimed))
-        import workers.queue_redis as qr
-
-        old = qr.CONSUMER_FORGET_IDLE_S
-        qr.CONSUMER_FORGET_IDLE_S = 0.1
-        try:
-            await asyncio.sleep(0.3)
-            await alive.reclaim_stale("a", "alive-1", idle_s=10, max_jobs=8)
-        finally:
-            qr.CONSUMER_FORGET_IDLE_S = old
-        names = [c["name"] for c in await api.redis.xinfo_consumers(api._jobs("a"), "workers")]
-        assert b"gone-1" not in names and "gone-1" not in names
-
-    redis_run(scenario)
-
-
-def test_finds_a_dead_workers_job_behind_many_live_ones(redis_run):
-    async def scenario(make_queue):
-        api, live, dead, alive = make_queue(), make_queue(heartbeat_s=0.2), make_queue(heartbeat_s=60), make_queue()
-        for i in range(25):
-            await api.submit(job(text=f"live {i}"))
-        orphan = job(text="orphan")
-        await api.submit(orphan)
-        assert len(await live.claim("a", "live-1", 25)) == 25  # held by a live worker, heartbeat on
-        assert [j.id for j in await dead.claim("a", "dead-1", 1)] == [orphan.id]
-        await asyncio.sleep(1.3)
-        [found] = await alive.reclaim_stale("a", "alive-1", idle_s=1.0, max_jobs=1)
-        assert found.id == orphan.id
-
-    redis_run(scenario)
+    run(scenario)

@@ -113,3 +113,13 @@ def test_metrics_count_requests_stages_experts_and_queue(server, client):
     assert 'coe_stage_seconds_count{stage="generate"}' in text
     assert 'coe_routed_total{expert="stem",router="centroid"}' in text
     assert "coe_queue_depth" in text
+
+
+def test_the_request_metric_is_labelled_by_route_not_by_raw_path(server):
+    for i in range(5):
+        httpx.get(f"{server.base_url}/scan-{i}/wp-login.php")
+    httpx.delete(f"{server.base_url}/v1/experts/some-expert")
+    text = httpx.get(f"{server.base_url}/metrics").text
+    assert 'coe_requests_total{endpoint="unmatched",status="404"}' in text
+    assert "scan-" not in text and "some-expert" not in text
+    assert 'endpoint="/v1/experts/{name}"' in text

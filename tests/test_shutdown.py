@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import re
 import shutil
 import signal
 import time
@@ -28,6 +30,21 @@ def chat(server, model="generalist", max_tokens=4, content="Hi!", key=None, **ex
     return httpx.post(f"{server.v1}/chat/completions", json=body, headers=headers, timeout=120)
 
 
+def cancellations(server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return sum(float(v) for v in re.findall(r'^coe_jobs_cancelled_total{stage="\w+"} (\S+)$', text, re.M))
+
+
+async def announce(url: str, device: str, worker: str) -> None:
+    from workers.queue_redis import RedisQueue
+
+    queue = RedisQueue(url)
+    try:
+        await queue.announce(device, worker, ttl_s=120)
+    finally:
+        await queue.close()
+
+
 def copy_experts(tmp, test_experts_file):
     path = tmp / "experts.yaml"
     shutil.copy(test_experts_file, path)
@@ -41,6 +58,10 @@ def test_deadline_is_504_and_a_full_queue_is_503(tmp_path, test_experts_file):
         started = time.monotonic()
         error = assert_openai_error(chat(srv, max_tokens=60, content="Tell me a long story."), 504)
         assert error["code"] == "timeout" and time.monotonic() - started < 20
+        deadline = time.time() + 10  # the job of the request that ran out of time is cancelled, not left to run
+        while not cancellations(srv):
+            assert time.time() < deadline, httpx.get(f"{srv.base_url}/metrics").text
+            time.sleep(0.3)
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda i: chat(srv, max_tokens=40, content=f"Story {i}"), range(6)))
         full = [a for a in answers if a.status_code == 503]
@@ -99,7 +120,9 @@ def test_sigterm_with_redis_leaves_queued_jobs_for_other_workers(tmp_path, test_
                     for _ in range(5)]
         assert 429 in statuses and statuses[0] == 200, statuses
         assert redis_db.keys("coe:rl:key-*"), "rate-limit counters live in Redis"
-        # no worker runs: the job waits in Redis; the request is in flight when SIGTERM comes
+        # a worker has announced itself for `cpu` but serves nothing yet (still loading): the job waits in Redis;
+        # the request is in flight when SIGTERM comes
+        asyncio.run(announce(f"redis://127.0.0.1:6379/{REDIS_DB}", "cpu", "still-loading"))
         body = {"model": "generalist", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
         with httpx.stream("POST", f"{srv.v1}/chat/completions", json=body, timeout=60,
                           headers={"Authorization": "Bearer k-other"}) as stream:

@@ -1,21 +1,31 @@
-"""The Worker loop over the Redis queue (fake engine, real Redis): reclaimed jobs are not starved by new work."""
+"""The Worker loop over the Redis queue (stand-in engines, real Redis): reclaimed jobs are not starved by new work,
+a batch whose results cannot be stored is served again, a job that cannot be decoded does not stop the worker."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 
 import pytest
 
-from tests.test_queue_contract import REDIS_URL, _redis_up
+from tests.queue_helpers import REDIS_URL, redis_up
+from tests.redis_server import RedisServer, needs_redis_server
 from workers.jobs import Completion, GenerationRequest, Job
 
-pytestmark = pytest.mark.skipif(not _redis_up(), reason=f"no Redis at {REDIS_URL}")
+EXPERTS = """version: 1
+experts:
+  - {name: x, engine: openai, model: m, api_base: "http://127.0.0.1:9/v1", device: cpu, max_batch: 2, params_b: 1}
+"""
 
 
 class SlowEngine:
     supports_sleep = False
+    supports_stop = False
+    delay_s = 0.2
+    started = threading.Event()  # set when a batch begins
+    go_on = threading.Event()  # a batch ends once this is set
 
     def __init__(self, spec):
         self.spec = spec
@@ -28,30 +38,59 @@ class SlowEngine:
 
     sleep = wake = load
 
-    def generate(self, requests, on_delta=None):
-        time.sleep(0.2)
-        return [Completion(text=r.messages[-1]["content"], prompt_tokens=1, completion_tokens=1) for r in requests]
+    def generate(self, requests, on_delta=None, should_stop=None):
+        SlowEngine.started.set()
+        SlowEngine.go_on.wait(30)
+        time.sleep(self.delay_s)
+        texts = [r.messages[-1]["content"] for r in requests]
+        for row, text in enumerate(texts):
+            if on_delta is not None:
+                on_delta(row, text)
+        return [Completion(text=text, prompt_tokens=1, completion_tokens=1) for text in texts]
 
 
-def test_jobs_of_a_dead_worker_are_served_while_new_work_keeps_coming(tmp_path, monkeypatch):
+@pytest.fixture
+def worker_env(tmp_path, monkeypatch):
+    """(registry, make_worker(queue, **kw)) for one expert `x` on `cpu`, answered by SlowEngine (echoes the question)."""
     from coe.core.registry import load_registry
     from workers import worker as worker_mod
+
+    (tmp_path / "experts.yaml").write_text(EXPERTS)
+    monkeypatch.setattr(worker_mod, "create_engine", SlowEngine)
+    SlowEngine.started.clear()
+    SlowEngine.go_on.set()
+    registry = load_registry(tmp_path / "experts.yaml")
+
+    def make_worker(queue, **kw):
+        w = worker_mod.Worker(registry, queue, **kw)
+        w.ready.set()
+        return w
+
+    return registry, make_worker
+
+
+def ask(text: str, stream: bool = False) -> Job:
+    return Job(expert="x", request=GenerationRequest(messages=[{"role": "user", "content": text}]), stream=stream)
+
+
+async def clean(prefix: str, *queues) -> None:
+    keys = [k async for k in queues[0].redis.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await queues[0].redis.delete(*keys)
+    for q in queues:
+        await q.close()
+
+
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
+def test_jobs_of_a_dead_worker_are_served_while_new_work_keeps_coming(worker_env):
     from workers.queue_redis import RedisQueue
 
-    (tmp_path / "experts.yaml").write_text("""version: 1
-experts:
-  - {name: x, engine: openai, model: m, api_base: "http://127.0.0.1:9/v1", device: cpu, max_batch: 2, params_b: 1}
-""")
-    monkeypatch.setattr(worker_mod, "create_engine", SlowEngine)
+    _, make_worker = worker_env
     prefix = f"coetest:{uuid.uuid4().hex[:12]}"
-
-    def ask(text: str) -> Job:
-        return Job(expert="x", request=GenerationRequest(messages=[{"role": "user", "content": text}]))
 
     async def main():
         api, dead, mine = (RedisQueue(REDIS_URL, prefix=prefix, heartbeat_s=60) for _ in range(3))
-        w = worker_mod.Worker(load_registry(tmp_path / "experts.yaml"), mine, reclaim_idle_s=1.0, name="alive")
-        w.ready.set()
+        w = make_worker(mine, reclaim_idle_s=1.0, name="alive")
         orphan = ask("orphan")
         await api.submit(orphan)
         assert [j.id for j in await dead.claim("x", "dead", 1)] == [orphan.id]  # then the "dead" worker never acks
@@ -78,10 +117,77 @@ experts:
             producer.cancel()
             stop.set()
             await runner
-            keys = [k async for k in api.redis.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await api.redis.delete(*keys)
-            for q in (api, dead, mine):
-                await q.close()
+            await clean(prefix, api, dead, mine)
+
+    asyncio.run(main())
+
+
+@needs_redis_server
+def test_a_batch_whose_results_cannot_be_stored_is_served_after_redis_returns(tmp_path, worker_env):
+    from coe.cli_worker import serve_device
+    from workers.queue_redis import RedisQueue
+
+    _, make_worker = worker_env
+    rds = RedisServer(tmp_path)
+    rds.start()
+    SlowEngine.go_on.clear()
+
+    async def main():
+        api = RedisQueue(rds.url)
+        w = make_worker(RedisQueue(rds.url, heartbeat_s=0.2), reclaim_idle_s=1.0, name="w")
+        jobs = [ask("streamed", stream=True), ask("plain")]
+        for j in jobs:  # queued before the worker starts: one batch of two
+            await api.submit(j)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(serve_device(w, stop, retry_s=0.2))
+        try:
+            assert await asyncio.to_thread(SlowEngine.started.wait, 10)
+            rds.stop()  # the batch ends while Redis is down: neither its text nor its results can be stored
+            SlowEngine.go_on.set()
+            await asyncio.sleep(1.5)
+            rds.start()  # back, with every accepted job (append-only file)
+            for j in jobs:
+                result = await api.wait_result(j.id, timeout=20)
+                assert result.ok and result.completion.text == j.request.messages[-1]["content"]
+            assert await api.depth() == 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 30)
+            await api.close()
+            await w.queue.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if rds.proc.poll() is None:
+            rds.stop()
+
+
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
+def test_a_job_that_cannot_be_decoded_does_not_stop_the_worker(worker_env):
+    from workers.queue_redis import RedisQueue
+
+    _, make_worker = worker_env
+    prefix = f"coetest:{uuid.uuid4().hex[:12]}"
+
+    async def main():
+        api, mine = RedisQueue(REDIS_URL, prefix=prefix), RedisQueue(REDIS_URL, prefix=prefix)
+        w = make_worker(mine, name="w")
+        before = ask("before")
+        await api.submit(before)
+        await api.redis.xadd(f"{prefix}:jobs:x", {"job": "{not json", "t": "1.0"})
+        after = ask("after")
+        await api.submit(after)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(w.run(stop))
+        try:
+            for j in (before, after):
+                assert (await api.wait_result(j.id, timeout=10)).completion.text == j.request.messages[-1]["content"]
+            assert not runner.done()
+            assert (await api.counters())["dead_letter"] == 1
+        finally:
+            stop.set()
+            await runner
+            await clean(prefix, api, mine)
 
     asyncio.run(main())

@@ -88,8 +88,8 @@ class ContinuousLoop:
         w, sched = self.worker, self.worker.scheduler
         if self.switching is not None and self.switching.done():
             self.switching, self.frozen = None, set()
-        if w._next_registry is not None:
-            w._adopt(w._next_registry)
+        if w._next_registries:
+            w._adopt(w._next_registries)
         stats = await w.queue.pending(w.experts)
         if w._leaving and not self.running:
             await w._drop_idle_leavers(stats)

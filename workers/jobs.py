@@ -56,6 +56,12 @@ class Job:
         return cls(**d)
 
 
+ENGINE_ERROR = "engine_error"  # the engine (or its model's load) failed
+CANCELLED = "cancelled"  # the caller gave up while the job ran; nobody reads this result
+INTERRUPTED = "interrupted"  # a streamed job lost its worker after text was sent; it cannot be continued
+BAD_JOB = "bad_job"  # the queued job could not be decoded (dead-lettered)
+
+
 @dataclass
 class JobResult:
     job_id: str

@@ -4,7 +4,9 @@ One logical queue per expert. The API side submits jobs and waits for their
 results (and streamed text); the worker side looks at pending work, claims
 batches, publishes text as it is generated, and completes jobs. A job is
 acknowledged only after its result is stored, so a worker that dies leaves
-its jobs to be claimed again.
+its jobs to be claimed again. A caller that gives up cancels its job: a queued
+job is then skipped at claim time, a running one is reported by `stopped`.
+Workers announce the devices they serve, so the API can refuse work nobody would run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ class QueueUnavailable(RuntimeError):
 
 class QueueFull(RuntimeError):
     """Too much work is waiting; callers should back off (HTTP 503)."""
+
+
+COUNTERS = ("dead_letter", "cancelled_queued", "cancelled_running")
+"""What `counters()` reports: jobs that could not be decoded, and cancellations before and during a run."""
 
 
 @dataclass
@@ -55,6 +61,18 @@ class JobQueue(ABC):
     async def depth(self) -> int:
         """Jobs waiting or running, over all experts."""
 
+    @abstractmethod
+    async def cancel(self, job_id: str) -> None:
+        """The caller gave up: a queued job is never started, a running one shows up in `stopped`."""
+
+    @abstractmethod
+    async def consumers(self, device: str) -> int:
+        """How many workers serving `device` are alive (announced, not withdrawn, not expired)."""
+
+    @abstractmethod
+    async def counters(self) -> dict[str, int]:
+        """COUNTERS so far, over every process that shares this queue."""
+
     # --- worker side --------------------------------------------------------
     @abstractmethod
     async def pending(self, experts: list[str]) -> dict[str, PendingStats]:
@@ -74,7 +92,23 @@ class JobQueue(ABC):
 
     @abstractmethod
     async def complete(self, job: Job, result: JobResult) -> None:
-        """Store the result, wake the caller, then acknowledge the job."""
+        """Store the result, wake the caller, then acknowledge the job (not if another worker holds it now)."""
+
+    @abstractmethod
+    async def release(self, jobs: list[Job]) -> None:
+        """Give back claimed jobs this worker will not complete, so that any worker may serve them; never raises."""
+
+    @abstractmethod
+    async def stopped(self, job_ids: list[str]) -> set[str]:
+        """Of these running jobs, those to stop: cancelled by their caller, or taken over by another worker."""
+
+    @abstractmethod
+    async def announce(self, device: str, consumer: str, ttl_s: float) -> None:
+        """`consumer` serves `device` for the next `ttl_s` seconds (repeat to stay alive)."""
+
+    @abstractmethod
+    async def withdraw(self, device: str, consumer: str) -> None:
+        """`consumer` no longer serves `device`."""
 
     async def reclaim_stale(self, expert: str, consumer: str, idle_s: float, max_jobs: int) -> list[Job]:
         """Jobs claimed by a consumer that went quiet for `idle_s`; backends without crash recovery return none."""

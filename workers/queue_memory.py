@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 
-from workers.jobs import Job, JobResult
-from workers.queue import Delta, JobQueue, PendingStats, QueueFull
+from workers.jobs import CANCELLED, Job, JobResult
+from workers.queue import COUNTERS, Delta, JobQueue, PendingStats, QueueFull
 
 
 class MemoryQueue(JobQueue):
@@ -22,6 +22,9 @@ class MemoryQueue(JobQueue):
         self._running: dict[str, Job] = {}
         self._results: dict[str, asyncio.Future[JobResult]] = {}
         self._streams: dict[str, asyncio.Queue[Delta | JobResult]] = {}
+        self._cancelled: set[str] = set()
+        self._live: dict[str, dict[str, float]] = defaultdict(dict)  # device -> consumer -> expiry (monotonic)
+        self._counters: Counter[str] = Counter()
         self._work = asyncio.Event()
 
     def _future(self, job_id: str) -> asyncio.Future[JobResult]:
@@ -64,6 +67,20 @@ class MemoryQueue(JobQueue):
     async def depth(self) -> int:
         return sum(len(q) for q in self._waiting.values()) + len(self._running)
 
+    async def cancel(self, job_id: str) -> None:
+        if job_id in self._running or any(j.id == job_id for q in self._waiting.values() for j in q):
+            self._cancelled.add(job_id)
+
+    async def consumers(self, device: str) -> int:
+        now = time.monotonic()
+        live = self._live[device]
+        for name in [n for n, expiry in live.items() if expiry <= now]:
+            del live[name]
+        return len(live)
+
+    async def counters(self) -> dict[str, int]:
+        return {name: self._counters[name] for name in COUNTERS}
+
     async def pending(self, experts: list[str]) -> dict[str, PendingStats]:
         out = {}
         for name in experts:
@@ -76,6 +93,11 @@ class MemoryQueue(JobQueue):
         jobs = []
         while q and len(jobs) < max_jobs:
             job = q.popleft()
+            if job.id in self._cancelled:  # its caller is gone: never started
+                self._cancelled.discard(job.id)
+                self._counters["cancelled_queued"] += 1
+                self._forget(job.id)
+                continue
             self._running[job.id] = job
             jobs.append(job)
         return jobs
@@ -96,6 +118,9 @@ class MemoryQueue(JobQueue):
 
     async def complete(self, job: Job, result: JobResult) -> None:
         self._running.pop(job.id, None)
+        self._cancelled.discard(job.id)
+        if result.error_type == CANCELLED:
+            self._counters["cancelled_running"] += 1
         stream = self._streams.get(job.id)
         if stream is not None:
             stream.put_nowait(result)
@@ -103,3 +128,23 @@ class MemoryQueue(JobQueue):
             fut = self._results.get(job.id)
             if fut is not None and not fut.done():
                 fut.set_result(result)
+
+    async def release(self, jobs: list[Job]) -> None:
+        for job in reversed(jobs):  # back at the head of their queues, in their order
+            if self._running.pop(job.id, None) is not None:
+                self._waiting[job.expert].appendleft(job)
+        self._work.set()
+
+    async def stopped(self, job_ids: list[str]) -> set[str]:
+        return {i for i in job_ids if i in self._cancelled}
+
+    async def announce(self, device: str, consumer: str, ttl_s: float) -> None:
+        self._live[device][consumer] = time.monotonic() + ttl_s
+
+    async def withdraw(self, device: str, consumer: str) -> None:
+        self._live[device].pop(consumer, None)
+
+    def _forget(self, job_id: str) -> None:
+        """Drop what a caller that went away left behind (its result future or stream)."""
+        self._results.pop(job_id, None)
+        self._streams.pop(job_id, None)

@@ -1,45 +1,46 @@
-"""The Redis Streams queue: API and workers in separate processes, jobs survive a worker crash.
+"""The Redis Streams queue: API and workers in separate processes, jobs survive a worker crash and a Redis restart.
 
-Keys (all under one prefix, default `coe`):
-  <p>:jobs:<expert>   a stream per expert; consumer group `workers` reads it with COUNT
-  <p>:experts         the set of experts that have a stream (for depth)
-  <p>:out:<job_id>    a stream per job: text deltas, then one `result` entry; the API reads it
-  <p>:done:<job_id>   the stored result (with a TTL): a job is answered at most once
+Key layout and scripts: workers/redis_scripts.py; the heartbeat of held jobs: workers/redis_leases.py.
 
-Life of a job: submit = XADD (a Lua script checks the depth limit and makes the
-consumer group first, so the two are atomic); claim = XREADGROUP `>`; complete
-= one Lua script: SET done NX, XADD the result to the job's out stream, then
-XACK + XDEL the job. A job whose worker dies stays in the group's pending list;
-`reclaim_stale` XAUTOCLAIMs it once it has been idle past the visibility timeout.
-While a worker runs a batch, a heartbeat re-claims its own jobs (XCLAIM JUSTID)
-so a long batch is never mistaken for a dead worker. A reclaimed job that was
-in fact completed is dropped (its done key exists), and a second completion
-never publishes (SET NX), so every job answers its caller exactly once. For a
-streaming job reclaimed halfway, the text already sent is not sent again.
+Life of a job: submit = XADD (a Lua script checks the depth limit and makes the consumer group first,
+so the two are atomic); claim = XREADGROUP `>`, then one script acknowledges and deletes what was
+answered or cancelled meanwhile (an entry that cannot be decoded is dead-lettered instead of stopping
+the worker); complete = one script: SET done NX, XADD the result to the job's out stream, XACK + XDEL,
+only while this consumer still owns the entry. A job whose worker dies stays in the group's pending
+list; `reclaim_stale` XAUTOCLAIMs it once it has been idle past the visibility timeout. A worker that
+cannot complete a batch (Redis went away) releases it: its jobs go back to the stream, or, if Redis
+cannot be reached, stop being renewed and are taken over after the timeout. Every job answers its
+caller once: results are stored with SET NX. A streamed job taken over after it had sent text is
+answered with an `interrupted` error (another generation cannot continue it); one taken over before
+any text was sent starts again, and the old worker's text is refused.
 
-Every wait is a blocking Redis call (XREAD BLOCK) with a short timeout; nothing
-polls. Connection errors raise QueueUnavailable; redis-py reconnects on the
-next call, and consumer groups are recreated if Redis lost its data.
+Every wait is a blocking Redis call (XREAD BLOCK) with a short timeout; nothing polls. Connection
+errors raise QueueUnavailable; redis-py reconnects on the next call, and consumer groups are recreated
+if Redis lost its data. A caller already waiting for a result rides out an outage of up to
+`outage_grace_s` (e.g. a Redis restart), then gets QueueUnavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from workers.jobs import Job, JobResult
-from workers.queue import Delta, JobQueue, PendingStats, QueueFull, QueueUnavailable
+from workers import redis_scripts as scripts
+from workers.jobs import BAD_JOB, CANCELLED, INTERRUPTED, Job, JobResult
+from workers.queue import COUNTERS, Delta, JobQueue, PendingStats, QueueFull, QueueUnavailable
+from workers.redis_leases import CONNECTION_ERRORS, Held, Leases
+from workers.redis_leases import text as _s
+from workers.redis_scripts import GROUP, Keys
 
 log = logging.getLogger("coe.queue.redis")
 
-GROUP = "workers"
 BLOCK_CHUNK_S = 2.0
 """Longest single blocking call; waits longer than this are made of several, so a dead server is noticed."""
 
@@ -47,113 +48,74 @@ AUTOCLAIM_PAGES = 10
 CONSUMER_CLEANUP_EVERY_S = 300.0
 CONSUMER_FORGET_IDLE_S = 3600.0
 
-_SUBMIT = """
-local depth = 0
-for _, e in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  depth = depth + redis.call('XLEN', ARGV[1] .. ':jobs:' .. e)
-end
-if depth >= tonumber(ARGV[2]) then return {0, depth} end
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[3], '0', 'MKSTREAM')
-redis.call('SADD', KEYS[2], ARGV[4])
-return {1, redis.call('XADD', KEYS[1], '*', 'job', ARGV[5], 't', ARGV[6])}
-"""
 
-_COMPLETE = """
-local fresh = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
-if fresh then
-  redis.call('XADD', KEYS[2], '*', 'result', ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-if ARGV[4] ~= '' then
-  redis.pcall('XACK', KEYS[3], ARGV[3], ARGV[4])
-  redis.pcall('XDEL', KEYS[3], ARGV[4])
-end
-if fresh then return 1 end
-return 0
-"""
-
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-@dataclass
-class _Claimed:
-    stream: str
-    entry_id: str
+def _readable_id(raw: bytes | str) -> str | None:
+    try:
+        job_id = json.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return job_id if isinstance(job_id, str) and job_id else None
 
 
 class RedisQueue(JobQueue):
     def __init__(self, url: str, max_depth: int = 10_000, prefix: str = "coe", result_ttl_s: int = 3600,
-                 heartbeat_s: float = 5.0, connect_timeout_s: float = 2.0):
+                 heartbeat_s: float = 5.0, connect_timeout_s: float = 2.0, outage_grace_s: float = 30.0):
         self.url = url
         self.max_depth = max_depth
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.result_ttl_s = result_ttl_s
-        self.heartbeat_s = heartbeat_s
+        self.outage_grace_s = outage_grace_s
         self.redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=connect_timeout_s, socket_timeout=BLOCK_CHUNK_S + 8,
             health_check_interval=30, retry_on_timeout=False,
         )
-        self._submit = self.redis.register_script(_SUBMIT)
-        self._complete = self.redis.register_script(_COMPLETE)
-        self._claimed: dict[str, _Claimed] = {}
-        self._skip: dict[str, int] = {}
-        self._heartbeat: asyncio.Task | None = None
+        s = self.redis.register_script
+        self._submit, self._complete, self._settle = s(scripts.SUBMIT), s(scripts.COMPLETE), s(scripts.SETTLE)
+        self._dead, self._requeue, self._publish = s(scripts.DEAD_LETTER), s(scripts.REQUEUE), s(scripts.PUBLISH)
+        self._announce, self._consumers = s(scripts.ANNOUNCE), s(scripts.CONSUMERS)
+        self.leases = Leases(s(scripts.RENEW), heartbeat_s)
         self._last_cleanup: dict[str, float] = {}
-
-    # --- keys -------------------------------------------------------------------
-    def _jobs(self, expert: str) -> str:
-        return f"{self.prefix}:jobs:{expert}"
-
-    def _out(self, job_id: str) -> str:
-        return f"{self.prefix}:out:{job_id}"
-
-    def _done(self, job_id: str) -> str:
-        return f"{self.prefix}:done:{job_id}"
-
-    @property
-    def _experts_key(self) -> str:
-        return f"{self.prefix}:experts"
 
     def _unavailable(self, exc: Exception) -> QueueUnavailable:
         return QueueUnavailable(f"redis at {self.url} is unreachable: {type(exc).__name__}: {exc}")
 
-    # --- API side ---------------------------------------------------------------
-    async def ping(self) -> None:
+    async def _call(self, awaitable):
         try:
-            await self.redis.ping()
-        except _CONNECTION_ERRORS as exc:
+            return await awaitable
+        except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
 
+    # --- API side ---------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._call(self.redis.ping())
+
     async def submit(self, job: Job) -> None:
-        try:
-            ok, value = await self._submit(
-                keys=[self._jobs(job.expert), self._experts_key],
-                args=[self.prefix, self.max_depth, GROUP, job.expert, job.to_json(), repr(job.enqueued_at)],
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
+        ok, value = await self._call(self._submit(
+            keys=[self.keys.jobs(job.expert), self.keys.experts],
+            args=[self.keys.prefix, self.max_depth, GROUP, job.expert, job.to_json(), repr(job.enqueued_at)]))
         if not ok:
             raise QueueFull(f"{value} jobs already waiting (limit {self.max_depth})")
 
     async def _read_out(self, job_id: str, timeout: float) -> AsyncIterator[Delta | JobResult]:
         """Entries of the job's out stream as they come, ending with its result; TimeoutError at the deadline."""
-        key = self._out(job_id)
-        last = "0-0"
+        key, last = self.keys.out(job_id), "0-0"
         deadline = time.monotonic() + timeout
+        down_since: float | None = None
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no result for job {job_id} within {timeout:.1f}s")
-                block_ms = max(1, int(min(left, BLOCK_CHUNK_S) * 1000))
                 try:
-                    reply = await self.redis.xread({key: last}, block=block_ms, count=256)
-                except _CONNECTION_ERRORS as exc:
-                    raise self._unavailable(exc) from None
+                    reply = await self.redis.xread({key: last}, block=max(1, int(min(left, BLOCK_CHUNK_S) * 1000)),
+                                                   count=256)
+                except CONNECTION_ERRORS as exc:  # e.g. Redis restarting: the job is still there when it is back
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since > self.outage_grace_s:
+                        raise self._unavailable(exc) from None
+                    await asyncio.sleep(min(0.5, max(0.0, left)))
+                    continue
+                down_since = None
                 for _stream, entries in reply or []:
                     for entry_id, fields in entries:
                         last = _s(entry_id)
@@ -165,7 +127,7 @@ class RedisQueue(JobQueue):
         finally:
             try:
                 await self.redis.delete(key)
-            except _CONNECTION_ERRORS:
+            except CONNECTION_ERRORS:
                 pass  # it expires on its own
 
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
@@ -181,21 +143,30 @@ class RedisQueue(JobQueue):
                 yield item
 
     async def depth(self) -> int:
-        try:
-            experts = [_s(e) for e in await self.redis.smembers(self._experts_key)]
-            if not experts:
-                return 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for e in experts:
-                    pipe.xlen(self._jobs(e))
-                return sum(await pipe.execute())
-        except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
+        """Stream lengths: acknowledged entries are deleted in the same script, so streams hold waiting and running jobs."""
+        experts = [_s(e) for e in await self._call(self.redis.smembers(self.keys.experts))]
+        if not experts:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for e in experts:
+                pipe.xlen(self.keys.jobs(e))
+            return sum(await self._call(pipe.execute()))
+
+    async def cancel(self, job_id: str) -> None:
+        await self._call(self.redis.set(self.keys.cancel(job_id), 1, ex=self.result_ttl_s))
+
+    async def consumers(self, device: str) -> int:
+        return int(await self._call(self._consumers(keys=[self.keys.live(device)])))
+
+    async def counters(self) -> dict[str, int]:
+        raw = await self._call(self.redis.hgetall(self.keys.stats))
+        values = {_s(k): int(v) for k, v in raw.items()}
+        return {name: values.get(name, 0) for name in COUNTERS}
 
     # --- worker side ------------------------------------------------------------
     async def _ensure_group(self, expert: str) -> None:
         try:
-            await self.redis.xgroup_create(self._jobs(expert), GROUP, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.keys.jobs(expert), GROUP, id="0", mkstream=True)
         except rexc.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -204,7 +175,7 @@ class RedisQueue(JobQueue):
         """XINFO GROUPS of each expert's stream; makes the stream and group where Redis has none (e.g. after losing its data)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for e in experts:
-                pipe.xinfo_groups(self._jobs(e))
+                pipe.xinfo_groups(self.keys.jobs(e))
             replies = await pipe.execute(raise_on_error=False)
         out = {}
         for e, reply in zip(experts, replies):
@@ -213,74 +184,88 @@ class RedisQueue(JobQueue):
                 group = next((g for g in reply if _s(g["name"]) == GROUP), None)
             if group is None:
                 await self._ensure_group(e)
-                group = {"last-delivered-id": b"0-0", "pending": 0}
+                group = {"last-delivered-id": b"0-0", "pending": 0, "lag": None}
             out[e] = group
         return out
 
     async def pending(self, experts: list[str]) -> dict[str, PendingStats]:
-        """Unclaimed jobs per expert: stream length minus the group's pending (claimed, unacknowledged) entries.
-
-        Acknowledged entries are deleted in the same script that acknowledges them, so the stream holds
-        exactly the waiting and the running jobs.
-        """
+        """Jobs not yet delivered to any worker: the group's `lag` (Redis 7), else stream length minus the
+        group's pending entries; none at all when nothing follows the group's last-delivered id."""
         try:
             groups = await self._groups(experts)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for e in experts:
-                    pipe.xlen(self._jobs(e))
-                lengths = await pipe.execute()
-            waiting = {e: max(0, n - int(groups[e]["pending"])) for e, n in zip(experts, lengths)}
+                    pipe.xlen(self.keys.jobs(e))
+                lengths = dict(zip(experts, await pipe.execute()))
+            waiting = {}
+            for e in experts:
+                lag = groups[e].get("lag")
+                waiting[e] = int(lag) if lag is not None else max(0, lengths[e] - int(groups[e]["pending"]))
+            busy = [e for e in experts if waiting[e]]
             async with self.redis.pipeline(transaction=False) as pipe:
-                busy = [e for e in experts if waiting[e]]
                 for e in busy:
-                    pipe.xrange(self._jobs(e), min=f"({_s(groups[e]['last-delivered-id'])}", count=1)
+                    pipe.xrange(self.keys.jobs(e), min=f"({_s(groups[e]['last-delivered-id'])}", count=1)
                 firsts = dict(zip(busy, await pipe.execute()))
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
         out = {}
         for e in experts:
             first = firsts.get(e)
-            oldest = float(first[0][1][b"t"]) if first else None
-            out[e] = PendingStats(waiting[e], oldest) if waiting[e] else PendingStats()
+            out[e] = PendingStats(waiting[e], float(first[0][1][b"t"])) if first else PendingStats()
         return out
 
     async def _keep(self, expert: str, entries: list, consumer: str) -> list[Job]:
-        """Jobs from stream entries, minus those already answered (acknowledged and dropped here)."""
-        stream = self._jobs(expert)
-        jobs = [(_s(eid), Job.from_json(fields[b"job"])) for eid, fields in entries if fields]
-        if not jobs:
+        """Jobs from claimed stream entries, minus those that cannot be decoded (dead-lettered) and those answered
+        or cancelled meanwhile (acknowledged and dropped); the rest are held by `consumer`."""
+        stream = self.keys.jobs(expert)
+        decoded = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue  # deleted since it was claimed
+            raw = fields.get(b"job", b"")
+            try:
+                decoded.append((_s(entry_id), Job.from_json(raw)))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                await self._dead_letter(expert, _s(entry_id), raw, f"{type(exc).__name__}: {exc}")
+        if not decoded:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, job in jobs:
-                pipe.exists(self._done(job.id))
-            done = await pipe.execute()
+        verdicts = await self._settle(keys=[stream, self.keys.stats],
+                                      args=[GROUP, self.keys.prefix, *[x for e, j in decoded for x in (e, j.id)]])
         kept = []
-        for (eid, job), answered in zip(jobs, done):
-            if answered:
-                log.info("job %s was already answered; dropping the duplicate", job.id)
-                await self.redis.xack(stream, GROUP, eid)
-                await self.redis.xdel(stream, eid)
+        for (entry_id, job), verdict in zip(decoded, verdicts):
+            if verdict:
+                log.info("job %s was already %s; dropped", job.id, "answered" if verdict == 1 else "cancelled")
                 continue
-            self._claimed[job.id] = _Claimed(stream, eid)
+            self.leases.hold(job.id, Held(stream, entry_id, consumer))
             kept.append(job)
-        if kept and (self._heartbeat is None or self._heartbeat.done()):
-            self._heartbeat = asyncio.create_task(self._beat(consumer), name="redis-queue-heartbeat")
         return kept
+
+    async def _dead_letter(self, expert: str, entry_id: str, raw: bytes | str, error: str) -> None:
+        """Set aside an entry that is not a job: its caller (if its id can be read) gets an error, not a timeout."""
+        log.error("entry %s of %s cannot be decoded (%s); dead-lettered to %s", entry_id, expert, error, self.keys.dead)
+        job_id = _readable_id(raw)
+        if job_id is not None:
+            result = JobResult(job_id=job_id, expert=expert, error_type=BAD_JOB,
+                               error=f"the queued job cannot be decoded ({error}); it was set aside, not run")
+            await self._complete(keys=[self.keys.done(job_id), self.keys.out(job_id), self.keys.jobs(expert),
+                                       self.keys.stats], args=[result.to_json(), self.result_ttl_s, GROUP, "", "", ""])
+        await self._dead(keys=[self.keys.jobs(expert), self.keys.stats, self.keys.dead],
+                         args=[GROUP, entry_id, raw, error])
 
     async def claim(self, expert: str, consumer: str, max_jobs: int) -> list[Job]:
         if max_jobs <= 0:
             return []
+        streams = {self.keys.jobs(expert): ">"}
         try:
             try:
-                reply = await self.redis.xreadgroup(GROUP, consumer, {self._jobs(expert): ">"}, count=max_jobs)
+                reply = await self.redis.xreadgroup(GROUP, consumer, streams, count=max_jobs)
             except rexc.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 await self._ensure_group(expert)
-                reply = await self.redis.xreadgroup(GROUP, consumer, {self._jobs(expert): ">"}, count=max_jobs)
-            entries = reply[0][1] if reply else []
-            return await self._keep(expert, entries, consumer)
-        except _CONNECTION_ERRORS as exc:
+                reply = await self.redis.xreadgroup(GROUP, consumer, streams, count=max_jobs)
+            return await self._keep(expert, reply[0][1] if reply else [], consumer)
+        except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
 
     async def reclaim_stale(self, expert: str, consumer: str, idle_s: float, max_jobs: int) -> list[Job]:
@@ -288,7 +273,7 @@ class RedisQueue(JobQueue):
             entries, cursor = [], "0-0"
             for _ in range(AUTOCLAIM_PAGES):  # each call looks at about 10 x count entries of the pending list
                 try:
-                    reply = await self.redis.xautoclaim(self._jobs(expert), GROUP, consumer, int(idle_s * 1000),
+                    reply = await self.redis.xautoclaim(self.keys.jobs(expert), GROUP, consumer, int(idle_s * 1000),
                                                         start_id=cursor, count=max_jobs - len(entries))
                 except rexc.ResponseError as exc:
                     if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
@@ -300,12 +285,18 @@ class RedisQueue(JobQueue):
                     break
             jobs = await self._keep(expert, entries, consumer)
             await self._forget_idle_consumers(expert)
+            fresh = []
             for job in jobs:
                 log.warning("reclaimed job %s of expert %s after %.1fs without progress", job.id, expert, idle_s)
-                if job.stream:
-                    self._skip[job.id] = await self._sent_chars(job.id)
-            return jobs
-        except _CONNECTION_ERRORS as exc:
+                if job.stream and await self.redis.xlen(self.keys.out(job.id)):
+                    await self.complete(job, JobResult(
+                        job_id=job.id, expert=expert, error_type=INTERRUPTED, worker=consumer,
+                        error="the worker streaming this answer stopped after sending part of it, and another "
+                              "generation cannot continue it; retry the request"))
+                    continue
+                fresh.append(job)
+            return fresh
+        except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
 
     async def _forget_idle_consumers(self, expert: str) -> None:
@@ -314,72 +305,75 @@ class RedisQueue(JobQueue):
         if now - self._last_cleanup.get(expert, 0.0) < CONSUMER_CLEANUP_EVERY_S:
             return
         self._last_cleanup[expert] = now
-        stream = self._jobs(expert)
+        stream = self.keys.jobs(expert)
         for c in await self.redis.xinfo_consumers(stream, GROUP):
             if not c["pending"] and c["idle"] > CONSUMER_FORGET_IDLE_S * 1000:
                 await self.redis.xgroup_delconsumer(stream, GROUP, c["name"])
-
-    async def _sent_chars(self, job_id: str) -> int:
-        entries = await self.redis.xrange(self._out(job_id))
-        return sum(len(_s(f[b"d"])) for _, f in entries if b"d" in f)
-
-    async def _beat(self, consumer: str) -> None:
-        """While this process holds jobs, re-claim them now and then so other workers see them as alive."""
-        while self._claimed:
-            await asyncio.sleep(self.heartbeat_s)
-            by_stream: dict[str, list[str]] = {}
-            for claimed in list(self._claimed.values()):
-                by_stream.setdefault(claimed.stream, []).append(claimed.entry_id)
-            for stream, ids in by_stream.items():
-                try:
-                    await self.redis.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
-                except (*_CONNECTION_ERRORS, rexc.ResponseError) as exc:
-                    log.warning("heartbeat on %s failed: %s", stream, exc)
 
     async def wait_for_work(self, experts: list[str], timeout: float) -> None:
         """Block until an entry the group has not delivered yet exists in any of the streams (XREAD BLOCK after
         each group's last-delivered id: returns at once if such entries exist, so no arrival is missed)."""
         try:
             groups = await self._groups(experts)
-            streams = {self._jobs(e): _s(groups[e]["last-delivered-id"]) for e in experts}
+            streams = {self.keys.jobs(e): _s(groups[e]["last-delivered-id"]) for e in experts}
             await self.redis.xread(streams, count=1, block=max(1, int(min(timeout, BLOCK_CHUNK_S) * 1000)))
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise self._unavailable(exc) from None
 
     async def publish_delta(self, job_id: str, text: str) -> None:
-        skip = self._skip.get(job_id, 0)
-        if skip:
-            self._skip[job_id] = max(0, skip - len(text))
-            text = text[skip:]
-            if not text:
-                return
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self._out(job_id), {"d": text})
-                pipe.expire(self._out(job_id), self.result_ttl_s)
-                await pipe.execute()
-        except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
+        held = self.leases.held.get(job_id)
+        if held is None:
+            return  # not (or no longer) this worker's job
+        sent = await self._call(self._publish(keys=[self.keys.out(job_id), held.stream],
+                                              args=[text, self.result_ttl_s, GROUP, held.entry_id, held.consumer]))
+        if not sent:
+            self.leases.mark_lost(job_id)
 
     async def complete(self, job: Job, result: JobResult) -> None:
-        claimed = self._claimed.get(job.id)
-        try:
-            fresh = await self._complete(
-                keys=[self._done(job.id), self._out(job.id), claimed.stream if claimed else self._jobs(job.expert)],
-                args=[result.to_json(), self.result_ttl_s, GROUP, claimed.entry_id if claimed else ""],
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
-        finally:  # stored or not, stop the heartbeat: an unstored job goes idle and is reclaimed
-            self._claimed.pop(job.id, None)
-            self._skip.pop(job.id, None)
-        if not fresh:
+        held = self.leases.drop(job.id)  # stored or not, no more heartbeats: an unstored job is taken over later
+        if held is None:
+            log.warning("job %s is not held here (taken over by another worker); its result is dropped", job.id)
+            return
+        counter = "cancelled_running" if result.error_type == CANCELLED else ""
+        status = await self._call(self._complete(
+            keys=[self.keys.done(job.id), self.keys.out(job.id), held.stream, self.keys.stats],
+            args=[result.to_json(), self.result_ttl_s, GROUP, held.entry_id, held.consumer, counter]))
+        if status == -1:
+            log.warning("job %s was taken over by another worker; this result is dropped", job.id)
+        elif status == 0:
             log.info("job %s had already been answered; this second result is dropped", job.id)
 
+    async def release(self, jobs: list[Job]) -> None:
+        by_stream: dict[tuple[str, str], list] = {}
+        for job in jobs:
+            held = self.leases.drop(job.id)
+            if held is not None:
+                by_stream.setdefault((held.stream, held.consumer), []).extend(
+                    [held.entry_id, job.id, job.to_json(), repr(job.enqueued_at)])
+        for (stream, consumer), args in by_stream.items():
+            try:
+                await self._requeue(keys=[stream], args=[GROUP, consumer, self.keys.prefix, *args])
+            except (*CONNECTION_ERRORS, rexc.ResponseError) as exc:
+                log.warning("could not requeue %d jobs of %s (%s); they are taken over after the idle timeout",
+                            len(args) // 4, stream, exc)
+
+    async def stopped(self, job_ids: list[str]) -> set[str]:
+        lost = {i for i in job_ids if i in self.leases.lost}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in job_ids:
+                pipe.exists(self.keys.cancel(i))
+            cancelled = await self._call(pipe.execute())
+        return lost | {i for i, c in zip(job_ids, cancelled) if c}
+
+    async def announce(self, device: str, consumer: str, ttl_s: float) -> None:
+        await self._call(self._announce(keys=[self.keys.live(device)], args=[consumer, max(1, int(ttl_s * 1000))]))
+
+    async def withdraw(self, device: str, consumer: str) -> None:
+        await self._call(self.redis.hdel(self.keys.live(device), consumer))
+
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        self.leases.close()
         try:
             await self.redis.aclose()
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             pass

@@ -5,6 +5,8 @@ claim up to a batch of its jobs (oldest first, across the group's experts),
 run them in one engine call off the event loop, publish results, acknowledge.
 When every engine takes jobs one by one (vLLM's AsyncLLM, a remote server), the
 worker serves them continuously instead (workers/continuous.py).
+Every claimed job is completed or released, whatever fails. While it runs, the
+worker announces its device, so the API knows someone will serve its experts.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.continuous import ContinuousLoop
 from workers.engines import create_engine
+from workers.batch import run_batch
 from workers.engines.base import Engine, EngineOptions, EngineSpec
-from workers.jobs import Job, JobResult
-from workers.queue import JobQueue
+from workers.jobs import ENGINE_ERROR, Job, JobResult
+from workers.load_failures import LoadFailures
+from workers.queue import JobQueue, QueueUnavailable
 from workers.scheduler import Group, Policy, Scheduler
 
 log = logging.getLogger("coe.worker")
@@ -57,6 +61,8 @@ class Worker:
     reclaim_idle_s: float = 60.0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     engine_options: EngineOptions = field(default_factory=EngineOptions)
+    load_retry_s: float = 5.0  # a model that failed to load is tried again after this, doubling up to 5 minutes
+    announce_s: float = 5.0  # how often the worker tells the queue it is alive (it counts as gone after 3 times this)
 
     def __post_init__(self) -> None:
         experts = self.registry.on_device(self.device)
@@ -76,10 +82,15 @@ class Worker:
         self.experts = [e.name for e in experts]
         self.busy = False
         self.ready = asyncio.Event()
-        self._next_registry: Registry | None = None
+        self._next_registries: list[Registry] = []
         self._leaving: set[str] = set()
         self._next_reclaim = 0.0
         self.continuous = ContinuousLoop(self)
+        self.load_failures = LoadFailures(first_s=self.load_retry_s)
+
+    def failed_loads(self) -> dict[str, str]:
+        """Weights groups whose last load failed, with the error (their jobs fail at once until the next try)."""
+        return self.load_failures.errors()
 
     async def preload(self) -> None:
         """Make resident whatever fits, most-shared groups first, so the first request does not pay for a load.
@@ -93,8 +104,9 @@ class Worker:
                 break
             try:
                 await self._apply(actions)
-            except Exception:
-                log.exception("could not load %s; its experts will answer with an error", key)
+            except Exception as exc:
+                wait = self.load_failures.failed(key, f"{type(exc).__name__}: {exc}")
+                log.exception("could not load %s; its experts answer with an error (next try in %.0fs)", key, wait)
         self.ready.set()
 
     async def _apply(self, actions) -> None:
@@ -110,9 +122,10 @@ class Worker:
         """Serve `registry`'s experts from the next turn on (never in the middle of a batch).
 
         New weights get an engine (loaded when first needed); an expert that left keeps being served
-        until its queued jobs are done, then its group is unloaded if no expert uses it any more.
+        until its queued jobs are done, then its group is unloaded if no expert uses it any more. That
+        holds for an expert added and removed again while a batch ran: its jobs were accepted meanwhile.
         """
-        self._next_registry = registry
+        self._next_registries.append(registry)
 
     async def _reclaim(self) -> tuple[str | None, list[Job]]:
         """Jobs a dead worker left behind, one expert at a time, ahead of fresh work (they are older).
@@ -133,27 +146,29 @@ class Worker:
     def _group_of(self, expert: str) -> str:
         return next(k for k, g in self.scheduler.groups.items() if expert in g.experts)
 
-    def _adopt(self, registry: Registry) -> None:
-        self._next_registry = None
-        wanted = registry.on_device(self.device)
+    def _adopt(self, registries: list[Registry]) -> None:
+        """Take up the newest registry, keeping every expert of the ones before it until its queue is empty."""
+        self._next_registries = []
         groups = self.scheduler.groups
-        for e in wanted:
-            key = e.weights_key
-            for other_key, g in groups.items():  # an expert whose weights changed moves to its new group
-                if other_key != key and e.name in g.experts:
-                    g.experts.remove(e.name)
-            if key not in groups:
-                self.engines[key] = create_engine(engine_spec(registry, e, self.engine_options))
-                groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
-            if e.name not in groups[key].experts:
-                groups[key].experts.append(e.name)
-        names = [e.name for e in wanted]
-        self._leaving = {n for n in self.experts if n not in names} | (self._leaving - set(names))
+        for registry in registries:
+            for e in registry.on_device(self.device):
+                key = e.weights_key
+                for other_key, g in groups.items():  # an expert whose weights changed moves to its new group
+                    if other_key != key and e.name in g.experts:
+                        g.experts.remove(e.name)
+                if key not in groups:
+                    self.engines[key] = create_engine(engine_spec(registry, e, self.engine_options))
+                    groups[key] = Group(key, [], e.memory_gb, e.max_batch, self.engines[key].supports_sleep)
+                if e.name not in groups[key].experts:
+                    groups[key].experts.append(e.name)
+        names = [e.name for e in registries[-1].on_device(self.device)]
+        seen = {e.name for registry in registries for e in registry.on_device(self.device)}
+        self._leaving = (set(self.experts) | seen | self._leaving) - set(names)
         self.experts = names + sorted(self._leaving)
         if self.memory_budget_gb is None:
             self.scheduler.memory_budget_gb = max(self.scheduler.memory_budget_gb,
                                                   sum(g.memory_gb for g in groups.values()))
-        self.registry = registry
+        self.registry = registries[-1]
 
     async def _drop_idle_leavers(self, stats) -> None:
         """Forget experts that left once nothing of theirs is queued; unload groups no expert uses."""
@@ -169,15 +184,32 @@ class Worker:
             log.info("unloaded %s: no expert uses it any more", key)
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.ready.is_set():
-            await self.preload()
-        while not stop.is_set():
-            if self.continuous.applies():
-                await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
-                continue
-            served = await self.step()
-            if not served:
-                await self.wait_or_reclaim(stop)
+        """Serve until `stop`; announced as a live consumer of the device from the start (models loading included)."""
+        announcer = asyncio.create_task(self._announce(), name=f"announce-{self.device}")
+        try:
+            if not self.ready.is_set():
+                await self.preload()
+            while not stop.is_set():
+                if self.continuous.applies():
+                    await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
+                    continue
+                served = await self.step()
+                if not served:
+                    await self.wait_or_reclaim(stop)
+        finally:
+            announcer.cancel()
+            try:
+                await self.queue.withdraw(self.device, self.name)
+            except QueueUnavailable:
+                pass  # the announcement expires on its own
+
+    async def _announce(self) -> None:
+        while True:
+            try:
+                await self.queue.announce(self.device, self.name, ttl_s=3 * self.announce_s)
+            except QueueUnavailable as exc:
+                log.debug("cannot announce %s: %s", self.device, exc)
+            await asyncio.sleep(self.announce_s)
 
     async def wait_or_reclaim(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self.queue.wait_for_work(self.experts, timeout=1.0))
@@ -188,8 +220,8 @@ class Worker:
 
     async def step(self) -> bool:
         """Serve one batch; False when there was nothing to do."""
-        if self._next_registry is not None:
-            self._adopt(self._next_registry)
+        if self._next_registries:
+            self._adopt(self._next_registries)
         stats = await self.queue.pending(self.experts)
         if self._leaving:
             await self._drop_idle_leavers(stats)
@@ -198,13 +230,15 @@ class Worker:
             key = self.scheduler.pick(stats)
             if key is None:
                 return False
-        try:
-            await self._apply(self.scheduler.plan(key))
-        except Exception as exc:
-            load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("could not make %s resident", key)
-        else:
-            load_error = None
+        load_error = self.load_failures.blocked(key)
+        if load_error is None:
+            try:
+                await self._apply(self.scheduler.plan(key))
+                self.load_failures.loaded(key)
+            except Exception as exc:
+                load_error = f"{type(exc).__name__}: {exc}"
+                wait = self.load_failures.failed(key, load_error)
+                log.exception("could not make %s resident (next try in %.0fs)", key, wait)
         group = self.scheduler.groups[key]
         limit = self.scheduler.batch_size(key)
         if not jobs:
@@ -215,16 +249,20 @@ class Worker:
                 jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
         if not jobs:
             return False
-        if load_error:
-            await self._fail(jobs, f"model could not be loaded: {load_error}")
-        else:
-            await self._serve_batch(key, jobs)
+        try:
+            if load_error:
+                await self._fail(jobs, f"model could not be loaded: {load_error}")
+            else:
+                await self._serve_batch(key, jobs)
+        except BaseException:  # e.g. Redis went away: what was not completed goes back for any worker
+            await self.queue.release(jobs)
+            raise
         return True
 
     async def _fail(self, jobs: list[Job], error: str) -> None:
         for job in jobs:
             await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
-                                                     error_type="engine_error", worker=self.name))
+                                                     error_type=ENGINE_ERROR, worker=self.name))
 
     async def _serve_batch(self, key: str, jobs: list[Job]) -> None:
         """Scoring jobs (request.choices) to the engine's choice_logprobs, the others to generate."""
@@ -242,37 +280,11 @@ class Worker:
             await self._serve(key, [j for j in jobs if not is_scoring(j)])
 
     async def _serve(self, key: str, jobs: list[Job]) -> None:
-        engine = self.engines[key]
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
-
-        def on_delta(row: int, text: str) -> None:
-            if jobs[row].stream:
-                loop.call_soon_threadsafe(deltas.put_nowait, (jobs[row].id, text))
-
-        async def publish_in_order() -> None:
-            while (item := await deltas.get()) is not None:
-                await self.queue.publish_delta(*item)
-
-        publisher = asyncio.create_task(publish_in_order())
-        started = time.time()
         self.busy = True
         try:
-            completions = await asyncio.to_thread(engine.generate, [j.request for j in jobs], on_delta)
-            error = None
-        except Exception as exc:  # an engine failure fails its own jobs, never the worker
-            log.exception("engine %s failed on a batch of %d", key, len(jobs))
-            completions, error = [None] * len(jobs), f"{type(exc).__name__}: {exc}"
+            results = await run_batch(self.engines[key], jobs, self.queue, self.name)
         finally:
             self.busy = False
-            loop.call_soon_threadsafe(deltas.put_nowait, None)
-            await publisher
-        elapsed = time.time() - started
         self.scheduler.served(key, len(jobs))
-        for job, completion in zip(jobs, completions):
-            result = JobResult(
-                job_id=job.id, expert=job.expert, completion=completion, error=error,
-                error_type="engine_error" if error else None, worker=self.name,
-                queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(jobs),
-            )
+        for job, result in zip(jobs, results):
             await self.queue.complete(job, result)

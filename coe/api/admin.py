@@ -9,7 +9,7 @@ from coe.admin import Change, RegistryChangeRejected, RegistryEditor
 from coe.api.errors import error_body
 from coe.api.schemas import ErrorResponse, RegistryChangeOut, RegistryErrorResponse
 from coe.api.security import admin_caller
-from coe.pipeline import Unavailable
+from coe.pipeline_types import Unavailable
 from coe.core.registry import NAME_PATTERN, ExpertConfig
 
 RESPONSES = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},

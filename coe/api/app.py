@@ -17,7 +17,7 @@ from coe import metrics
 from coe.admin import RegistryEditor
 from coe.api import admin
 from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
-from coe.api.lifecycle import Intake, IntakeMiddleware
+from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
     CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
@@ -25,13 +25,15 @@ from coe.api.schemas import (
 from coe.api.security import query_caller
 from coe.auth import KeyRing
 from coe.limits import check_texts
-from coe.pipeline import ROUTED_MODEL, ChatInput, Outcome, PipelineError, TimedOut, Unavailable
+from coe.pipeline import ROUTED_MODEL
+from coe.pipeline_types import ChatInput, ClientGone, Outcome, PipelineError, TimedOut, Unavailable
 from coe.ratelimit import make_limiter
 from coe.service import Service
 from coe.core.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
 
+DISCONNECT_POLL_S = 0.25
 EVERYWHERE = {s: {"model": ErrorResponse} for s in (400, 413, 503)}  # bad JSON, body cap, shutting down
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 502, 503, 504)}
 SSE_EVENT = {  # each server-sent event: `data: <chat.completion.chunk JSON or error JSON>`, last `data: [DONE]`
@@ -65,6 +67,7 @@ def _decision_fields(d: RouteDecision) -> dict:
 def _coe_info(out: Outcome) -> CoeInfo:
     return CoeInfo(
         **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
+        failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
                                  finish_reason=a.finish_reason) for a in out.answers],
         timings={k: round(v, 6) for k, v in out.timings.items()},
@@ -97,15 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.intake = intake = Intake()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(IntakeMiddleware, intake=intake)  # outermost: a draining server reads no bodies
+    app.add_middleware(IntakeMiddleware, intake=intake)  # a draining server reads no bodies
+    app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
     auth = [Depends(query_caller)]
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        metrics.REQUESTS.labels(request.url.path, str(response.status_code)).inc()
-        return response
 
     def pipeline():
         if service.pipeline is None:
@@ -145,9 +143,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.QUEUE_DEPTH.set(await service.queue.depth())
             except QueueUnavailable:
                 pass  # /metrics still answers while the queue is down
-        if service.worker is not None:
-            metrics.WORKER_SWITCHES.set(service.worker.scheduler.stats.switches)
-            metrics.WORKER_BATCHES.set(service.worker.scheduler.stats.batches)
+            try:
+                metrics.QUEUE_COUNTERS.values = await service.queue.counters()
+            except QueueUnavailable:
+                pass
+        metrics.WORKER_SWITCHES.set(sum(w.scheduler.stats.switches for w in service.workers))
+        metrics.WORKER_BATCHES.set(sum(w.scheduler.stats.batches for w in service.workers))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth,
@@ -174,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         inp = _chat_input(body)
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -188,7 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _sse(events, decision, completion_id, created, body.model, include_usage),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        out = await within_deadline(pipeline().run(inp))
+        out = await within_deadline(unless_disconnected(request, pipeline().run(inp)))
         metrics.REQUEST_SECONDS.labels(body.model).observe(time.perf_counter() - started)
         return ChatCompletion(
             id=completion_id, created=created, model=body.model, usage=_usage(out), coe=_coe_info(out),
@@ -196,6 +197,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return app
+
+
+async def unless_disconnected(request: Request, awaitable):
+    """Await `awaitable` while the client is connected; when it leaves (or this is cancelled), cancel it, which
+    cancels the request's jobs (a queued one never starts)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone("the client closed the connection")
+    finally:
+        task.cancel()
 
 
 async def _sse(events: AsyncIterator, decision: RouteDecision, completion_id: str, created: int, model: str,
@@ -207,7 +223,7 @@ async def _sse(events: AsyncIterator, decision: RouteDecision, completion_id: st
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        async for event in events:
+        async for event in events:  # a client that leaves closes this generator, then `events`: its jobs are cancelled
             if isinstance(event, str):
                 yield chunk({"content": event})
             elif isinstance(event, Outcome):
@@ -218,4 +234,6 @@ async def _sse(events: AsyncIterator, decision: RouteDecision, completion_id: st
                     yield f"data: {json.dumps({'id': completion_id, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n"
     except PipelineError as exc:
         yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.param, exc.code, exc.type))}\n\n"
+    finally:
+        await events.aclose()
     yield "data: [DONE]\n\n"

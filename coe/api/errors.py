@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coe.pipeline import PipelineError
+from coe.pipeline_types import PipelineError
 
 log = logging.getLogger("coe.api")
 

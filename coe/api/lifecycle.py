@@ -9,6 +9,9 @@ Order on the first SIGTERM or SIGINT:
    closes). With Redis, jobs still queued stay in Redis for the `coe worker` processes; nothing here
    removes them.
 A second signal skips the wait (uvicorn's own handling).
+
+`RequestMetrics` counts every request by its route template and status. Both are plain ASGI middleware:
+Starlette's BaseHTTPMiddleware would hide a client's disconnect from the endpoints, which watch for it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import logging
 import time
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coe import metrics
 from coe.api.errors import error_response
 
 log = logging.getLogger("coe.api")
@@ -61,6 +65,31 @@ class IntakeMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.intake.in_flight -= 1
+
+
+class RequestMetrics:
+    """coe_requests_total by route template: 'unmatched' for requests no route took (unknown paths, bodies over
+    the cap, refusals while draining), so a scanner's random paths add no labels."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            route = scope.get("route")  # set by the router on a match
+            metrics.REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
 class DrainingServer(uvicorn.Server):

@@ -102,6 +102,10 @@ class CoeInfo(DecisionOut):
     aggregator: str | None
     answers: list[ExpertAnswerOut]
     fallback_after_error: str | None = None
+    failed_experts: dict[str, str] = Field(default_factory=dict, description="experts whose answer failed, with the "
+                                           "error; the answer is made of the others")
+    aggregation_error: str | None = Field(None, description="the aggregator failed; the answer is the first routed "
+                                          "expert's")
     timings: dict[str, float]
 
 

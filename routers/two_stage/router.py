@@ -68,6 +68,7 @@ class TwoStageRouter(Router):
     """Options (ctx.options): artifact (version or folder), tau (override), cost_weight and
     budget_b (average active params, billions; defaults from the context), profile (score file; default <artifacts>/profile.json),
     labels / level (expected label set; a mismatch is an error)."""
+    serving = True
 
     def __init__(self, ctx: RouterContext, artifact: Artifact):
         self.artifact = artifact

@@ -31,6 +31,8 @@ OnText = Callable[[str], None]
 
 CANCELLED = "cancelled"
 """finish_reason of a submitted request stopped through its `cancelled` event."""
+ShouldStop = Callable[[int], bool]
+"""should_stop(row): True once row `row`'s caller is gone; an engine that polls it ends that row as 'cancelled'."""
 
 
 class EngineError(RuntimeError):
@@ -68,6 +70,7 @@ class Engine(ABC):
     supports_sleep: ClassVar[bool] = False
     supports_streaming_submit: ClassVar[bool] = False
     """True when `submit` is implemented: requests join the running batch one by one (continuous batching)."""
+    supports_stop: ClassVar[bool] = False  # generate() takes should_stop and ends those rows early
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
@@ -77,8 +80,10 @@ class Engine(ABC):
         """Bring weights onto the device (from disk, or from sleep)."""
 
     @abstractmethod
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
-        """Complete every request; one Completion per request, in order."""
+    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
+                 should_stop: ShouldStop | None = None) -> list[Completion]:
+        """Complete every request; one Completion per request, in order. `should_stop` is passed only to
+        engines with `supports_stop`."""
 
     async def submit(self, request: GenerationRequest, on_text: OnText | None = None,
                      cancelled: asyncio.Event | None = None) -> Completion:

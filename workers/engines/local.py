@@ -6,7 +6,8 @@ into a cached Hugging Face folder by `coe.core.weights.prepare_local_weights`.
 `generate` runs one left-padded batch through a hand-written decoding loop so
 that every row keeps its own sampling settings (temperature, top_p,
 repetition_penalty, seed), its own stop conditions (EOS, max_tokens, stop
-strings) and its own stream of text. Rows that finish leave the batch.
+strings) and its own stream of text. Rows that finish leave the batch; a row whose
+`should_stop` turns true finishes at the next step with finish_reason "cancelled".
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coe.core.weights import dtype_kw, generation_config, prepare_local_weights
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, ShouldStop
 from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_messages,
                                       plain_prompt, token_budget)
 from workers.jobs import Completion, GenerationRequest
@@ -60,6 +61,7 @@ class LocalEngine(Engine):
     """A causal LM on the CPU; one `generate` call at a time."""
 
     supports_sleep = False
+    supports_stop = True
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)
@@ -128,15 +130,17 @@ class LocalEngine(Engine):
         text = self.tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
+    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
+                 should_stop: ShouldStop | None = None) -> list[Completion]:
         if not requests:
             return []
         with self._lock:
             if self.model is None:
                 raise EngineError(f"local engine {self.spec.key} is not loaded")
-            return self._generate(requests, on_delta)
+            return self._generate(requests, on_delta, should_stop)
 
-    def _generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None) -> list[Completion]:
+    def _generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None,
+                  should_stop: ShouldStop | None) -> list[Completion]:
         import torch
 
         rows = []
@@ -155,13 +159,13 @@ class LocalEngine(Engine):
                 r.finish_reason = "length"
         if active:
             with torch.inference_mode():
-                self._decode(active, on_delta)
+                self._decode(active, on_delta, should_stop)
         return [
             Completion(text=r.text, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.ids), finish_reason=r.finish_reason or "length")
             for r in rows
         ]
 
-    def _decode(self, active: list[_Row], on_delta: OnDelta | None) -> None:
+    def _decode(self, active: list[_Row], on_delta: OnDelta | None, should_stop: ShouldStop | None) -> None:
         import torch
 
         width = max(len(r.prompt_ids) for r in active)
@@ -178,6 +182,9 @@ class LocalEngine(Engine):
             tokens = [self._pick(r, logits[b]) for b, r in enumerate(active)]
             for r, tok in zip(active, tokens):
                 self._advance(r, tok, on_delta)
+                if should_stop is not None and not r.done and should_stop(r.index):
+                    r.finish_reason = "cancelled"
+                    r.out.flush(on_delta, True)
             keep = [b for b, r in enumerate(active) if not r.done]
             if not keep:
                 return

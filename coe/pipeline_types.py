@@ -1,0 +1,94 @@
+"""What goes in and comes out of the pipeline: a chat request, the plan for it, the outcome, and the errors
+the API turns into OpenAI-style error bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from routers import RouteDecision
+from workers.jobs import Job
+
+
+class PipelineError(Exception):
+    """A failure the API turns into an OpenAI-style error with this status."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class UnknownModel(PipelineError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class BadRequest(PipelineError):
+    status, type, code = 400, "invalid_request_error", None
+
+
+class ExpertFailed(PipelineError):
+    status, type, code = 502, "server_error", "expert_failed"
+
+
+class Unavailable(PipelineError):
+    status, type, code = 503, "server_error", "unavailable"
+
+
+class TimedOut(PipelineError):
+    status, type, code = 504, "server_error", "timeout"
+
+
+class ClientGone(PipelineError):
+    status, type, code = 499, "invalid_request_error", "client_closed_request"
+
+
+@dataclass
+class ChatInput:
+    model: str
+    messages: list[dict]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    k: int | None = None
+    router: str | None = None
+    choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
+
+
+@dataclass
+class ExpertAnswer:
+    expert: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    queue_s: float
+    generate_s: float
+
+
+@dataclass
+class Outcome:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    decision: RouteDecision
+    answers: list[ExpertAnswer]
+    aggregator: str | None
+    timings: dict[str, float]
+    fallback_after_error: str | None = None
+    failed_experts: dict[str, str] = field(default_factory=dict)  # expert -> error; the answer is the others'
+    aggregation_error: str | None = None  # the aggregator failed; the answer is the first routed expert's
+
+
+@dataclass
+class Plan:
+    decision: RouteDecision
+    jobs: list[Job]
+    timings: dict[str, float]

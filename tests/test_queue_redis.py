@@ -1,0 +1,230 @@
+"""Redis Streams only: crash recovery, takeover, dead letters and exact pending counts (real Redis).
+
+Each test uses its own key prefix and deletes its keys afterwards, so it never touches other data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.queue_helpers import REDIS_URL, job, ok, redis_up, runner
+from workers.queue import Delta
+
+
+@pytest.fixture
+def redis_run():
+    if not redis_up():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    return runner("redis")
+
+
+def test_reclaims_jobs_of_a_consumer_that_died(redis_run):
+    async def scenario(make_queue):
+        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        jobs = [job(text=str(i)) for i in range(3)]
+        for j in jobs:
+            await api.submit(j)
+        claimed = await dead.claim("a", "dead-1", 2)  # claimed, never acknowledged
+        assert len(claimed) == 2
+        assert await alive.reclaim_stale("a", "alive-1", idle_s=30, max_jobs=8) == []  # not idle long enough
+        assert (await alive.pending(["a"]))["a"].count == 1
+        await asyncio.sleep(0.7)
+        reclaimed = await alive.reclaim_stale("a", "alive-1", idle_s=0.5, max_jobs=8)
+        assert sorted(j.id for j in reclaimed) == sorted(j.id for j in claimed)
+        for j in reclaimed:
+            await alive.complete(j, ok(j, f"by alive {j.id}"))
+        for j in claimed:
+            result = await api.wait_result(j.id, timeout=5)
+            assert result.completion.text == f"by alive {j.id}"
+        # the dead worker wakes up and completes too: no second answer reaches anyone
+        await dead.complete(claimed[0], ok(claimed[0], "late"))
+        assert not await api.redis.exists(f"{redis_run.prefix}:out:{claimed[0].id}")
+        assert await api.depth() == 1
+
+    redis_run(scenario)
+
+
+def test_a_live_worker_keeps_its_jobs_with_heartbeats(redis_run):
+    async def scenario(make_queue):
+        api, busy, other = make_queue(), make_queue(heartbeat_s=0.2), make_queue()
+        j = job()
+        await api.submit(j)
+        [claimed] = await busy.claim("a", "busy-1", 1)
+        await asyncio.sleep(2.0)  # a long batch; the heartbeat keeps the job fresh
+        assert await other.reclaim_stale("a", "other-1", idle_s=1.5, max_jobs=8) == []
+        await busy.complete(claimed, ok(claimed))
+        assert (await api.wait_result(j.id, timeout=5)).ok
+
+    redis_run(scenario)
+
+
+def test_a_reclaimed_job_that_was_answered_is_dropped(redis_run):
+    async def scenario(make_queue):
+        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        j = job()
+        await api.submit(j)
+        [claimed] = await dead.claim("a", "dead-1", 1)
+        await api.redis.set(f"{redis_run.prefix}:done:{j.id}", ok(j).to_json())  # answered, then died before the acknowledgement
+        await asyncio.sleep(0.3)
+        assert await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8) == []
+        assert await api.depth() == 0
+
+    redis_run(scenario)
+
+
+def test_a_stream_taken_over_after_text_was_sent_fails_clearly(redis_run):
+    async def scenario(make_queue):
+        api, paused, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        j = job(stream=True)
+        await api.submit(j)
+        [claimed] = await paused.claim("a", "paused-1", 1)
+        await paused.publish_delta(j.id, "Hel")
+        await asyncio.sleep(0.3)
+        assert await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8) == []  # answered, not run again
+        await paused.publish_delta(j.id, "lo")  # the paused worker wakes up: nothing of it reaches the client
+        await paused.complete(claimed, ok(claimed, "Hello"))
+        events = [e async for e in api.events(j.id, timeout=5)]
+        assert [e.text for e in events[:-1]] == ["Hel"]
+        assert not events[-1].ok and events[-1].error_type == "interrupted" and "retry" in events[-1].error
+        assert await api.depth() == 0
+
+    redis_run(scenario)
+
+
+def test_a_stream_taken_over_before_any_text_restarts_without_splicing(redis_run):
+    async def scenario(make_queue):
+        api, paused, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        j = job(stream=True)
+        await api.submit(j)
+        [claimed] = await paused.claim("a", "paused-1", 1)
+        await asyncio.sleep(0.3)
+        [again] = await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8)
+        await paused.publish_delta(j.id, "Bonjour")  # another sampled generation never mixes in
+        for piece in ("Hel", "lo"):
+            await alive.publish_delta(again.id, piece)
+        await paused.complete(claimed, ok(claimed, "Bonjour"))
+        await alive.complete(again, ok(again, "Hello"))
+        events = [e async for e in api.events(j.id, timeout=5)]
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == "Hello"
+        assert events[-1].completion.text == "Hello"
+
+    redis_run(scenario)
+
+
+def test_a_paused_worker_does_not_take_back_a_job_taken_over(redis_run):
+    async def scenario(make_queue):
+        api, paused, alive = make_queue(), make_queue(heartbeat_s=2.0), make_queue(heartbeat_s=0.2)
+        j = job()
+        await api.submit(j)
+        [claimed] = await paused.claim("a", "paused-1", 1)
+        await asyncio.sleep(1.0)  # paused: no heartbeat yet
+        [again] = await alive.reclaim_stale("a", "alive-1", idle_s=0.8, max_jobs=8)
+        await asyncio.sleep(1.6)  # the paused worker's heartbeat comes now
+        [entry] = await api.redis.xpending_range(f"{redis_run.prefix}:jobs:a", "workers", "-", "+", 10)
+        assert entry["consumer"] in (b"alive-1", "alive-1")
+        assert await paused.stopped([j.id]) == {j.id}
+        await paused.complete(claimed, ok(claimed, "late"))
+        await alive.complete(again, ok(again, "by alive"))
+        assert (await api.wait_result(j.id, timeout=5)).completion.text == "by alive"
+
+    redis_run(scenario)
+
+
+def test_a_job_that_cannot_be_decoded_is_dead_lettered(redis_run):
+    async def scenario(make_queue):
+        api, worker = make_queue(), make_queue()
+        stream = f"{redis_run.prefix}:jobs:a"
+        first, last = job(text="first"), job(text="last")
+        await api.submit(first)
+        await api.redis.xadd(stream, {"job": json.dumps({"id": "bad-1", "expert": "a", "request": {"nonsense": 1}}),
+                                      "t": "1.0"})
+        await api.redis.xadd(stream, {"job": b"\xff not json", "t": "1.0"})
+        await api.submit(last)
+        claimed = await worker.claim("a", "w1", 8)
+        assert [j.id for j in claimed] == [first.id, last.id]
+        result = await api.wait_result("bad-1", timeout=5)
+        assert not result.ok and result.error_type == "bad_job" and "cannot be decoded" in result.error
+        assert (await worker.counters())["dead_letter"] == 2
+        assert await api.redis.xlen(f"{redis_run.prefix}:dead") == 2  # kept for inspection
+        for j in claimed:
+            await worker.complete(j, ok(j))
+        assert await api.depth() == 0
+
+    redis_run(scenario)
+
+
+def test_pending_counts_only_undelivered_jobs(redis_run):
+    async def scenario(make_queue):
+        api, worker = make_queue(), make_queue()
+        stream = f"{redis_run.prefix}:jobs:a"
+        a, b = job(text="a"), job(text="b")
+        await api.submit(a)
+        await api.submit(b)
+        await worker.claim("a", "w1", 1)
+        [entry] = await api.redis.xpending_range(stream, "workers", "-", "+", 10)
+        await api.redis.xack(stream, "workers", entry["message_id"])  # acknowledged, never deleted (a crash between)
+        assert (await worker.pending(["a"]))["a"].count == 1
+        await worker.claim("a", "w1", 1)
+        assert (await worker.pending(["a"]))["a"].count == 0
+
+    redis_run(scenario)
+
+
+def test_recovers_when_redis_lost_its_data(redis_run):
+    async def scenario(make_queue):
+        api, worker = make_queue(), make_queue()
+        await api.submit(job())
+        [first] = await worker.claim("a", "w1", 1)
+        await worker.complete(first, ok(first))
+        keys = [k async for k in api.redis.scan_iter(match=f"{redis_run.prefix}:*")]
+        await api.redis.delete(*keys)  # as if Redis restarted empty
+        assert (await worker.pending(["a"]))["a"].count == 0
+        j = job()
+        await api.submit(j)
+        assert (await worker.pending(["a"]))["a"].count == 1
+        [claimed] = await worker.claim("a", "w1", 1)
+        await worker.complete(claimed, ok(claimed))
+        assert (await api.wait_result(j.id, timeout=5)).ok
+
+    redis_run(scenario)
+
+
+def test_forgets_consumers_that_are_long_gone(redis_run):
+    async def scenario(make_queue):
+        api, gone, alive = make_queue(), make_queue(heartbeat_s=60), make_queue()
+        j = job()
+        await api.submit(j)
+        [claimed] = await gone.claim("a", "gone-1", 1)
+        await gone.complete(claimed, ok(claimed))
+        import workers.queue_redis as qr
+
+        old = qr.CONSUMER_FORGET_IDLE_S
+        qr.CONSUMER_FORGET_IDLE_S = 0.1
+        try:
+            await asyncio.sleep(0.3)
+            await alive.reclaim_stale("a", "alive-1", idle_s=10, max_jobs=8)
+        finally:
+            qr.CONSUMER_FORGET_IDLE_S = old
+        names = [c["name"] for c in await api.redis.xinfo_consumers(f"{redis_run.prefix}:jobs:a", "workers")]
+        assert b"gone-1" not in names and "gone-1" not in names
+
+    redis_run(scenario)
+
+
+def test_finds_a_dead_workers_job_behind_many_live_ones(redis_run):
+    async def scenario(make_queue):
+        api, live, dead, alive = make_queue(), make_queue(heartbeat_s=0.2), make_queue(heartbeat_s=60), make_queue()
+        for i in range(25):
+            await api.submit(job(text=f"live {i}"))
+        orphan = job(text="orphan")
+        await api.submit(orphan)
+        assert len(await live.claim("a", "live-1", 25)) == 25  # held by a live worker, heartbeat on
+        assert [j.id for j in await dead.claim("a", "dead-1", 1)] == [orphan.id]
+        await asyncio.sleep(1.3)
+        [found] = await alive.reclaim_stale("a", "alive-1", idle_s=1.0, max_jobs=1)
+        assert found.id == orphan.id
+
+    redis_run(scenario)
