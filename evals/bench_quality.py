@@ -84,14 +84,14 @@ async def evaluate(runner, val, test, experts: list[str], profile_path: Path, se
 
 
 async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
-                        val_code: int | None, seed: int, batch: int | None, log) -> dict:
+                        val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int) -> dict:
     from coe.data.mixed import load_items
     from coe.expert_runs import mixed_profile, records_json, run_experts
     from coe.profiling import Runner
     from routers.skills_profile import save_profile
 
-    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code)
-    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code)
+    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens)
+    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens)
     runner = Runner(settings, batch=batch, progress=log)
     await runner.start()
     try:
@@ -134,6 +134,7 @@ def quality(
     val_per_subcategory: int = typer.Option(10, help="validation MMLU questions per subcategory (profiles)"),
     val_code: int = typer.Option(None, help="validation HumanEval problems (default: all 66)"),
     batch: int = typer.Option(None, help="override every expert's max_batch"),
+    code_max_tokens: int = typer.Option(384, help="tokens an expert may write for one HumanEval answer"),
     seed: int = typer.Option(0),
     default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
     out: Path = typer.Option(DEFAULT_OUT, help="where quality.json/.md/.png go"),
@@ -149,7 +150,7 @@ def quality(
     load_before = os.getloadavg()
     started = time.perf_counter()
     res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,
-                                    lambda m: print(m, file=sys.stderr, flush=True)))
+                                    lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens))
     weight = settings.router_cost_weight if default_cost_weight is None else default_cost_weight
     res.update({"mode": "quick" if quick else "full", "default_cost_weight": weight,
                 "goals": goals(res["policies"], weight), "seconds": round(time.perf_counter() - started, 1),

@@ -68,7 +68,7 @@ def cancelled(server, stage: str) -> float:
 @pytest.fixture
 def srv(tmp_path):
     experts = tmp_path / "experts.yaml"
-    shutil.copy(ROOT / "experts.yaml", experts)
+    shutil.copy(ROOT / "tests" / "fixtures" / "working-experts.yaml", experts)
     server = start_server(tmp_path, experts, env={"COE_MAX_TOKENS_CAP": "1000"})
     yield server
     stop_server(server)

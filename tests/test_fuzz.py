@@ -57,7 +57,7 @@ CASES = [pytest.param(op, mode, id=f"{op.label} {mode}") for op in OPERATIONS
 def fuzz_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     experts = tmp / "experts.yaml"
-    shutil.copy(ROOT / "experts.yaml", experts)  # only working experts: a broken one answers 502 by design
+    shutil.copy(ROOT / "tests" / "fixtures" / "working-experts.yaml", experts)  # only working experts: a broken one answers 502 by design
     srv = start_server(tmp, experts, env={"COE_MAX_TOKENS_CAP": "4", "COE_MAX_K": "2", "COE_MAX_CHARS": "400", "COE_MAX_MESSAGES": "8"})
     yield srv
     stop_server(srv)

@@ -32,12 +32,11 @@ def problems(text: str, tmp_path: Path) -> list[str]:
     return info.value.problems
 
 
-def test_default_experts_file_is_valid():
-    registry = load_registry(ROOT / "experts.yaml")
-    assert len(registry.experts) >= 3
+def test_default_experts_file_is_valid_and_holds_different_models():
+    registry = load_registry(ROOT / "experts.yaml")  # part packages are checked here, without assembling
+    assert len({e.model for e in registry.experts.values()}) >= 3
     assert registry.fallback is not None and registry.aggregator is not None
-    assert all(e.engine == "local" for e in registry.experts.values())
-    assert registry.model_path(registry.fallback).suffix == ".gguf"
+    assert all(e.engine == "local" for e in registry.experts.values())  # no compile step on a fresh machine
 
 
 def test_experts_sharing_weights_share_a_key():

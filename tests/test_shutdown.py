@@ -76,7 +76,7 @@ def test_deadline_is_504_and_a_full_queue_is_503(tmp_path, test_experts_file):
 
 def test_sigterm_refuses_new_requests_and_finishes_those_in_flight(tmp_path):
     experts = tmp_path / "experts.yaml"
-    shutil.copy(ROOT / "experts.yaml", experts)  # working experts only, so any traceback in the log is ours
+    shutil.copy(ROOT / "tests" / "fixtures" / "working-experts.yaml", experts)  # working experts only, so any traceback in the log is ours
     srv = start_server(tmp_path, experts, env={"COE_SHUTDOWN_GRACE_S": "240"})  # slack for busy CI machines
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         in_flight = [pool.submit(chat, srv, "generalist", 24, f"Tell me a story about the number {i}.") for i in range(3)]
