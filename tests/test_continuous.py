@@ -153,6 +153,25 @@ def test_deadline_and_cancel_abort_in_the_engine_and_free_the_slot_with_stand_in
     asyncio.run(go())
 
 
+def test_a_caller_that_gives_up_aborts_its_running_job_in_the_engine_with_stand_in_vllm(tmp_path) -> None:
+    async def go():
+        queue = MemoryQueue()
+        w = make_worker(tmp_path, queue, max_batch=1)
+        async with Running(w):
+            gone = job(max_tokens=10_000)
+            await queue.submit(gone)
+            while gone.id not in w.continuous.running:
+                await asyncio.sleep(0.01)
+            await queue.cancel(gone.id)  # what the pipeline does when the client disconnects or the 504 fires
+            deadline = time.time() + 10
+            while gone.id in w.continuous.running:
+                assert time.time() < deadline, "the running job was not aborted"
+                await asyncio.sleep(0.05)
+        assert len(stand_in_vllm.AsyncLLM.instances[-1].record.aborted) == 1  # aborted inside the engine
+
+    asyncio.run(go())
+
+
 def test_a_switch_waits_for_the_resident_group_to_drain_with_stand_in_vllm(tmp_path) -> None:
     async def go():
         queue = MemoryQueue()

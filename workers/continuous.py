@@ -91,6 +91,9 @@ class ContinuousLoop:
         if w._next_registries:
             w._adopt(w._next_registries)
         stats = await w.queue.pending(w.experts)
+        if self.running:  # callers that gave up (client gone, 504) or jobs taken over: abort them in the engine
+            for job_id in await w.queue.stopped(list(self.running)):
+                self.cancel(job_id)
         if w._leaving and not self.running:
             await w._drop_idle_leavers(stats)
         key, reclaimed = await w._reclaim()
