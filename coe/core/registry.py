@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coe.core.assets import AssetError, check_model_ref, is_local_ref, resolve_model_path
+from coe.core.file_problems import FileProblems, describe
 from coe.core.placement import DEFAULT_HEADROOM, Item, Placement, PlacementError, plan
 
 if TYPE_CHECKING:
@@ -107,30 +108,12 @@ class ExpertsFile(BaseModel):
         return self
 
 
-class RegistryError(ValueError):
+class RegistryError(FileProblems):
     """An invalid experts file; `problems` holds one human-readable line per problem."""
-
-    def __init__(self, path: Path, problems: list[str]):
-        self.path = path
-        self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
 
 
 def _describe(path: Path, raw: dict, err: dict) -> str:
-    loc = list(err["loc"])
-    where = ""
-    if len(loc) >= 2 and loc[0] == "experts" and isinstance(loc[1], int):
-        idx = loc[1]
-        entries = raw.get("experts") or []
-        name = entries[idx].get("name", "?") if idx < len(entries) and isinstance(entries[idx], dict) else "?"
-        where = f"expert '{name}' (experts[{idx}])"
-        loc = loc[2:]
-    field = ".".join(str(p) for p in loc)
-    reason = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        reason = "unknown field"
-    parts = [str(path)] + ([where] if where else []) + ([f"field '{field}'"] if field else [])
-    return ", ".join(parts) + f": {reason}"
+    return describe(path, raw, err, "experts", "expert")
 
 
 class Registry:

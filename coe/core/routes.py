@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coe.core.file_problems import FileProblems, describe
+
 ROUTE_NAME_PATTERN = r"^[a-z0-9][a-z0-9 _-]{0,47}$"
 MIN_TASK_EXAMPLES = 3
 MAX_EXAMPLE_CHARS = 2000
@@ -76,30 +78,12 @@ class RoutesFile(BaseModel):
         return self
 
 
-class RoutesError(ValueError):
+class RoutesError(FileProblems):
     """An invalid routes file; `problems` holds one human-readable line per problem."""
-
-    def __init__(self, path: Path, problems: list[str]):
-        self.path = path
-        self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
 
 
 def _describe(path: Path, raw: dict, err: dict) -> str:
-    loc = list(err["loc"])
-    where = ""
-    if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
-        idx = loc[1]
-        entries = raw.get("routes") or []
-        name = entries[idx].get("name", "?") if idx < len(entries) and isinstance(entries[idx], dict) else "?"
-        where = f"route '{name}' (routes[{idx}])"
-        loc = loc[2:]
-    field = ".".join(str(p) for p in loc)
-    reason = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        reason = "unknown field"
-    parts = [str(path)] + ([where] if where else []) + ([f"field '{field}'"] if field else [])
-    return ", ".join(parts) + f": {reason}"
+    return describe(path, raw, err, "routes", "route")
 
 
 class Routes:
