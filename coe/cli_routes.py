@@ -26,14 +26,20 @@ def _served_by(registry) -> dict[str, list[str]]:
     return served
 
 
-@routes_app.command("validate")
-def routes_validate(routes_file: Path = RoutesOpt, experts_file: Path = ExpertsOpt) -> None:
-    """Check routes.yaml and that every expert category names a route; exit non-zero on a problem."""
-    settings = _settings(experts_file, routes_file)
+def _routes_or_exit(settings):
+    """The routes file, which these commands need (the service runs without one): exit 1 when it is missing."""
     routes = load_routes_or_exit(settings)
     if routes is None:
         err_console.print(f"[bold red]{settings.routes_path}: no such file[/]")
         raise typer.Exit(1)
+    return routes
+
+
+@routes_app.command("validate")
+def routes_validate(routes_file: Path = RoutesOpt, experts_file: Path = ExpertsOpt) -> None:
+    """Check routes.yaml and that every expert category names a route; exit non-zero on a problem."""
+    settings = _settings(experts_file, routes_file)
+    routes = _routes_or_exit(settings)
     registry = load_or_exit(settings)
     served = _served_by(registry)
     unserved = [n for n in routes.names if n not in served]
@@ -48,10 +54,7 @@ def routes_validate(routes_file: Path = RoutesOpt, experts_file: Path = ExpertsO
 def routes_list(routes_file: Path = RoutesOpt, experts_file: Path = ExpertsOpt) -> None:
     """Show the routes, their examples and the experts that declare them."""
     settings = _settings(experts_file, routes_file)
-    routes = load_routes_or_exit(settings)
-    if routes is None:
-        err_console.print(f"[bold red]{settings.routes_path}: no such file[/]")
-        raise typer.Exit(1)
+    routes = _routes_or_exit(settings)
     served = _served_by(load_or_exit(settings))
     table = Table("route", "kind", "examples", "experts", "description")
     for r in routes.spec.routes:
