@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import statistics
 import sys
@@ -34,17 +33,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from checkout import use_this_checkout  # a sibling: these scripts run as plain files
 
 
-def use_this_checkout() -> None:
-    """Import coe, workers and the benchmarks (as coe_evals) from this checkout: nothing is installed on the device."""
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("coe_evals", ROOT / "evals" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "evals")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["coe_evals"] = module
-    spec.loader.exec_module(module)
+
 
 # Eight experts that do not all fit: memory_gb sums to 80 GB on a card of about 79 GB, budget 30 GB.
 EXPERTS = [("qwen2.5-0.5b", 8.0)] * 4 + [("llama-3.2-1b", 12.0)] * 2 + [("qwen2.5-1.5b", 12.0)] * 2

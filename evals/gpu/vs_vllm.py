@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from checkout import use_this_checkout  # a sibling: these scripts run as plain files
+
 T0 = time.perf_counter()
 
 MODES = {  # requests, arrivals/s, max_tokens, per phase; timeout per run
@@ -45,14 +45,6 @@ MODES = {  # requests, arrivals/s, max_tokens, per phase; timeout per run
 STAND_IN_SPEED = 4.0
 
 
-def use_this_checkout() -> None:
-    """Import coe, workers and the benchmarks (as coe_evals) from this checkout: nothing is installed on the device."""
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("coe_evals", ROOT / "evals" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "evals")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["coe_evals"] = module
-    spec.loader.exec_module(module)
 
 
 def log(msg: str) -> None:
