@@ -3,8 +3,9 @@
 #
 #   scripts/setup_llamacpp.sh [PYTHON]     (default .venv/bin/python; --force as the only argument rebuilds)
 #
-# PyPI has only its source. A default (native) build crashed in llama_decode on a CPU with AMX, so
-# the wheel is built for AVX/AVX2/AVX-512 without -march=native, once, into ~/.cache/coe/wheels
+# PyPI has only its source. A default (native) build crashed in llama_decode on a CPU with AMX, and a
+# build with AVX-512 died of an illegal instruction on an AMD EPYC without it, so the wheel is built
+# for AVX2/FMA/F16C (every x86-64 server CPU since about 2015) without -march=native, once, into ~/.cache/coe/wheels
 # (COE_WHEEL_CACHE), and installed from there. A few tokens from SmolLM2 then prove it works.
 # Whatever fails, the script exits 0: it uninstalls a wheel that does not work, writes
 # "unavailable: <why>" to the marker, and the service serves `llamacpp` experts with the `local`
@@ -15,7 +16,7 @@ force=0
 if [ "${1:-}" = "--force" ]; then force=1; shift; fi
 PY=${1:-.venv/bin/python}
 VERSION=0.3.36
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON"
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF"
 want="llama-cpp-python==$VERSION $CMAKE_ARGS"
 marker="$(dirname "$(dirname "$PY")")/.coe-llamacpp"
 cache=${COE_WHEEL_CACHE:-$HOME/.cache/coe/wheels}
