@@ -122,6 +122,26 @@ def test_more_requests_than_sequence_slots_wait_for_a_free_slot():
         small.unload()
 
 
+def test_should_stop_finishes_only_that_row_early_as_cancelled(engine):
+    pieces: dict[int, list[str]] = {0: [], 1: []}
+    out = engine.generate([greedy(ESSAY, 200), greedy(ESSAY, 12)],
+                          on_delta=lambda row, text: pieces[row].append(text),
+                          should_stop=lambda row: row == 0 and len(pieces[0]) >= 3)
+    assert out[0].finish_reason == "cancelled" and out[0].completion_tokens < 12
+    assert out[0].text == "".join(pieces[0])
+    assert out[1].finish_reason == "length" and out[1].completion_tokens == 12
+
+
+def test_a_request_cancelled_while_waiting_for_a_slot_never_starts():
+    small = loaded(SMOL, max_batch=1)
+    try:
+        out = small.generate([greedy(ESSAY, 6), greedy("Name a colour.", 6)], should_stop=lambda row: row == 1)
+        assert (out[1].finish_reason, out[1].completion_tokens, out[1].text) == ("cancelled", 0, "")
+        assert out[0].finish_reason == "length" and out[0].completion_tokens == 6
+    finally:
+        small.unload()
+
+
 def test_per_row_max_tokens_finish_with_length(engine):
     out = engine.generate([greedy(ESSAY, 3), greedy(ESSAY, 12), greedy("Describe the sea.", 5)])
     assert [(c.completion_tokens, c.finish_reason) for c in out] == [(3, "length"), (12, "length"), (5, "length")]

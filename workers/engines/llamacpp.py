@@ -6,7 +6,8 @@ generating sequence, then as many waiting prompt tokens as fit, into one `llama_
 that finishes frees its slot for the next waiting request. Each row has its own llama.cpp sampler
 chain (repetition penalty over prompt and output, temperature, top_p, a seeded draw; greedy below
 MIN_TEMPERATURE), its own stop conditions (the vocab's end-of-generation tokens, max_tokens, the
-context, stop strings) and its own stream of text.
+context, stop strings) and its own stream of text. A row whose `should_stop` turns true (its caller is
+gone) leaves the batch at the next step, or never starts, with finish_reason "cancelled".
 
 Prompts use the chat template stored in the GGUF. A model without one (a base model such as
 Gemma-3-270M) gets a plain completion-style transcript (decoding.plain_prompt) and stops before it
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coe.core.assets import AssetError, resolve_model_path
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta
+from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, ShouldStop
 from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_messages,
                                       plain_prompt, token_budget)
 from workers.jobs import Completion, GenerationRequest
@@ -83,6 +84,7 @@ class LlamaCppEngine(Engine):
     """A GGUF model in llama.cpp on the CPU; one `generate` or `choice_logprobs` call at a time."""
 
     supports_sleep = False
+    supports_stop = True
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)
@@ -202,7 +204,8 @@ class LlamaCppEngine(Engine):
 
     # ---- generation
 
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
+    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
+                 should_stop: ShouldStop | None = None) -> list[Completion]:
         if not requests:
             return []
         with self._lock:
@@ -212,7 +215,7 @@ class LlamaCppEngine(Engine):
             try:
                 for i, req in enumerate(requests):
                     rows.append(self._row(i, req))
-                self._decode(rows, on_delta)
+                self._decode(rows, on_delta, should_stop)
             finally:
                 for r in rows:
                     self.lc.llama_sampler_free(r.sampler)
@@ -244,7 +247,7 @@ class LlamaCppEngine(Engine):
                 lc.llama_sampler_accept(chain, tok)
         return chain
 
-    def _decode(self, rows: list[_Row], on_delta: OnDelta | None) -> None:
+    def _decode(self, rows: list[_Row], on_delta: OnDelta | None, should_stop: ShouldStop | None = None) -> None:
         for r in rows:
             if r.max_new == 0:
                 r.finish_reason = "length"
@@ -254,6 +257,10 @@ class LlamaCppEngine(Engine):
         self._clear()
         try:
             while waiting or live:
+                if should_stop is not None:
+                    waiting = [r for r in waiting if not self._stopped(r, should_stop)]
+                    for row in [r for r in live if self._stopped(r, should_stop)]:
+                        self._free(row, live, free)
                 while waiting and free:
                     live.append(waiting.pop(0))
                     live[-1].seq.slot = free.pop()
@@ -261,13 +268,25 @@ class LlamaCppEngine(Engine):
                     token = self.lc.llama_sampler_sample(row.sampler, self.ctx, idx)
                     self._advance(row, token, on_delta)
                     if row.done:
-                        self.lc.llama_memory_seq_rm(self._memory(), row.seq.slot, -1, -1)
-                        free.append(row.seq.slot)
-                        live.remove(row)
+                        self._free(row, live, free)
                     else:
                         row.seq.tokens.append(token)
         finally:
             self._clear()
+
+    @staticmethod
+    def _stopped(row: _Row, should_stop: ShouldStop) -> bool:
+        """True (and the row finished as 'cancelled') once the row's caller is gone."""
+        if should_stop(row.index):
+            row.finish_reason = "cancelled"
+            return True
+        return False
+
+    def _free(self, row: _Row, live: list[_Row], free: list[int]) -> None:
+        """A finished row leaves the batch: its KV-cache sequence is cleared and its slot reused."""
+        self.lc.llama_memory_seq_rm(self._memory(), row.seq.slot, -1, -1)
+        free.append(row.seq.slot)
+        live.remove(row)
 
     def _advance(self, row: _Row, token: int, on_delta: OnDelta | None) -> None:
         """Add one sampled token to `row`: update its text, finish it if it should stop, stream what is safe."""
