@@ -154,7 +154,7 @@ def load(
     restart_redis_at: float = typer.Option(0.5, min=0, max=1, help="--spawn redis: restart Redis at this fraction "
                                                                    "(30 s of 60)"),
     redis_down_s: float = typer.Option(2.0, min=0, help="--spawn redis: how long Redis stays down"),
-    register_at: float = typer.Option(2 / 3, min=0, max=1, help="--spawn redis: register an expert through replica 1 "
+    register_at: float = typer.Option(0.667, min=0, max=1, help="--spawn redis: register an expert through replica 1 "
                                                                 "at this fraction (40 s of 60)"),
     registry_window_s: float = typer.Option(20.0, min=0, help="--spawn redis: ask replica 2 for the new expert this "
                                                               "long after the 201"),
@@ -163,6 +163,8 @@ def load(
     experts_file: Path = typer.Option(ROOT / "experts.yaml", "--experts", "-e", help="--spawn: the experts file "
                                                                                      "(a copy is used)"),
     timeout_s: float = typer.Option(300.0, help="client timeout per request; an answer later than this is lost"),
+    ready_timeout_s: float = typer.Option(1200.0, help="--spawn: wait this long for the processes to be ready (the "
+                                                       "first run on a machine converts the experts' weights)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("evals/results"), help="where load.json and load.md go"),
 ) -> None:
@@ -177,7 +179,7 @@ def load(
         fleet = Fleet(spawn, experts_file, replicas if spawn == "redis" else 1, workers, reclaim_idle_s, log_dir)
         typer.echo(f"starting {len(fleet.ports)} coe serve{f', {workers} workers and redis-server' if fleet.redis else ''}")
         try:
-            fleet.start()
+            fleet.start(ready_timeout_s)
         except BaseException:
             fleet.stop()
             raise

@@ -118,7 +118,7 @@ class Fleet:
         self.workers.append(proc)
         return proc, name
 
-    def start(self, ready_timeout: float = 300) -> None:
+    def start(self, ready_timeout: float) -> None:
         if self.redis is not None:
             self.redis.start()
         for i, port in enumerate(self.ports):

@@ -37,7 +37,8 @@ def markdown(res: dict) -> str:
                      f"{served} s" if served is not None else
                      f"not served within {registry['probe_window_s']:g} s ({registry['probe_statuses']})"))
     if "jobs_reclaimed_from_dead_workers" in res:
-        rows.append(("jobs taken over from the killed worker", res["jobs_reclaimed_from_dead_workers"]))
+        rows.append(("jobs a worker took over from another (the killed one, or one cut off by the Redis restart)",
+                     res["jobs_reclaimed_from_dead_workers"]))
     workers = f", {res['workers']} workers" if res.get("workers") else ""
     lines = [f"# Load test: {res['clients']} clients, {res['duration_s']:g} s, {res['replicas']} replicas{workers}, "
              f"mode `{res['mode']}`", "", f"Command: `{res['command']}`", "",
