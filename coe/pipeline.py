@@ -5,7 +5,8 @@ The API, the CLI and `coe bench` all go through here.
 
 A job is submitted only when a live worker serves its expert's device (else 503). With k > 1 the
 answers that succeeded are kept (the failed experts are named); if every expert failed, the
-fallback expert answers with its own request; if the aggregator fails, the first routed answer is
+fallback expert answers with its own request (a stream too, when its expert failed before its first
+token; after that the stream ends with the error); if the aggregator fails, the first routed answer is
 the answer. Jobs a request leaves unanswered (client gone, deadline) are cancelled.
 """
 
@@ -241,20 +242,27 @@ class Pipeline:
         answers = [self._answer(r) for r in results if r.ok]
         failed = {r.expert: r.error or "failed" for r in results if not r.ok}
         replaced = None
-        fallback = self.registry.fallback
-        if not answers and plan.decision.router != "bypass" and fallback is not None and fallback.name not in failed:
+        retry = None if answers else self._fallback_job(plan, inp, failed, stream=False)
+        if retry is not None:
             replaced = plan.jobs[0].expert
-            retry = Job(expert=fallback.name, request=self._request(fallback, inp, inp.messages))
             await self._submit(retry, open_jobs)
             result = await self._result(retry, self._deadline_left(started), open_jobs)
             if result.ok:
                 answers = [self._answer(result)]
             else:
-                failed[fallback.name] = result.error or "failed"
+                failed[retry.expert] = result.error or "failed"
         if not answers:
             expert, error = next(iter(failed.items()))
             raise ExpertFailed(f"expert '{expert}' failed: {error}")
         return answers, failed, replaced
+
+    def _fallback_job(self, plan: Plan, inp: ChatInput, failed: dict[str, str], stream: bool) -> Job | None:
+        """The fallback expert's own job when every routed expert failed; None for a client that named the expert,
+        or when the fallback is one of those that failed."""
+        fallback = self.registry.fallback
+        if plan.decision.router == "bypass" or fallback is None or fallback.name in failed:
+            return None
+        return Job(expert=fallback.name, request=self._request(fallback, inp, inp.messages), stream=stream)
 
     def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer], decision: RouteDecision | None = None) -> Job | None:
         """The merge job: to the router's measured aggregator if it names one, else the expert marked `aggregator`."""
@@ -344,24 +352,34 @@ class Pipeline:
                     yield answers[0].text
                     yield self._outcome(plan, answers, answers[0], None, started, None, failed, agg_error)
                     return
-            result, sent = None, False
-            async for event in self._relay(final_job, started, open_jobs):
-                if isinstance(event, str):
-                    sent = True
-                    yield event
-                else:
-                    result = event
+            result, sent, replaced = None, False, None
+            while True:
+                async for event in self._relay(final_job, started, open_jobs):
+                    if isinstance(event, str):
+                        sent = True
+                        yield event
+                    else:
+                        result = event
+                if result.ok or sent or answers:
+                    break
+                failed[result.expert] = result.error or "failed"  # before its first token: the fallback answers
+                retry = self._fallback_job(plan, inp, failed, stream=True)
+                if retry is None:
+                    break
+                replaced, final_job = result.expert, retry
+                await self._submit(retry, open_jobs)
             if not result.ok:
                 if answers and not sent:  # the aggregator failed before any text: the first routed answer stands
                     yield answers[0].text
                     yield self._outcome(plan, answers, answers[0], None, started, None, failed,
                                         f"aggregator '{final_job.expert}' failed: {result.error}")
                     return
-                raise ExpertFailed(f"expert '{result.expert}' failed: {result.error}")
+                expert, error = (result.expert, result.error) if sent else next(iter(failed.items()))
+                raise ExpertFailed(f"expert '{expert}' failed: {error}")
             final = self._answer(result)
             if answers:
                 yield self._outcome(plan, answers, final, final_job.expert, started, None, failed)
             else:
-                yield self._outcome(plan, [final], final, None, started, None, failed)
+                yield self._outcome(plan, [final], final, None, started, replaced, failed)
         finally:
             self._cancel(open_jobs)

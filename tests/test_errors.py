@@ -85,6 +85,32 @@ def test_engine_failure_of_a_routed_expert_falls_back(server):
     assert coe["answers"][0]["expert"] == "generalist"
 
 
+HOROSCOPE = [{"role": "user", "content": "What does my horoscope say for Leo, given my zodiac sign?"}]
+
+
+def test_a_routed_stream_whose_expert_fails_before_its_first_token_is_answered_by_the_fallback(client):
+    stream = client.chat.completions.create(model="coe", messages=HOROSCOPE, max_tokens=8, stream=True)
+    pieces, coe = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].finish_reason:
+            coe = chunk.model_extra["coe"]
+    assert coe["experts"] == ["astrologer"] and coe["fallback_after_error"] == "astrologer"
+    assert [a["expert"] for a in coe["answers"]] == ["generalist"]
+    assert "could not be loaded" in coe["failed_experts"]["astrologer"]
+    assert "".join(pieces).strip() and "".join(pieces) == coe["answers"][0]["content"]
+
+
+def test_a_stream_that_names_a_failing_expert_ends_with_its_error(client):
+    stream = client.chat.completions.create(model="astrologer", messages=HOROSCOPE, max_tokens=8, stream=True)
+    with pytest.raises(openai.APIError) as info:
+        for _ in stream:
+            pass
+    assert "astrologer" in info.value.message and "could not be loaded" in info.value.message
+    assert info.value.body["code"] == "expert_failed"
+
+
 def test_with_two_experts_a_failed_one_is_left_out_and_named(server):
     body = {**VALID, "coe": {"k": 2},
             "messages": [{"role": "user", "content": "What does my horoscope say for Leo, given my zodiac sign?"}]}

@@ -1,8 +1,9 @@
 """Faults with real processes: our own redis-server, a `coe serve` over Redis, and two `coe worker` processes.
 
 In file order: a broken expert, a worker SIGKILLed in the middle of a batch, Redis stopped and restarted
-(append-only: the jobs it had accepted are answered after it, by a worker started only then), and a
-graceful SIGTERM. The processes are started once for the module (one model load per worker).
+(append-only: the jobs it had accepted are answered after it, by a worker started only then), a
+graceful SIGTERM, and a worker SIGKILLed in the middle of a stream (the client gets an error event, no
+fallback). The processes are started once for the module (one model load per worker).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -66,7 +68,7 @@ def cluster(tmp_path_factory, test_experts_file):
     workers = {n: WorkerProc(tmp, n, test_experts_file, rds.url) for n in ("w1", "w2")}
     api = None
     try:
-        api = start_server(tmp, test_experts_file, env={"COE_REDIS_URL": rds.url, "COE_MAX_TOKENS_CAP": "16",
+        api = start_server(tmp, test_experts_file, env={"COE_REDIS_URL": rds.url, "COE_MAX_TOKENS_CAP": "400",
                                                          "COE_REQUEST_TIMEOUT_S": "150"})
         for w in workers.values():
             w.wait_ready()
@@ -209,3 +211,46 @@ def test_sigterm_finishes_the_running_batch_then_exits(cluster):
     assert answer.status_code == 200, answer.text
     assert w2.proc.wait(60) == 0
     assert "stopping" in w2.log()
+
+
+def holder(r: redis.Redis) -> tuple[str, str] | None:
+    """(consumer, job id) of a job some worker has claimed and not acknowledged, if there is one."""
+    for key in r.keys("coe:jobs:*"):
+        for entry in r.xpending_range(key, "workers", "-", "+", 1):
+            [(_, fields)] = r.xrange(key, entry["message_id"], entry["message_id"])
+            return entry["consumer"], json.loads(fields["job"])["id"]
+    return None
+
+
+def test_a_stream_whose_worker_dies_after_its_first_token_ends_with_an_error_event(cluster, tmp_path_factory,
+                                                                                   test_experts_file):
+    """After text was sent nothing can take the answer over, not even the fallback of a routed request: the
+    worker that takes the job over answers `interrupted`, and the client's stream ends with that error."""
+    rds, api, workers = cluster
+    tmp, r = tmp_path_factory.mktemp("midstream"), rds.client()
+    workers = {**workers, "w4": WorkerProc(tmp, "w4", test_experts_file, rds.url)}
+    try:
+        workers["w4"].wait_ready()
+        client = openai.OpenAI(base_url=api.v1, api_key="unused", max_retries=0, timeout=150)
+        stream = client.chat.completions.create(
+            model="coe", stream=True, max_tokens=400, temperature=0,
+            messages=[{"role": "user", "content": "Write a long essay on the history of the Roman Republic."}])
+        pieces, killed = [], None
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                if killed is None and chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                    killed = holder(r)
+                    workers[killed[0]].proc.send_signal(signal.SIGKILL)
+                    workers[killed[0]].proc.wait()
+                    workers["w5"] = WorkerProc(tmp, "w5", test_experts_file, rds.url)  # takes the job over
+        consumer, job_id = killed
+        assert pieces, "the stream sent text before its worker died"
+        assert info.value.body["code"] == "expert_failed"
+        assert "stopped after sending part of it" in info.value.message
+        done = json.loads(r.get(f"coe:done:{job_id}"))
+        assert done["error_type"] == "interrupted" and done["worker"] != consumer
+    finally:
+        for name in ("w4", "w5"):
+            if name in workers:
+                workers[name].end()
