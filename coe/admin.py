@@ -2,14 +2,17 @@
 
 Every change is checked the way `coe experts validate` checks the file: the would-be file text goes
 through `coe.core.registry.parse_registry`, and the router is rebuilt for the new registry, before anything
-is written or swapped. A rejected change leaves the file and the running service as they were and
-says why (`RegistryChangeRejected.problems`, the registry's own problem lines).
+is stored or swapped. A rejected change leaves the stored registry and the running service as they were
+and says why (`RegistryChangeRejected.problems`, the registry's own problem lines).
 
-An accepted change is written atomically (a temporary file in the same folder, fsync, rename) after
-copying the old file to `<file>.bak`, then swapped in with one assignment: a new Pipeline over the new
-registry. Each request holds the Pipeline it started with, so requests in flight finish on the
-registry they started with. The embedded worker takes up the new registry at its next turn, and
-keeps serving an expert that left until its queued jobs are done.
+An accepted change is stored (coe/registry_store.py: written back to experts.yaml atomically with a .bak
+without Redis; with Redis, the next version of the copy every process shares, the file untouched), then
+swapped in with one assignment: a new Pipeline over the new registry. Each request holds the Pipeline it
+started with, so requests in flight finish on the registry they started with. The embedded worker takes
+up the new registry at its next turn, and keeps serving an expert that left until its queued jobs are done.
+With Redis, a change made first by another replica is noticed when storing (compare-and-set on the
+version): this one is then made again on top of it, so neither is lost. Other replicas' changes are taken
+up by `take_up`, called by the store's follower.
 
 Comments in experts.yaml survive an add (the new entry is appended as text) and a removal (the
 entry's lines are cut out) whenever the result parses to exactly the intended content; otherwise
@@ -19,16 +22,23 @@ the file is rewritten from its parsed content, and the .bak keeps the old text.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from coe.pipeline import Pipeline
-from coe.core.registry import Registry, RegistryError, load_registry, parse_registry
+from coe.pipeline_types import Unavailable
+from coe.core.registry import Registry, RegistryError, parse_registry
+from workers.queue import QueueUnavailable
+from workers.registry_feed import Snapshot
+
+log = logging.getLogger("coe.registry")
+
+ATTEMPTS = 10
+"""How often a change is redone on top of other replicas' changes before the caller is asked to retry (409)."""
 
 
 class RegistryChangeRejected(Exception):
@@ -41,30 +51,10 @@ class RegistryChangeRejected(Exception):
 class Change:
     registry: Registry
     router: str
+    version: int
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     backup: Path | None = None
-
-
-def write_atomically(path: Path, text: str) -> Path | None:
-    """Replace `path` with `text` in one rename, keeping the old file as `<path>.bak`; returns the backup."""
-    backup = None
-    if path.exists():
-        backup = path.with_name(path.name + ".bak")
-        shutil.copy2(path, backup)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if backup is not None:
-            shutil.copymode(backup, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return backup
 
 
 def _entry_indent(text: str) -> str | None:
@@ -111,8 +101,12 @@ def _without_entry(text: str, raw: dict, index: int) -> str:
     return yaml.safe_dump(wanted, sort_keys=False, allow_unicode=True)
 
 
+def _names(raw: dict) -> list[str]:
+    return [e.get("name") for e in raw["experts"] if isinstance(e, dict)]
+
+
 class RegistryEditor:
-    """Serialises the changes to one service's registry."""
+    """Serialises this process's changes to the registry, and its taking up of other processes' changes."""
 
     def __init__(self, service):
         self.service = service
@@ -122,22 +116,37 @@ class RegistryEditor:
     def path(self) -> Path:
         return self.service.settings.experts_file
 
-    def _current(self) -> tuple[str, dict]:
+    @property
+    def store(self):
+        return self.service.store
+
+    def _raw(self, text: str) -> dict:
         try:
-            text = self.path.read_text()
             raw = yaml.safe_load(text)
-        except (OSError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
             raise RegistryChangeRejected(f"{self.path} cannot be read as it is now: {exc}", [str(exc)]) from None
         if not isinstance(raw, dict) or not isinstance(raw.get("experts"), list):
             problem = f"{self.path}: must be a mapping with an 'experts' list"
             raise RegistryChangeRejected(problem, [problem])
-        return text, raw
+        return raw
 
-    def _parse(self, text: str) -> Registry:
+    def _parse(self, text: str, invalid: str) -> Registry:
         try:
             return parse_registry(text, self.path)
         except RegistryError as exc:
-            raise RegistryChangeRejected(f"the change would make {self.path} invalid", exc.problems) from None
+            raise RegistryChangeRejected(invalid, exc.problems) from None
+
+    async def _stored(self, awaitable, writing: bool = False):
+        try:
+            return await awaitable
+        except OSError as exc:
+            if writing:  # e.g. a read-only mount without Redis: a server-side problem, not the request's
+                problem = (f"{self.path} cannot be written: {exc}; a read-only experts file needs COE_REDIS_URL "
+                           "(the registry then lives in Redis)")
+                raise RegistryChangeRejected(problem, [problem], status=500) from None
+            raise RegistryChangeRejected(f"{self.path} cannot be read as it is now: {exc}", [str(exc)]) from None
+        except QueueUnavailable as exc:
+            raise Unavailable(f"the registry cannot be changed now: {exc}") from None
 
     async def _pipeline_for(self, registry: Registry) -> Pipeline:
         """A pipeline over `registry` with the running router rebuilt for it (routers read the registry)."""
@@ -149,45 +158,75 @@ class RegistryEditor:
             problem = f"router '{old.default_router}' cannot be built for the new registry: {type(exc).__name__}: {exc}"
             raise RegistryChangeRejected(problem, [problem]) from None
 
-    def _swap(self, registry: Registry, pipeline: Pipeline) -> None:
+    def _swap(self, registry: Registry, pipeline: Pipeline, snapshot: Snapshot) -> None:
         # one assignment each, no await between them: a request sees the old pipeline or the new one
         self.service.registry = registry
         self.service.pipeline = pipeline
+        self.store.held = snapshot
         self.service.refresh_workers(registry)
 
-    def _change(self, old: Registry, new: Registry, pipeline: Pipeline, backup: Path | None) -> Change:
-        return Change(new, pipeline.default_router, added=[n for n in new.names if n not in old.experts],
-                      removed=[n for n in old.names if n not in new.experts], backup=backup)
-
-    async def _apply(self, text: str | None, registry: Registry) -> Change:
-        pipeline = await self._pipeline_for(registry)
-        backup = await asyncio.to_thread(write_atomically, self.path, text) if text is not None else None
-        old = self.service.registry
-        self._swap(registry, pipeline)
-        return self._change(old, registry, pipeline, backup)
+    async def _edit(self, new_text: Callable[[Snapshot], str], invalid: str, reload: bool = False) -> Change:
+        """Make `new_text(base)` the registry, where base is the stored registry, redone on top of another
+        process's change that came first. The change lists what it added and removed against base (a reload:
+        the file, against what this process ran)."""
+        async with self._lock:
+            for _ in range(ATTEMPTS):
+                base = await self._stored(self.store.current())
+                text = new_text(base)
+                registry = self._parse(text, invalid)
+                pipeline = await self._pipeline_for(registry)
+                before = self.service.registry.names if reload else _names(self._raw(base.text))
+                committed = await self._stored(self.store.commit(text, base, from_file=reload), writing=True)
+                if committed is None:
+                    continue
+                snapshot, backup = committed
+                self._swap(registry, pipeline, snapshot)
+                return Change(registry, pipeline.default_router, snapshot.version,
+                              added=[n for n in registry.names if n not in before],
+                              removed=[n for n in before if n not in registry.experts], backup=backup)
+        problem = f"the registry changed {ATTEMPTS} times while this change was being made; retry it"
+        raise RegistryChangeRejected(problem, [problem], status=409)
 
     async def add(self, entry: dict) -> Change:
-        async with self._lock:
-            text, raw = self._current()
-            new_text = _with_entry(text, raw, entry)
-            return await self._apply(new_text, self._parse(new_text))
+        def new_text(base: Snapshot) -> str:
+            return _with_entry(base.text, self._raw(base.text), entry)
+
+        return await self._edit(new_text, f"the change would make {self.path} invalid")
 
     async def remove(self, name: str) -> Change:
-        async with self._lock:
-            text, raw = self._current()
+        def new_text(base: Snapshot) -> str:
+            raw = self._raw(base.text)
             index = next((i for i, e in enumerate(raw["experts"]) if isinstance(e, dict) and e.get("name") == name), None)
             if index is None:
                 problem = f"{self.path}: no expert named '{name}'"
                 raise RegistryChangeRejected(problem, [problem], status=404)
-            new_text = _without_entry(text, raw, index)
-            return await self._apply(new_text, self._parse(new_text))
+            return _without_entry(base.text, raw, index)
+
+        return await self._edit(new_text, f"the change would make {self.path} invalid")
 
     async def reload(self) -> Change:
-        """Take up the file as it is on disk now (after an edit by hand)."""
-        async with self._lock:
+        """Take up the file as it is on disk now (after an edit by hand); with Redis, every process takes it up."""
+        def new_text(_base: Snapshot) -> str:
             try:
-                registry = await asyncio.to_thread(load_registry, self.path)
-            except RegistryError as exc:
-                raise RegistryChangeRejected(f"{self.path} is invalid; the running registry is unchanged",
-                                             exc.problems) from None
-            return await self._apply(None, registry)
+                return self.path.read_text()
+            except OSError as exc:
+                problem = f"{self.path}: cannot read: {exc.strerror}"
+                raise RegistryChangeRejected(problem, [problem]) from None
+
+        return await self._edit(new_text, f"{self.path} is invalid; the running registry is unchanged",
+                                reload=True)
+
+    async def take_up(self) -> None:
+        """Run the version the store holds now, if it is another than this process runs (another replica's change)."""
+        async with self._lock:
+            snapshot = await self.store.current()
+            if snapshot.version == self.store.held.version:
+                return
+            try:
+                registry = self._parse(snapshot.text, "invalid here")
+                pipeline = await self._pipeline_for(registry)
+            except RegistryChangeRejected as exc:
+                raise RuntimeError("; ".join(exc.problems)) from None
+            old = self.store.held.version
+            self._swap(registry, pipeline, snapshot)
+            log.info("registry version %d taken up (was %d): %s", snapshot.version, old, ", ".join(registry.names))

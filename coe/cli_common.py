@@ -23,7 +23,7 @@ def settings_for(experts_file: Path | None) -> Settings:
     return settings.model_copy(update={"experts_file": experts_file}) if experts_file else settings
 
 
-def _exit_with(path: Path, problems: list[str]) -> None:
+def exit_with(path: Path, problems: list[str]) -> None:
     err_console.print(f"[bold red]{path} is invalid:[/]")
     for problem in problems:
         err_console.print(f"  - {problem}", markup=False, highlight=False)
@@ -35,7 +35,7 @@ def load_routes_or_exit(settings: Settings) -> Routes | None:
     try:
         return load_routes_if_present(settings.routes_path)
     except RoutesError as exc:
-        _exit_with(settings.routes_path, exc.problems)
+        exit_with(settings.routes_path, exc.problems)
 
 
 def load_or_exit(settings: Settings) -> Registry:
@@ -44,7 +44,7 @@ def load_or_exit(settings: Settings) -> Registry:
     try:
         return load_registry(settings.experts_file, routes)
     except RegistryError as exc:
-        _exit_with(settings.experts_file, exc.problems)
+        exit_with(settings.experts_file, exc.problems)
 
 
 def parse_gpus(text: str | None) -> list[float] | None:
@@ -58,14 +58,20 @@ def parse_gpus(text: str | None) -> list[float] | None:
         raise typer.Exit(2) from None
 
 
-def place_or_exit(registry: Registry, settings: Settings, gpus_gb: list[float] | None = None,
-                  traffic_file: Path | None = None) -> Placement:
-    """Place the `device: auto` experts on the GPUs given, else COE_GPU_MEMORY_GB, else those detected."""
+def place(registry: Registry, settings: Settings, gpus_gb: list[float] | None = None,
+          traffic_file: Path | None = None) -> Placement:
+    """Place the `device: auto` experts on the GPUs given, else COE_GPU_MEMORY_GB, else those detected
+    (PlacementError when they do not fit)."""
     gpus = gpus_gb or settings.gpu_memory_gb or detect_gpus_gb()
     path = traffic_file or settings.traffic_file
+    return registry.place(gpus, load_traffic(path) if path else None, settings.placement_headroom)
+
+
+def place_or_exit(registry: Registry, settings: Settings, gpus_gb: list[float] | None = None,
+                  traffic_file: Path | None = None) -> Placement:
+    """`place`, or the reason printed and exit code 1."""
     try:
-        traffic = load_traffic(path) if path else None
-        return registry.place(gpus, traffic, settings.placement_headroom)
+        return place(registry, settings, gpus_gb, traffic_file)
     except PlacementError as exc:
         err_console.print(f"[bold red]cannot place the experts: {exc}[/]")
         raise typer.Exit(1) from None

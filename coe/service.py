@@ -1,5 +1,8 @@
 """Builds and owns the running parts: registry, embedder, router, queue, and the embedded workers.
 
+The registry comes from its store (coe/registry_store.py): the experts file, or with Redis the copy every
+process shares, which this service follows (another replica's change is running here within about a second).
+
 Without Redis, one embedded worker serves each device that has experts (`cpu`, `remote`, `gpu:N`): a
 `remote` worker only talks to servers, and a `gpu:N` worker on a machine without that GPU fails its
 model's load, so its jobs fail with that error instead of waiting for nobody.
@@ -12,9 +15,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from coe.admin import RegistryEditor
 from coe.embedder import make_embedder
 from coe.pipeline import Pipeline
-from coe.core.registry import Registry, load_registry
+from coe.registry_store import FeedStore, FileStore, make_store
+from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from workers.engines.base import EngineOptions
@@ -58,8 +63,17 @@ class Service:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     startup_error: str | None = None
+    store: FileStore | FeedStore | None = None
 
     _embedded: bool = False
+
+    def __post_init__(self) -> None:
+        self.editor = RegistryEditor(self)
+
+    @property
+    def registry_version(self) -> int:
+        """The version of the registry running here (1 at start without Redis; Redis's version with it)."""
+        return self.store.held.version
 
     @property
     def ready(self) -> bool:
@@ -68,7 +82,8 @@ class Service:
     async def start(self, embedded_worker: bool = True) -> None:
         """Load everything; the embedded workers (no Redis) preload their models in the background."""
         settings = self.settings
-        self.registry = load_registry(settings.experts_file, load_routes_if_present(settings.routes_path))
+        self.store = make_store(settings.experts_file, settings.redis_url)
+        self.registry = await self.store.open(load_routes_if_present(settings.routes_path))
         embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
         name = choose_router(settings)
@@ -78,7 +93,11 @@ class Service:
             for device in sorted({e.device for e in self.registry.experts.values()}):
                 self._start_worker(self.registry, device)
         self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name)
-        log.info("coe ready to route with '%s' over %d experts", name, len(self.registry.experts))
+        if self.store.shared:
+            self._tasks.append(asyncio.create_task(self.store.follow(self.editor.take_up, self._stop),
+                                                   name="registry-follower"))
+        log.info("coe ready to route with '%s' over %d experts (registry version %d)", name,
+                 len(self.registry.experts), self.registry_version)
 
     def _start_worker(self, registry: Registry, device: str) -> None:
         worker = Worker(registry, self.queue, device=device, engine_options=engine_options(self.settings))
@@ -112,3 +131,5 @@ class Service:
                 task.cancel()
         if self.queue is not None:
             await self.queue.close()
+        if self.store is not None:
+            await self.store.close()

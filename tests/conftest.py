@@ -72,6 +72,29 @@ def stop_server(server: RunningServer) -> None:
         server.proc.wait()
 
 
+def read_only(*paths: Path) -> bool:
+    """Make files and folders read-only the way a `:ro` mount is: no write permission, and for root (whom
+    permissions do not stop) the immutable attribute where the file system has one. True if it holds."""
+    for p in paths:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+        if os.geteuid() == 0 and shutil.which("chattr"):
+            subprocess.run(["chattr", "+i", str(p)], capture_output=True)
+    folder = next(p for p in paths if p.is_dir())
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return True
+    (folder / ".probe").unlink()
+    return False
+
+
+def writable(*paths: Path) -> None:
+    for p in paths:
+        if os.geteuid() == 0 and shutil.which("chattr"):
+            subprocess.run(["chattr", "-i", str(p)], capture_output=True)
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
 @pytest.fixture(scope="session")
 def test_experts_file(tmp_path_factory) -> Path:
     """The default experts plus one whose weights file is corrupt, to exercise engine failures."""

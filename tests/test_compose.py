@@ -42,6 +42,9 @@ def test_compose_config_is_valid_and_pins_one_worker_per_gpu():
         [dev] = w["deploy"]["resources"]["reservations"]["devices"]
         assert dev["device_ids"] == [str(n)]
     assert services["vllm"]["image"].startswith("vllm/vllm-openai")
+    for name in ("api", "worker-gpu0", "worker-gpu1", "worker-remote"):  # the seed, read-only: changes go to Redis
+        [seed] = [v for v in services[name]["volumes"] if v["target"] == services[name]["environment"]["COE_EXPERTS_FILE"]]
+        assert seed["read_only"] is True and seed["source"].endswith("deploy/experts.yaml")
 
 
 def test_deployment_experts_match_the_compose_workers():

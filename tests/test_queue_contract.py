@@ -153,6 +153,9 @@ def test_wait_for_work_wakes_on_submit_and_otherwise_times_out(run):
         t0 = time.monotonic()
         await q.wait_for_work(["b"], timeout=5)  # unclaimed work: returns at once
         assert time.monotonic() - t0 < 0.5
+        t0 = time.monotonic()
+        await q.wait_for_work([], timeout=0.3)  # a worker whose device has no experts left waits, never spins
+        assert 0.25 <= time.monotonic() - t0 < 2.0
 
     run(scenario)
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import read_only, start_server, stop_server, writable
 from tests.test_errors import assert_openai_error
 
 ADMIN = "admin-secret-for-tests"
@@ -136,10 +136,12 @@ def test_max_tokens_over_the_cap_is_lowered_not_refused(secured):
 def test_registration_round_trip(secured):
     path = secured.experts_file
     before = path.read_text()
+    version = httpx.get(f"{secured.base_url}/readyz").json()["registry_version"]
     resp = admin(secured, "POST", "", json=POET)
     assert resp.status_code == 201, resp.text
     change = resp.json()
     assert change["added"] == ["poet"] and "poet" in change["experts"] and change["router"] == "centroid"
+    assert change["registry_version"] == version + 1  # without Redis: this process's own count, from 1
     assert change["backup"] == str(path) + ".bak" and (path.parent / "experts.yaml.bak").read_text() == before
     text = path.read_text()
     assert text.startswith(before.rstrip("\n")) and "name: poet" in text  # appended; comments kept
@@ -152,6 +154,8 @@ def test_registration_round_trip(secured):
 
     resp = admin(secured, "DELETE", "/poet")
     assert resp.status_code == 200 and resp.json()["removed"] == ["poet"]
+    assert resp.json()["registry_version"] == version + 2
+    assert httpx.get(f"{secured.v1}/models", headers=bearer(ADMIN)).json()["registry_version"] == version + 2
     assert path.read_text() == before
     assert "poet" not in model_ids(secured)
     assert chat(secured, ADMIN, model="poet").status_code == 404
@@ -196,6 +200,20 @@ def test_an_invalid_file_on_reload_leaves_the_registry_running(secured):
     finally:
         path.write_text(good)
     assert admin(secured, "POST", "/reload").status_code == 200
+
+
+def test_a_read_only_experts_file_without_redis_is_a_clear_500_and_changes_nothing(secured):
+    path = secured.experts_file
+    try:
+        if not read_only(path, path.parent):
+            pytest.skip("this file system cannot make a folder read-only for this user")
+        resp = admin(secured, "POST", "", json=POET)
+        error = resp.json()["error"]
+        assert resp.status_code == 500 and error["code"] == "registry_not_writable" and error["type"] == "server_error"
+        assert "cannot be written" in error["message"] and "COE_REDIS_URL" in error["message"]
+    finally:
+        writable(path, path.parent)
+    assert "poet" not in model_ids(secured)
 
 
 def test_registry_changes_under_concurrent_requests(secured):

@@ -78,7 +78,9 @@ def test_concurrent_requests_are_batched_and_all_answered(server):
 
 
 def test_models_lists_coe_and_every_expert(client):
-    ids = [m.id for m in client.models.list().data]
+    page = client.models.list()
+    ids = [m.id for m in page.data]
+    assert page.registry_version == 1  # no Redis, no admin change: the file as it started
     assert ids[0] == "coe"
     assert {"stem", "humanities", "generalist", "aggregator", "astrologer"} <= set(ids)
 
@@ -99,7 +101,7 @@ def test_route_endpoint_decides_a_batch(server):
 def test_health_readiness_and_docs(server):
     assert httpx.get(f"{server.base_url}/healthz").json()["status"] == "ok"
     ready = httpx.get(f"{server.base_url}/readyz").json()
-    assert ready["status"] == "ready" and "stem" in ready["experts"]
+    assert ready["status"] == "ready" and "stem" in ready["experts"] and ready["registry_version"] == 1
     assert httpx.get(f"{server.base_url}/docs").status_code == 200
     schema = httpx.get(f"{server.base_url}/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"]

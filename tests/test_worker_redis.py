@@ -191,3 +191,45 @@ def test_a_job_that_cannot_be_decoded_does_not_stop_the_worker(worker_env):
             await clean(prefix, api, mine)
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
+def test_a_worker_whose_device_loses_every_expert_keeps_running_and_serves_one_added_later(worker_env, tmp_path):
+    from coe.core.registry import parse_registry
+    from workers.queue_redis import RedisQueue
+
+    _, make_worker = worker_env
+    prefix = f"coetest:{uuid.uuid4().hex[:12]}"
+    elsewhere = parse_registry(EXPERTS.replace("device: cpu", "device: remote"), tmp_path / "experts.yaml")
+    back = parse_registry(EXPERTS.replace("name: x", "name: y"), tmp_path / "experts.yaml")
+
+    async def main():
+        api, mine = RedisQueue(REDIS_URL, prefix=prefix), RedisQueue(REDIS_URL, prefix=prefix)
+        w = make_worker(mine, name="w")
+        looks = []
+        pending = mine.pending
+
+        async def counted(experts):
+            looks.append(experts)
+            return await pending(experts)
+
+        mine.pending = counted
+        stop = asyncio.Event()
+        runner = asyncio.create_task(w.run(stop))
+        try:
+            w.refresh(elsewhere)  # x moves to another device: this worker serves nothing
+            await asyncio.sleep(0.5)
+            looks.clear()
+            await asyncio.sleep(2.0)
+            assert not runner.done() and w.experts == []
+            assert len(looks) <= 4, f"an idle worker with no experts looked for work {len(looks)} times in 2 s"
+            w.refresh(back)  # y comes to this device
+            job = Job(expert="y", request=GenerationRequest(messages=[{"role": "user", "content": "hello y"}]))
+            await api.submit(job)
+            assert (await api.wait_result(job.id, timeout=10)).completion.text == "hello y"
+        finally:
+            stop.set()
+            await runner
+            await clean(prefix, api, mine)
+
+    asyncio.run(main())

@@ -313,6 +313,9 @@ class RedisQueue(JobQueue):
     async def wait_for_work(self, experts: list[str], timeout: float) -> None:
         """Block until an entry the group has not delivered yet exists in any of the streams (XREAD BLOCK after
         each group's last-delivered id: returns at once if such entries exist, so no arrival is missed)."""
+        if not experts:  # a worker whose device has no experts (left): nothing can arrive, wait out the timeout
+            await asyncio.sleep(timeout)
+            return
         try:
             groups = await self._groups(experts)
             streams = {self.keys.jobs(e): _s(groups[e]["last-delivered-id"]) for e in experts}

@@ -14,7 +14,6 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
-from coe.admin import RegistryEditor
 from coe.api import admin
 from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
@@ -96,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.keys = KeyRing(settings)
     app.state.limiter = limiter
-    app.state.editor = RegistryEditor(service)
+    app.state.editor = service.editor
     app.state.intake = intake = Intake()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -134,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except QueueUnavailable as exc:
             return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
         return {"status": "ready", "router": pipeline().default_router, "encoder": pipeline().embedder.runtime_id,
-                "experts": service.registry.names}
+                "experts": service.registry.names, "registry_version": service.registry_version}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
@@ -154,13 +153,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models", response_model=ModelList, dependencies=auth,
              responses={s: {"model": ErrorResponse} for s in (401, 429, 503)})
     async def list_models() -> ModelList:
-        registry = pipeline().registry
+        registry, version = pipeline().registry, service.registry_version  # no await between: one version
         created = int(service.started_at)
         cards = [ModelCard(id=ROUTED_MODEL, created=created)]
         cards += [ModelCard(id=e.name, created=created, engine=e.engine, params_b=e.params_b, device=e.device,
                             categories=e.categories, fallback=e.fallback, aggregator=e.aggregator)
                   for e in registry.experts.values()]
-        return ModelList(data=cards)
+        return ModelList(data=cards, registry_version=version)
 
     @app.post("/v1/route", response_model=RouteResponse, responses=ERRORS, dependencies=auth)
     async def route(body: RouteRequest) -> RouteResponse:

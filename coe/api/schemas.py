@@ -153,6 +153,7 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    registry_version: int = Field(description="the version of the expert registry these models come from")
 
 
 class ErrorDetail(BaseModel):
@@ -180,4 +181,5 @@ class RegistryChangeOut(BaseModel):
     added: list[str]
     removed: list[str]
     router: str = Field(description="the router rebuilt for the new registry")
-    backup: str | None = Field(None, description="where the previous experts file was kept")
+    backup: str | None = Field(None, description="where the previous experts file was kept (none with Redis)")
+    registry_version: int = Field(description="the registry's version after the change (every replica reaches it)")
