@@ -43,10 +43,11 @@ wheel=$(ls "$cache"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -1 || t
 if [ -z "$wheel" ] || [ "$(cat "$cache/llama_cpp_python-$VERSION.cmake-args" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
   rm -f "$cache"/llama_cpp_python-"$VERSION"-*.whl
   echo "coe setup: building llama-cpp-python $VERSION (portable CPU build, once; minutes on a small machine)"
+  # --no-cache-dir: pip's own wheel cache is keyed by the source, not CMAKE_ARGS, and would hand back an old build
   log="$cache/llama_cpp_python-$VERSION.build.log"
   start=$(date +%s)
   if ! CMAKE_ARGS="$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      $pip wheel --no-deps "llama-cpp-python==$VERSION" -w "$cache" > "$log" 2>&1; then
+      $pip wheel --no-deps --no-cache-dir "llama-cpp-python==$VERSION" -w "$cache" > "$log" 2>&1; then
     unavailable "the build failed; see $log"
   fi
   echo "coe setup: built in $(( $(date +%s) - start ))s"
