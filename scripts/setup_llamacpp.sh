@@ -40,7 +40,7 @@ unavailable() {
 
 mkdir -p "$cache"
 wheel=$(ls "$cache"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -1 || true)
-if [ -z "$wheel" ] || [ "$(cat "$cache/llama_cpp_python-$VERSION.cmake-args" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
+if [ "$force" = 1 ] || [ -z "$wheel" ] || [ "$(cat "$cache/llama_cpp_python-$VERSION.cmake-args" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
   rm -f "$cache"/llama_cpp_python-"$VERSION"-*.whl
   echo "coe setup: building llama-cpp-python $VERSION (portable CPU build, once; minutes on a small machine)"
   # --no-cache-dir: pip's own wheel cache is keyed by the source, not CMAKE_ARGS, and would hand back an old build
