@@ -3,8 +3,9 @@
 MMLU items (and a user's multiple-choice questions) are scoring jobs (the worker asks the engine for the
 log-probability of each answer letter); HumanEval items are generation jobs whose code then runs in the
 sandbox (coe/data/code_exec.py), never in this process; a user's exact-match question is a generation job
-graded by normalised exact match (coe/data/answered.py). Each answer keeps its tokens and its share of the engine time of the batch it ran in, so
-quality can be set against compute. `coe profile --data mixed|FILE` and `coe bench quality` start here.
+graded by normalised exact match (coe/data/answered.py). Each answer keeps its tokens and its share of the
+engine time of the batch it ran in, so quality can be set against compute. `coe profile --data mixed|FILE`
+and `coe bench quality` start here.
 """
 
 from __future__ import annotations

@@ -138,11 +138,12 @@ async def group_by_stage1(runner: Runner, profile: dict, texts: list[str], vecs:
     "predicted" (with the artifact's version) or "gold" (with the reason) when no trained router can be built."""
     from routers import build_router
     from routers.two_stage.artifact import ArtifactError
+    from routers.two_stage.stage2 import Stage2Error
 
     ctx = runner.pipeline.router_context("two_stage")
     try:
         router = await asyncio.to_thread(build_router, "two_stage", replace(ctx, options={**ctx.options, "profile": ""}))
-    except ArtifactError as exc:
+    except (ArtifactError, Stage2Error) as exc:
         profile["stage2"] = {"grouping": "gold", "reason": f"no usable two-stage router when profiled: {exc}"}
         return
     if vecs is None:

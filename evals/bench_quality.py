@@ -151,6 +151,8 @@ def quality(
     seed: int = typer.Option(0),
     default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
     out: Path = typer.Option(DEFAULT_OUT, help="where quality.json/.md/.png go"),
+    replay: Path = typer.Option(None, help="no model run: refit stage 2 on a stored quality.json's answers and route its "
+                                           "test items again (writes quality-replay.json/.md; evals/quality_replay.py)"),
 ) -> None:
     """Quality against compute of every policy on the held-out mixed workload (MMLU + HumanEval), in one run."""
     from coe.core.settings import get_settings
@@ -158,6 +160,16 @@ def quality(
     settings = get_settings()
     if experts_file:
         settings = settings.model_copy(update={"experts_file": experts_file})
+    if replay:
+        from coe_evals.quality_replay import replay as run_replay, replay_markdown
+
+        rep = run_replay(replay, settings, COST_WEIGHTS, typer.echo)
+        command = "coe bench quality " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quality-replay.json").write_text(json.dumps({**rep, "command": command}, indent=1) + "\n")
+        (out / "quality-replay.md").write_text(replay_markdown(rep, command))
+        typer.echo(replay_markdown(rep, command))
+        return
     if quick:
         per_subcategory, code, val_per_subcategory, val_code = 1, 4, 1, 4
     load_before = os.getloadavg()

@@ -77,5 +77,10 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, artifacts):
     k1 = next(p for p in res["policies"] if p["policy"] == "skills k=1")
     assert k3["compute_per_query"] > k1["compute_per_query"]  # three answers and a merge cost more than one
     assert {g["met"] for g in res["goals"]} <= {True, False, None} and len(res["goals"]) >= 4
+    # stage 2 was fitted on the categories stage 1 predicts for the validation items, which the result keeps
+    assert res["stage2"]["grouping"] == "predicted" and "stage-1 predicted categories" in res["stage2"]["table"]
+    assert len(res["val_records"]) == res["n_validation"] and all(r["predicted"] for r in res["val_records"])
+    assert all(set(r["answers"]) == {"terse", "verbose", "merger"} for r in res["val_records"])
+    assert all(r["routed"]["category"] for r in res["test_records"])
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
     assert "| oracle |" in (tmp_path / "out" / "quality.md").read_text()
