@@ -55,6 +55,7 @@ def _before_map(router, fit_records: list[dict], registry, cost_weight: float):
             cell = [is_right(r, e) for r in fit_records if r["subcategory"] == label]
             if cell:
                 table.scores[i, j] = (sum(cell) + 1) / (len(cell) + 2)
+    table.source = "cells by gold labels, (correct + 1) / (total + 2), no shrinkage"
     return build_map(table, registry, cost_weight=cost_weight,
                      label_weights=router.artifact.manifest.get("label_weights"))
 
@@ -73,7 +74,7 @@ def _picks(ctx, artifact, variant: str, fit_records: list[dict], probs: np.ndarr
     router = TwoStageRouter(replace(ctx, options={**ctx.options, "profile": profile, "cost_weight": cost_weight}), artifact)
     if variant == VARIANTS[2]:
         router.map = _before_map(router, fit_records, ctx.registry, cost_weight)
-    return [d.experts[0] for d in router.decide(probs)], router.map.source
+    return [d.experts[0] for d in router.decide(probs)], router.map.source.rpartition("profile.json: ")[2]
 
 
 def replay(result_path: Path, settings, cost_weights: tuple[float, ...], log) -> dict:
@@ -88,8 +89,9 @@ def replay(result_path: Path, settings, cost_weights: tuple[float, ...], log) ->
     res = json.loads(Path(result_path).read_text())
     registry = load_registry(settings.experts_file)
     embedder = make_embedder(settings)
-    ctx = RouterContext(registry, embedder, settings.artifacts_dir, routes=load_routes_if_present(settings.routes_path))
-    stage1 = build_router("two_stage", replace(ctx, options={"profile": ""}))
+    ctx = RouterContext(registry, embedder, settings.artifacts_dir, options=dict(settings.router_options.get("two_stage", {})),
+                        budget_b=settings.router_budget_b, routes=load_routes_if_present(settings.routes_path))
+    stage1 = build_router("two_stage", replace(ctx, options={**ctx.options, "profile": ""}))
     items = {it.id: it for split in ("validation", "test") for it in load_items(settings.cache_dir, split, 10**6, None)}
 
     def categorised(records: list[dict]) -> np.ndarray:
