@@ -1,4 +1,5 @@
-"""`coe profile`: measure every expert on validation questions and write the profile file."""
+"""`coe profile`: measure every expert on validation questions (MMLU, the mixed workload, or the user's own
+labelled questions with answers) and write the profile file the skills and two-stage routers read."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+FILE_MAX_TOKENS = 48
 
 
 def profile(
-    data: str = typer.Option("mmlu", help="mmlu (letters read from free text), or mixed (MMLU by letter "
-                                          "log-likelihood + HumanEval by running the code: the quality benchmark's workload)"),
-    split: str = typer.Option("validation", help="split to measure on"),
-    limit: int = typer.Option(200, help="questions (a stable shuffle of the split; 0 = all)"),
+    data: str = typer.Option("mmlu", help="mmlu (letters read from free text), mixed (MMLU by letter "
+                                          "log-likelihood + HumanEval by running the code: the quality benchmark's workload), "
+                                          "or a .jsonl/.csv file of your own questions: text, label, answer "
+                                          "(+ choices for multiple choice) [, split]"),
+    split: str = typer.Option(None, help="split to measure on (default: validation; for a file, every row but "
+                                         "split=test)"),
+    limit: int = typer.Option(200, help="questions (mmlu: a stable shuffle of the split; a file: its first rows; 0 = all)"),
     experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)"),
     out: Path = typer.Option(None, help="profile file (default: <artifacts_dir>/profile.json)"),
-    max_tokens: int = typer.Option(8, help="answer tokens per question (the prompt asks for the letter only)"),
+    max_tokens: int = typer.Option(None, help="answer tokens per question (default: 8 for mmlu, whose prompt asks for "
+                                               "the letter only; 48 for a file's exact-match questions)"),
     batch: int = typer.Option(None, help="override every expert's max_batch for this run"),
     concurrency: int = typer.Option(64, help="jobs in flight at once"),
     skills_per_query: int = typer.Option(3, help="skills per question"),
@@ -38,17 +44,27 @@ def profile(
     per-skill and global correctness, tokens and time per expert (the skills and two-stage routers read it)."""
     from coe.core.settings import get_settings
     from coe.profiling import Runner, measure_aggregators, profile_experts, select_questions
-    from routers.skills_profile import PROFILE_FILE, save_profile
+    from routers.skills_profile import PROFILE_FILE
 
     settings = get_settings()
     if experts_file:
         settings = settings.model_copy(update={"experts_file": experts_file})
     out = out or settings.artifacts_dir / PROFILE_FILE
+    if data not in ("mmlu", "mixed"):
+        items = file_items(settings, Path(data), split, limit, max_tokens or FILE_MAX_TOKENS)
+        meta = {"data": str(data), "split": split or "all but test", "limit": limit}
+        prof = asyncio.run(profile_items(settings, items, meta, batch, concurrency, skills_per_query))
+        finish(prof, out)
+        return
+    split = split or "validation"
     if data == "mixed":
-        prof = asyncio.run(profile_mixed(settings, split, per_subcategory, code, batch, concurrency, skills_per_query))
-        save_profile(prof, out)
-        show(prof)
-        console.print(f"wrote {out}")
+        from coe.data.mixed import load_items
+
+        items = load_items(settings.cache_dir, split, per_subcategory, code)
+        console.print(f"{len(items)} mixed {split} items")
+        meta = {"data": "mixed", "split": split, "per_subcategory": per_subcategory, "n_code": code}
+        prof = asyncio.run(profile_items(settings, items, meta, batch, concurrency, skills_per_query))
+        finish(prof, out)
         return
     questions = select_questions(data, split, limit or None, settings.cache_dir)
     console.print(f"{len(questions)} {data} {split} questions")
@@ -60,7 +76,7 @@ def profile(
             experts = runner.registry.names
             meta = {"data": data, "split": split, "limit": limit, "experts_file": str(settings.experts_file),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            prof = await profile_experts(runner, questions, experts, max_tokens=max_tokens,
+            prof = await profile_experts(runner, questions, experts, max_tokens=max_tokens or 8,
                                          skills_per_query=skills_per_query, skill_source=skill_source,
                                          keyword_expert=keyword_expert, seed=seed, meta=meta,
                                          max_seconds=max_seconds)
@@ -75,9 +91,21 @@ def profile(
         finally:
             await runner.stop()
 
-    prof = asyncio.run(go())
+    finish(asyncio.run(go()), out)
+
+
+def finish(prof: dict, out: Path) -> None:
+    """Write the profile (atomically: a failed run leaves the old one) and say what stage 2 will use."""
+    from routers.skills_profile import save_profile
+
     save_profile(prof, out)
     show(prof)
+    info = prof.get("stage2") or {}
+    if info.get("grouping") == "predicted":
+        console.print(f"stage 2 cells: the categories stage 1 of {info['artifact']} predicts "
+                      f"({info['below_tau']} of {prof['n_questions']} below its tau)")
+    else:
+        console.print(f"[yellow]stage 2 cells: gold labels ({info.get('reason', 'no stage-1 predictions')})[/yellow]")
     console.print(f"wrote {out}")
 
 
@@ -98,26 +126,50 @@ def show(prof: dict) -> None:
         console.print(f"majority of the {agg['k']} candidates: {agg['majority_of_candidates']:.3f}")
 
 
-async def profile_mixed(settings, split: str, per_subcategory: int, n_code: int | None, batch: int | None,
-                        concurrency: int, skills_per_query: int) -> dict:
-    """Every expert on the mixed workload's `split`, graded; the profile keeps per-route and per-skill counts."""
-    from coe.data.mixed import load_items
-    from coe.expert_runs import mixed_profile, run_experts
-    from coe.profiling import Runner
+def file_items(settings, path: Path, split: str | None, limit: int, max_tokens: int) -> list:
+    """The user's questions as items, every row checked first (errors name file, line and field; exit 1)."""
+    from coe.core.routes import load_routes_if_present
+    from coe.data.answered import answered_items, read_answered
+    from coe.data.labelled import DataFileError
 
-    items = load_items(settings.cache_dir, split, per_subcategory, n_code)
-    console.print(f"{len(items)} mixed {split} items")
+    if not path.is_file():
+        raise typer.BadParameter(f"{path}: no such file; --data takes mmlu, mixed or a .jsonl/.csv file")
+    routes = load_routes_if_present(settings.routes_path)
+    try:
+        rows = read_answered(path, routes.names if routes else None)
+    except DataFileError as exc:
+        console.print(f"[red]{exc.path}:[/red]\n  " + "\n  ".join(exc.problems))
+        raise typer.Exit(1) from None
+    picked = [r for r in rows if (r.row.split == split if split else r.row.split != "test")]
+    if not picked:
+        console.print(f"[red]{path}: no rows with split {split or 'other than test'}[/red]")
+        raise typer.Exit(1)
+    picked = picked[:limit] if limit else picked
+    kinds = sum(r.choices is not None for r in picked)
+    console.print(f"{len(picked)} questions of {path} ({kinds} multiple choice, {len(picked) - kinds} exact match)")
+    return answered_items(picked, path.name, max_tokens)
+
+
+async def profile_items(settings, items: list, meta: dict, batch: int | None, concurrency: int,
+                        skills_per_query: int) -> dict:
+    """Every expert on the items through the real path, graded; the profile keeps per-route, per-skill and
+    per-predicted-category counts."""
+    from coe.expert_runs import mixed_profile, run_experts
+    from coe.profiling import Runner, group_by_stage1
+
     runner = Runner(settings, batch=batch, concurrency=concurrency)
     await runner.start()
     try:
         started = time.perf_counter()
         records = await run_experts(runner, items, runner.registry.names)
-        vecs = await asyncio.to_thread(runner.embedder.encode, [r.item.text for r in records])
+        texts = [r.item.text for r in records]
+        vecs = await asyncio.to_thread(runner.embedder.encode, texts)
         for r, row in zip(records, runner.index.top(vecs, skills_per_query)):
             r.skills = [name for name, _ in row]
-        meta = {"data": "mixed", "split": split, "per_subcategory": per_subcategory, "n_code": n_code,
-                "experts_file": str(settings.experts_file), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        meta = {**meta, "experts_file": str(settings.experts_file), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "wall_s": round(time.perf_counter() - started, 1)}
-        return mixed_profile(records, runner.registry.names, meta)
+        profile = mixed_profile(records, runner.registry.names, meta)
+        await group_by_stage1(runner, profile, texts, vecs)
+        return profile
     finally:
         await runner.stop()

@@ -1,9 +1,11 @@
 """Every expert answers the mixed workload through the real dispatch path, and each answer is graded.
 
-MMLU items are scoring jobs (the worker asks the engine for the log-probability of each answer letter);
-HumanEval items are generation jobs whose code then runs in the sandbox (coe/data/code_exec.py), never in
-this process. Each answer keeps its tokens and its share of the engine time of the batch it ran in, so
-quality can be set against compute. `coe profile --data mixed` and `coe bench quality` both start here.
+MMLU items (and a user's multiple-choice questions) are scoring jobs (the worker asks the engine for the
+log-probability of each answer letter); HumanEval items are generation jobs whose code then runs in the
+sandbox (coe/data/code_exec.py), never in this process; a user's exact-match question is a generation job
+graded by normalised exact match (coe/data/answered.py). Each answer keeps its tokens and its share of the
+engine time of the batch it ran in, so quality can be set against compute. `coe profile --data mixed|FILE`
+and `coe bench quality` start here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, field
 
+from coe.data.answered import exact_match
 from coe.data.code_exec import run_many
 from coe.data.code_extract import extract_completion
 from coe.data.mixed import Item
@@ -47,8 +50,9 @@ class ItemRecord:
     answers: dict[str, Answer] = field(default_factory=dict)
 
     def as_profile_record(self) -> dict:
-        """The shape routers/skills_profile.build_profile counts: gold vs each expert's answer."""
-        gold = self.item.gold
+        """The shape routers/skills_profile.build_profile counts: gold vs each expert's answer (the letter, or
+        pass/fail of a generated answer)."""
+        gold = self.item.gold if self.item.choices is not None else "pass"
         return {"id": self.item.id, "subcategory": self.item.label, "category": self.item.domain,
                 "skills": self.skills, "gold": gold,
                 "answers": {e: (a.text or None) if self.item.choices is not None else ("pass" if a.correct else "fail")
@@ -64,7 +68,8 @@ def graded_answer(expert: str, item: Item, result: JobResult) -> Answer:
     if item.choices is not None:
         letter = predicted_letter(c.choice_logprobs or [])
         return Answer(expert, letter == item.gold, letter, c.prompt_tokens, c.completion_tokens, share)
-    return Answer(expert, False, c.text, c.prompt_tokens, c.completion_tokens, share)
+    right = item.problem is None and exact_match(c.text, item.gold)
+    return Answer(expert, right, c.text, c.prompt_tokens, c.completion_tokens, share)
 
 
 async def ask(runner: Runner, expert: str, item: Item, messages: list[dict] | None = None) -> JobResult:
@@ -100,7 +105,7 @@ async def run_experts(runner: Runner, items: list[Item], experts: list[str]) -> 
     for (e, it), r in zip(((e, it) for e in experts for it in order), results):
         a = graded_answer(e, it, r)
         records[it.id].answers[e] = a
-        if it.choices is None:
+        if it.problem is not None:
             code.append((it, a))
     if code:
         runner.progress(f"running {len(code)} code answers in the sandbox")

@@ -3,6 +3,9 @@ through the real dispatch path (pipeline.plan with model=<expert> -> queue -> wo
 engine, batched by the worker), the option letter is read out of each answer, and the
 counts become a profile (routers/skills_profile.py).
 
+`group_by_stage1` labels every record with the category the service's two-stage router predicts
+for it, so stage 2's score table is fitted on what stage 1 will ask (routers/two_stage/stage2_fit.py).
+
 `measure_aggregators` then gives every expert the same k candidate answers per question
 (k experts recruited by the skills arithmetic on the fresh profile) through the real
 aggregation prompt, and scores how often its merged answer is right.
@@ -15,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ from routers.skills import (
     parse_keywords, recruit_weights, text_seed,
 )
 from routers.skills_profile import build_profile, skill_matrix
+from routers.two_stage.stage2_fit import is_right
 from workers.jobs import JobResult
 from workers.queue_memory import MemoryQueue
 from workers.worker import Worker
@@ -128,6 +132,38 @@ class Runner:
         return await asyncio.gather(*(one(c) for c in calls))
 
 
+async def group_by_stage1(runner: Runner, profile: dict, texts: list[str], vecs: np.ndarray | None = None) -> None:
+    """Give every record (in the order of `texts`) the category the service's stage 1 predicts for its text,
+    count each expert per predicted category, and say in profile["stage2"] which grouping stage 2 may use:
+    "predicted" (with the artifact's version) or "gold" (with the reason) when no trained router can be built."""
+    from routers import build_router
+    from routers.two_stage.artifact import ArtifactError
+    from routers.two_stage.stage2 import Stage2Error
+
+    ctx = runner.pipeline.router_context("two_stage")
+    try:
+        router = await asyncio.to_thread(build_router, "two_stage", replace(ctx, options={**ctx.options, "profile": ""}))
+    except (ArtifactError, Stage2Error) as exc:
+        profile["stage2"] = {"grouping": "gold", "reason": f"no usable two-stage router when profiled: {exc}"}
+        return
+    if vecs is None:
+        vecs = await asyncio.to_thread(runner.embedder.encode, texts)
+    decisions = await asyncio.to_thread(router.route, texts, vecs, 1)
+    for rec, d in zip(profile["records"], decisions):
+        rec["predicted"], rec["predicted_p"] = d.category, round(d.confidence, 4)
+    for name, e in profile["experts"].items():
+        cells: dict[str, dict] = {}
+        for rec in profile["records"]:
+            if name in rec["answers"]:
+                cell = cells.setdefault(rec["predicted"], {"correct": 0, "total": 0})
+                cell["total"] += 1
+                cell["correct"] += int(is_right(rec, name))
+        e["predicted_categories"] = dict(sorted(cells.items()))
+    profile["stage2"] = {"grouping": "predicted", "artifact": router.artifact.manifest.get("version"),
+                         "artifact_path": str(router.artifact.path), "tau": router.tau,
+                         "below_tau": sum(d.fallback for d in decisions)}
+
+
 def _seed(text: str, seed: int) -> int:
     return text_seed(seed, text) % (2**31)
 
@@ -195,6 +231,7 @@ async def profile_experts(runner: Runner, questions: list, experts: list[str], *
     profile = build_profile(records, experts, info)
     for e in experts:
         profile["experts"][e].update(costs[e].as_dict())
+    await group_by_stage1(runner, profile, [q.prompt for q in questions])
     return profile
 
 

@@ -2,10 +2,12 @@
 
 One run, the whole service path: every expert answers the validation items and the held-out test items
 of the mixed workload (MMLU by answer-letter log-likelihood, HumanEval by running the generated code in
-the sandbox) through the queue and the worker; profiles are fitted on validation only; then each policy
-routes the test items with the real routers (two-stage with its cost weight swept, skills k=1 and k=3
+the sandbox) through the queue and the worker; profiles are fitted on validation only (stage 2's cells
+grouped by the category stage 1 predicts for each validation item); then each policy routes the test
+items with the real routers (two-stage with its cost weight swept, skills k=1 and k=3
 with the aggregator, whose merge runs as real jobs), next to every single expert, random and the
-oracle. Writes quality.json, quality.md and quality.png.
+oracle. Writes quality.json (with every expert's answer to every validation and test item, and stage 1's
+category for each, so stage 2 can be refitted and judged again offline), quality.md and quality.png.
 """
 
 from __future__ import annotations
@@ -45,49 +47,56 @@ async def _merge(runner, records, candidates: list[list[str]], aggregator: str):
 
     calls = [lambda r=r, c=c: one(r, c) for r, c in zip(records, candidates)]
     merged = await runner.bounded(calls, f"aggregation by {aggregator}")
-    code = [(r.item, a) for r, a in zip(records, merged) if r.item.choices is None]
+    code = [(r.item, a) for r, a in zip(records, merged) if r.item.problem is not None]
     if code:
         await grade_code(code)
     return merged
 
 
-def _route(runner, name: str, options: dict, texts: list[str], vecs, k: int) -> list:
+def _route(runner, name: str, options: dict, texts: list[str], vecs, k: int) -> tuple[list, object]:
+    """The decisions of router `name` built as the service builds it (with `options`), and the router."""
     from routers import build_router
 
     ctx = runner.pipeline.router_context(name)
     router = build_router(name, replace(ctx, options={**ctx.options, **options}))
-    return router.route(texts, vecs, k)
+    return router.route(texts, vecs, k), router
 
 
-async def evaluate(runner, val, test, experts: list[str], profile_path: Path, seed: int) -> list[pol.PolicyRun]:
+async def evaluate(runner, val, test, experts: list[str], profile_path: Path, seed: int) -> tuple[list[pol.PolicyRun], dict]:
+    """Every policy on the test items, and what stage 2 was fitted on (its table's source and notes, and
+    stage 1's category and confidence per test item)."""
     params = {e: runner.registry.experts[e].params_b for e in experts}
     texts = [r.item.text for r in test]
     vecs = await asyncio.to_thread(runner.embedder.encode, texts)
     runs = [pol.single(test, e, params) for e in experts]
     runs.append(pol.uniform_random(test, experts, params, seed))
+    stage2 = {}
     for w in COST_WEIGHTS:
-        decisions = await asyncio.to_thread(_route, runner, "two_stage", {"profile": str(profile_path), "cost_weight": w},
-                                            texts, vecs, 1)
+        decisions, router = await asyncio.to_thread(_route, runner, "two_stage",
+                                                    {"profile": str(profile_path), "cost_weight": w}, texts, vecs, 1)
         runs.append(pol.routed(f"two-stage w={w:g}", "two_stage", test, [d.experts[0] for d in decisions], params,
                                {"cost_weight": w}))
+        stage2 = stage2 or {"table": router.map.source, "notes": router.map.notes,
+                            "test_routes": [{"category": d.category, "p": round(d.confidence, 4), "fallback": d.fallback}
+                                            for d in decisions]}
     skills_opts = {"profile": str(profile_path), "mode": "sample"}
-    k1 = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 1)
+    k1, _ = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 1)
     runs.append(pol.routed("skills k=1", "skills", test, [d.experts[0] for d in k1], params, {"k": 1}))
-    k3 = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 3)
+    k3, _ = await asyncio.to_thread(_route, runner, "skills", skills_opts, texts, vecs, 3)
     aggregator = next((d.aggregator for d in k3 if d.aggregator), None) or runner.registry.aggregator.name
     candidates = [d.experts for d in k3]
     merged = await _merge(runner, test, candidates, aggregator)
     runs.append(pol.aggregated(f"skills k=3 + {aggregator}", test, candidates, merged, aggregator, params,
                                {"k": 3, "aggregator": aggregator}))
     runs.append(pol.oracle(test, experts, params))
-    return runs
+    return runs, stage2
 
 
 async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
                         val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int) -> dict:
     from coe.data.mixed import load_items
     from coe.expert_runs import mixed_profile, records_json, run_experts
-    from coe.profiling import Runner
+    from coe.profiling import Runner, group_by_stage1
     from routers.skills_profile import save_profile
 
     val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens)
@@ -104,13 +113,14 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
         for r, row in zip(val, runner.index.top(vecs, 3)):
             r.skills = [n for n, _ in row]
         profile = mixed_profile(val, experts, {"data": "mixed", "split": "validation"})
+        await group_by_stage1(runner, profile, [r.item.text for r in val], vecs)
         profile_path = Path(tempfile.mkdtemp(prefix="coe-quality-")) / "profile.json"
         save_profile(profile, profile_path)
         t0 = time.perf_counter()
         test = await run_experts(runner, test_items, experts)
         timings["test_answers_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        runs = await evaluate(runner, val, test, experts, profile_path, seed)
+        runs, stage2 = await evaluate(runner, val, test, experts, profile_path, seed)
         timings["policies_s"] = round(time.perf_counter() - t0, 1)
         domains = [r.item.domain for r in test]
         return {"experts": {e: {"params_b": runner.registry.experts[e].params_b,
@@ -121,7 +131,10 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
                 "validation_profile": {e: {k: v for k, v in p.items() if k != "skills"}
                                        for e, p in profile["experts"].items()},
                 "policies": [summarise(run, domains) for run in runs], "timings": timings,
-                "test_records": records_json(test)}
+                "stage2": {**(profile.get("stage2") or {}), "table": stage2["table"], "notes": stage2["notes"]},
+                "val_records": [{**rec, **{k: p[k] for k in ("predicted", "predicted_p") if k in p}}
+                                for rec, p in zip(records_json(val), profile["records"])],
+                "test_records": [{**rec, "routed": route} for rec, route in zip(records_json(test), stage2["test_routes"])]}
     finally:
         await runner.stop()
 
@@ -138,6 +151,8 @@ def quality(
     seed: int = typer.Option(0),
     default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
     out: Path = typer.Option(DEFAULT_OUT, help="where quality.json/.md/.png go"),
+    replay: Path = typer.Option(None, help="no model run: refit stage 2 on a stored quality.json's answers and route its "
+                                           "test items again (writes quality-replay.json/.md; evals/quality_replay.py)"),
 ) -> None:
     """Quality against compute of every policy on the held-out mixed workload (MMLU + HumanEval), in one run."""
     from coe.core.settings import get_settings
@@ -145,6 +160,16 @@ def quality(
     settings = get_settings()
     if experts_file:
         settings = settings.model_copy(update={"experts_file": experts_file})
+    if replay:
+        from coe_evals.quality_replay import replay as run_replay, replay_markdown
+
+        rep = run_replay(replay, settings, COST_WEIGHTS, typer.echo)
+        command = "coe bench quality " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quality-replay.json").write_text(json.dumps({**rep, "command": command}, indent=1) + "\n")
+        (out / "quality-replay.md").write_text(replay_markdown(rep, command))
+        typer.echo(replay_markdown(rep, command))
+        return
     if quick:
         per_subcategory, code, val_per_subcategory, val_code = 1, 4, 1, 4
     load_before = os.getloadavg()

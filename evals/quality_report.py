@@ -93,8 +93,10 @@ def markdown(res: dict) -> str:
     lines = [f"# Quality benchmark ({res['mode']})", "", f"Command: `{res['command']}`", "",
              f"Machine: {res['machine']}; load average before/after: {res['load_avg']}", "",
              f"Held-out test items: {res['n_test']} ({res['n_test_by_domain']}); profiles fitted on "
-             f"{res['n_validation']} validation items.", "", head,
-             "|" + "---|" * (5 + len(doms))]
+             f"{res['n_validation']} validation items.", ""]
+    if res.get("stage2"):
+        lines += [f"Two-stage router's stage 2: {res['stage2']['table']}.", ""]
+    lines += [head, "|" + "---|" * (5 + len(doms))]
     for s in res["policies"]:
         o = s["overall"]
         cells = [f"{s[d]['score']:.3f} ({s[d]['correct']}/{s[d]['n']})" for d in doms]

@@ -77,5 +77,24 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, artifacts):
     k1 = next(p for p in res["policies"] if p["policy"] == "skills k=1")
     assert k3["compute_per_query"] > k1["compute_per_query"]  # three answers and a merge cost more than one
     assert {g["met"] for g in res["goals"]} <= {True, False, None} and len(res["goals"]) >= 4
+    # stage 2 was fitted on the categories stage 1 predicts for the validation items, which the result keeps
+    assert res["stage2"]["grouping"] == "predicted" and "stage-1 predicted categories" in res["stage2"]["table"]
+    assert len(res["val_records"]) == res["n_validation"] and all(r["predicted"] for r in res["val_records"])
+    assert all(set(r["answers"]) == {"terse", "verbose", "merger"} for r in res["val_records"])
+    assert all(r["routed"]["category"] for r in res["test_records"])
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
     assert "| oracle |" in (tmp_path / "out" / "quality.md").read_text()
+    # the replay refits stage 2 on the stored validation answers and routes the stored test items again: no model
+    # runs, and it reproduces the live run's two-stage policies
+    proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--replay",
+                           str(tmp_path / "out" / "quality.json"), "--out", str(tmp_path / "replay")],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "replay" / "quality-replay.json").read_text())
+    assert rep["fitted_on"] == f"the {res['n_validation']} stored validation items"
+    live = {p["policy"]: p for p in res["policies"] if p["kind"] == "two_stage"}
+    replayed = [p for p in rep["policies"] if p["policy"].endswith(" [predicted + shrinkage]")]
+    assert len(replayed) == len(live)
+    for p in replayed:
+        same = live[p["policy"].removesuffix(" [predicted + shrinkage]")]
+        assert (p["overall"], p["share"]) == (same["overall"], same["share"])

@@ -7,7 +7,7 @@ import pytest
 from coe.data.humaneval import Problem
 from coe.data.mmlu import Question
 from coe.data.scoring import (
-    ANSWER_PREFIX, LETTER_CHOICES, humaneval_generation, mmlu_scoring, predicted_letter,
+    ANSWER_PREFIX, LETTER_CHOICES, humaneval_generation, lettered_scoring, mmlu_scoring, predicted_letter,
 )
 
 
@@ -22,7 +22,11 @@ def test_mmlu_question_is_scored_by_the_letter_after_answer():
     assert predicted_letter([-3.2, -0.4, -2.0, -5.0]) == q.answer_letter == "B"
     assert predicted_letter([-1.0, -1.0, -2.0, -2.0]) == "A"  # a tie goes to the earlier letter
     with pytest.raises(ValueError):
-        predicted_letter([0.0, -1.0])
+        predicted_letter([0.0])
+    assert lettered_scoring(q.question, list(q.choices)) == task  # a user's question with 4 options: MMLU's prompt
+    two = lettered_scoring("Is water wet?", ["yes", "no"])
+    assert two.choices == [" A", " B"] and "(A or B)" in two.messages[0]["content"] and "B. no" in two.messages[0]["content"]
+    assert predicted_letter([-2.0, -0.5]) == "B"
 
 
 def test_humaneval_problem_is_a_greedy_chat():

@@ -75,9 +75,8 @@ def _records(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
                                f"(a header row with text,label[,split])"])
 
 
-def read_labelled(path: Path, known_labels: Iterable[str] | None = None) -> list[LabelledRow]:
-    """The rows of a labelled data file; DataFileError lists every problem (wrong or missing columns,
-    empty text or label, a bad split, labels that are not known routes)."""
+def read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, record)]) of a JSONL or CSV file; DataFileError if unreadable, malformed or empty."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -86,6 +85,11 @@ def read_labelled(path: Path, known_labels: Iterable[str] | None = None) -> list
     columns, records = _records(path, text)
     if not records:
         raise DataFileError(path, ["no rows: the file is empty"])
+    return columns, records
+
+
+def labelled_rows(path: Path, columns: list[str], records: list[tuple[int, dict]]) -> tuple[list[LabelledRow], list[str]]:
+    """The rows with a text, a label and a known split, and one problem line for every other row."""
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise DataFileError(path, [f"missing column {', '.join(repr(c) for c in missing)} (found: {', '.join(columns) or 'none'}); "
@@ -102,17 +106,36 @@ def read_labelled(path: Path, known_labels: Iterable[str] | None = None) -> list
             problems.append(f"line {n}: split '{split_v}' is not one of {', '.join(SPLITS)}")
         if text_v and label_v and split_v in SPLITS:
             rows.append(LabelledRow(text_v, label_v, split_v, n))  # type: ignore[arg-type]
+    return rows, problems
+
+
+def raise_problems(path: Path, problems: list[str]) -> None:
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
     if problems:
-        if len(problems) > MAX_PROBLEMS:
-            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more"]
         raise DataFileError(path, problems)
-    if known_labels is not None:
-        known = set(known_labels)
-        unknown = Counter(r.label for r in rows if r.label not in known)
-        if unknown:
-            listed = ", ".join(f"'{lab}' ({n} rows)" for lab, n in sorted(unknown.items()))
-            raise DataFileError(path, [f"labels that are not routes: {listed}; add them to the routes file or fix the labels "
-                                       f"(routes: {', '.join(sorted(known))})"])
+
+
+def check_known_labels(path: Path, labels: Iterable[str], known_labels: Iterable[str] | None) -> None:
+    """Every label must be a route; the error lists the unknown ones with their row counts."""
+    if known_labels is None:
+        return
+    known = set(known_labels)
+    unknown = Counter(lab for lab in labels if lab not in known)
+    if unknown:
+        listed = ", ".join(f"'{lab}' ({n} rows)" for lab, n in sorted(unknown.items()))
+        raise DataFileError(path, [f"labels that are not routes: {listed}; add them to the routes file or fix the labels "
+                                   f"(routes: {', '.join(sorted(known))})"])
+
+
+def read_labelled(path: Path, known_labels: Iterable[str] | None = None) -> list[LabelledRow]:
+    """The rows of a labelled data file; DataFileError lists every problem (wrong or missing columns,
+    empty text or label, a bad split, labels that are not known routes)."""
+    path = Path(path)
+    columns, records = read_records(path)
+    rows, problems = labelled_rows(path, columns, records)
+    raise_problems(path, problems)
+    check_known_labels(path, [r.label for r in rows], known_labels)
     return rows
 
 

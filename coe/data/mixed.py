@@ -17,7 +17,7 @@ from typing import Literal
 
 from coe.data import humaneval, mmlu, scoring
 
-Domain = Literal["mmlu", "humaneval"]
+Domain = Literal["mmlu", "humaneval", "user"]  # user: a row of `coe profile --data FILE` (coe/data/answered.py)
 CODE_ROUTE = "coding"
 
 
@@ -28,8 +28,8 @@ class Item:
     label: str  # the route it belongs to
     text: str  # what the router sees: the user's request
     messages: list[dict]
-    choices: list[str] | None  # scoring job (MMLU) when set; generation job (HumanEval) otherwise
-    gold: str  # the answer letter; "pass" for code
+    choices: list[str] | None  # scoring job (MMLU) when set; generation job (HumanEval, exact match) otherwise
+    gold: str  # the answer letter; "pass" for code; the expected text for an exact-match question
     max_tokens: int
     question: mmlu.Question | None = None
     problem: humaneval.Problem | None = None

@@ -6,6 +6,7 @@ assistant message "Answer:" that the engine continues (a prefill); the four choi
 the classic MMLU prompt ("...\\nAnswer: B"). With the leading space a letter is usually a single
 token of BPE and SentencePiece vocabularies, so the four choices are alike in length.
 The prediction is the letter of the highest log-probability; ties go to the earlier letter.
+A user's own multiple-choice question (`coe profile --data FILE`) is asked the same way with 2 to 10 options.
 
 HumanEval: the problem's chat (coe/data/humaneval.py), answered greedily; the completion is
 read out of the answer by coe/data/code_extract.py and run by coe/data/code_exec.py.
@@ -13,6 +14,7 @@ read out of the answer by coe/data/code_extract.py and run by coe/data/code_exec
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 
 from coe.data.humaneval import Problem
@@ -46,11 +48,20 @@ def mmlu_scoring(question: Question) -> ScoringTask:
                         {"role": "assistant", "content": ANSWER_PREFIX}])
 
 
+def lettered_scoring(question: str, options: list[str]) -> ScoringTask:
+    """Any multiple-choice question, asked as MMLU is (the same prompt and instruction for four options)."""
+    letters = string.ascii_uppercase[: len(options)]
+    prompt = question + "\n" + "\n".join(f"{letter}. {o}" for letter, o in zip(letters, options))
+    instruction = f"Answer with the letter ({', '.join(letters[:-1])} or {letters[-1]}) of the correct option."
+    return ScoringTask([{"role": "user", "content": f"{prompt}\n\n{instruction}"},
+                        {"role": "assistant", "content": ANSWER_PREFIX}], [" " + letter for letter in letters])
+
+
 def predicted_letter(logprobs: list[float]) -> str:
-    """The letter of the highest log-probability (the first on a tie)."""
-    if len(logprobs) != len(LETTERS):
-        raise ValueError(f"expected {len(LETTERS)} log-probabilities, got {len(logprobs)}")
-    return LETTERS[max(range(len(logprobs)), key=logprobs.__getitem__)]
+    """The letter of the highest log-probability (the first on a tie), for 2 to 10 options."""
+    if not 2 <= len(logprobs) <= 10:
+        raise ValueError(f"expected 2 to 10 log-probabilities (one per option), got {len(logprobs)}")
+    return string.ascii_uppercase[max(range(len(logprobs)), key=logprobs.__getitem__)]
 
 
 def humaneval_generation(problem: Problem, max_tokens: int = CODE_MAX_TOKENS) -> GenerationTask:

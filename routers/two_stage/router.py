@@ -13,10 +13,15 @@ from routers.two_stage.stage2 import ExpertMap, build_map, load_scores
 PROFILE_FILE = "profile.json"
 
 
-def make_expert_map(ctx: RouterContext, labels: list[str], parents: dict | None, label_weights: dict | None) -> ExpertMap:
+def make_expert_map(ctx: RouterContext, labels: list[str], parents: dict | None, label_weights: dict | None,
+                    artifact_version: str | None = None) -> ExpertMap:
+    """Stage 2 for a stage 1 emitting `labels`; `artifact_version` names the two-stage artifact whose stage 1
+    that is, so a profile grouped by that artifact's predictions is used as such (None: gold labels)."""
     opts = ctx.options
     profile = opts.get("profile", Path(ctx.artifacts_dir) / PROFILE_FILE)
-    table = load_scores(ctx.registry, labels, Path(profile) if profile else None, parents)
+    strength = opts.get("prior_strength")
+    table = load_scores(ctx.registry, labels, Path(profile) if profile else None, parents, artifact_version,
+                        float(strength) if strength is not None else None)
     budget = opts.get("budget_b", ctx.budget_b)
     return build_map(table, ctx.registry, cost_weight=float(opts.get("cost_weight", ctx.cost_weight)),
                      budget_b=float(budget) if budget is not None else None, label_weights=label_weights)
@@ -67,7 +72,7 @@ def check_registry_labels(ctx: RouterContext, labels: list[str], parents: dict |
 class TwoStageRouter(Router):
     """Options (ctx.options): artifact (version or folder), tau (override), cost_weight and
     budget_b (average active params, billions; defaults from the context), profile (score file; default <artifacts>/profile.json),
-    labels / level (expected label set; a mismatch is an error)."""
+    prior_strength (stage 2's shrinkage m; default: chosen on the profile), labels / level (expected label set; a mismatch is an error)."""
     serving = True
 
     def __init__(self, ctx: RouterContext, artifact: Artifact):
@@ -77,7 +82,8 @@ class TwoStageRouter(Router):
         self.tau = float(ctx.options.get("tau", artifact.tau))
         parents = artifact.manifest.get("parents")
         check_registry_labels(ctx, self.labels, parents, artifact.path)
-        self.map = make_expert_map(ctx, self.labels, parents, artifact.manifest.get("label_weights"))
+        self.map = make_expert_map(ctx, self.labels, parents, artifact.manifest.get("label_weights"),
+                                   artifact.manifest.get("version"))
         self.fallback = ctx.registry.fallback.name if ctx.registry.fallback else None
 
     @classmethod

@@ -1,8 +1,9 @@
 """Stage 2: category -> expert, from a score table S[expert][category].
 
-S comes from an evaluation run of the experts (a profile file written by `coe profile`,
-schema {"experts": {name: {"categories": {cat: {"correct": int, "total": int}}}}}) or,
-when no run exists, from the categories each expert declares in experts.yaml.
+S comes from an evaluation run of the experts (a profile file written by `coe profile` or
+`coe bench quality`: per-item records grouped by stage 1's predicted category and shrunk, see
+stage2_fit.py; or per-category counts only, {"experts": {name: {"categories": {cat: {"correct", "total"}}}}})
+or, when no run exists, from the categories each expert declares in experts.yaml.
 The map maximises S[e][c] - cost_weight * cost(e) per category and, given an average
 active-parameter budget, keeps the traffic-weighted mean of params_b under it.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from routers.two_stage.stage2_fit import fit_profile
 
 if TYPE_CHECKING:
     from coe.core.registry import Registry
@@ -34,6 +37,7 @@ class ScoreTable:
     labels: list[str]
     scores: np.ndarray  # [expert, label]
     source: str
+    notes: list[str] = field(default_factory=list)
 
     def score(self, expert: str, label: str) -> float:
         return float(self.scores[self.experts.index(expert), self.labels.index(label)])
@@ -68,31 +72,34 @@ def declared_scores(registry: "Registry", labels: list[str], parents: dict[str, 
 
 
 def profile_scores(registry: "Registry", labels: list[str], profile_path: Path,
-                   parents: dict[str, list[str]] | None = None) -> ScoreTable:
-    """Smoothed accuracy (correct + 1) / (total + 2) per expert and label from a profile file;
-    labels an expert was not measured on fall back to its declared score."""
+                   parents: dict[str, list[str]] | None = None, artifact_version: str | None = None,
+                   prior_strength: float | None = None) -> ScoreTable:
+    """Measured, shrunk accuracy per expert and label from a profile file (stage2_fit.fit_profile); a label
+    with no measured item, and an expert the profile does not hold, keep their declared score."""
     try:
         data = json.loads(Path(profile_path).read_text())
-        measured = data["experts"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(data["experts"], dict):
+            raise TypeError("'experts' is not a mapping")
+        table = declared_scores(registry, labels, parents)
+        fit = fit_profile(data, table.experts, labels, parents, artifact_version, prior_strength)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise Stage2Error(f"{profile_path}: not a readable profile file ({exc})") from None
-    table = declared_scores(registry, labels, parents)
-    for i, name in enumerate(table.experts):
-        cats = (measured.get(name) or {}).get("categories") or {}
-        for j, label in enumerate(labels):
-            keys = [label] + list((parents or {}).get(label, []))
-            correct = sum(int(cats[k]["correct"]) for k in keys if k in cats)
-            total = sum(int(cats[k]["total"]) for k in keys if k in cats)
-            if total > 0:
-                table.scores[i, j] = (correct + 1) / (total + 2)
-    table.source = f"profile {profile_path}"
+    for i, name in enumerate(fit.experts):
+        row = table.experts.index(name)
+        measured = ~np.isnan(fit.scores[i])
+        table.scores[row, measured] = fit.scores[i, measured]
+    unmeasured = [lab for lab, n in zip(labels, fit.items) if n == 0]
+    table.notes = fit.notes + ([f"{len(unmeasured)} labels without profiled items keep declared scores: "
+                                f"{', '.join(unmeasured[:8])}{' ...' if len(unmeasured) > 8 else ''}"] if unmeasured else [])
+    table.source = f"profile {profile_path}: {fit.describe()}"
     return table
 
 
 def load_scores(registry: "Registry", labels: list[str], profile_path: Path | None,
-                parents: dict[str, list[str]] | None = None) -> ScoreTable:
+                parents: dict[str, list[str]] | None = None, artifact_version: str | None = None,
+                prior_strength: float | None = None) -> ScoreTable:
     if profile_path is not None and Path(profile_path).exists():
-        return profile_scores(registry, labels, Path(profile_path), parents)
+        return profile_scores(registry, labels, Path(profile_path), parents, artifact_version, prior_strength)
     return declared_scores(registry, labels, parents)
 
 
@@ -148,7 +155,7 @@ def build_map(table: ScoreTable, registry: "Registry", cost_weight: float = 0.0,
 
     mu = 0.0
     choice = assign(0.0)
-    notes = []
+    notes = list(table.notes)
     if budget_b is not None and avg_params(choice) > budget_b:
         hi = 1.0
         while avg_params(assign(hi)) > budget_b and hi < 1e9:
