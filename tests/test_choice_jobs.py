@@ -68,6 +68,9 @@ class StandInEngine:
         StandInEngine.calls.append(("generate", len(requests), ()))
         return [Completion("echo: " + r.messages[-1]["content"], 1, 1) for r in requests]
 
+    def prompt_ids(self, messages):
+        return " ".join(m["content"] for m in messages).split()
+
     def choice_logprobs(self, requests, choices):
         StandInEngine.calls.append(("choice_logprobs", len(requests), tuple(choices)))
         return [[0.0 if r.messages[0]["content"].endswith(c.strip()) else -(i + 1.0) for i, c in enumerate(choices)]
@@ -116,6 +119,7 @@ def test_worker_routes_scoring_jobs_to_choice_logprobs_with_stand_in_engine(run,
         assert [r.completion.text for r in results] == [" C", "echo: hello", " A", " yes"]
         assert results[0].completion.choice_logprobs == [-1.0, -2.0, 0.0, -4.0]
         assert results[3].completion.choice_logprobs == [0.0, -2.0]
+        assert [r.completion.prompt_tokens for r in results] == [3, 1, 3, 3]  # scoring counts its prompt as generation does
         assert results[1].completion.choice_logprobs is None
         assert sorted(StandInEngine.calls) == [("choice_logprobs", 1, (" yes", " no")),
                                                ("choice_logprobs", 2, tuple(LETTERS)), ("generate", 1, ())]

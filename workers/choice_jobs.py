@@ -3,7 +3,9 @@
 The worker hands such jobs here instead of to `engine.generate`. Jobs with the same choices
 run as one `engine.choice_logprobs(requests, choices)` call (a batch, like generate); an
 engine without that method, or one that answers with the wrong shape, fails its jobs with
-an engine error, never the worker. The Completion's text is the best-scoring choice.
+an engine error, never the worker. The Completion's text is the best-scoring choice, and its
+prompt_tokens the prompt the engine read (from `engine.prompt_ids`, where the engine has it), so
+that scoring counts in compute like generation does.
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ def is_scoring(job: Job) -> bool:
     return job.request.choices is not None
 
 
-def _completion(choices: tuple[str, ...], row: list[float]) -> Completion:
+def _completion(choices: tuple[str, ...], row: list[float], prompt_tokens: int) -> Completion:
     scores = [float(x) for x in row]
     best = max(range(len(scores)), key=scores.__getitem__)
-    return Completion(text=choices[best], prompt_tokens=0, completion_tokens=0, choice_logprobs=scores)
+    return Completion(text=choices[best], prompt_tokens=prompt_tokens, completion_tokens=0, choice_logprobs=scores)
+
+
+def _score_and_count(engine, score, requests: list, choices: list[str]) -> tuple[list, list[int]]:
+    """The engine's scores and each request's prompt length in tokens (0 where the engine cannot say)."""
+    rows = score(requests, choices)
+    count = getattr(engine, "prompt_ids", None)
+    return rows, [len(count(r.messages)) if count is not None else 0 for r in requests]
 
 
 async def _score_group(engine, jobs: list[Job], choices: tuple[str, ...]) -> tuple[list[Completion | None], str | None]:
@@ -35,11 +44,11 @@ async def _score_group(engine, jobs: list[Job], choices: tuple[str, ...]) -> tup
             raise EngineError(f"{type(engine).__name__} cannot score choices (it has no choice_logprobs)")
         if not choices:
             raise EngineError("a scoring job needs at least one choice")
-        rows = await asyncio.to_thread(score, [j.request for j in jobs], list(choices))
+        rows, tokens = await asyncio.to_thread(_score_and_count, engine, score, [j.request for j in jobs], list(choices))
         if len(rows) != len(jobs) or any(len(row) != len(choices) for row in rows):
             raise EngineError(f"choice_logprobs answered {len(rows)} rows of {sorted({len(r) for r in rows})} scores; "
                               f"expected {len(jobs)} rows of {len(choices)}")
-        return [_completion(choices, row) for row in rows], None
+        return [_completion(choices, row, n) for row, n in zip(rows, tokens)], None
     except Exception as exc:  # an engine failure fails its own jobs, never the worker
         if score is not None:
             log.exception("scoring failed on a batch of %d", len(jobs))
