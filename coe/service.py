@@ -98,6 +98,9 @@ class Service:
                                                    name="registry-follower"))
         log.info("coe ready to route with '%s' over %d experts (registry version %d)", name,
                  len(self.registry.experts), self.registry_version)
+        source = self.pipeline.routers[name].source
+        if source:
+            log.info("router '%s' rests on: %s", name, source)
 
     def _start_worker(self, registry: Registry, device: str) -> None:
         worker = Worker(registry, self.queue, device=device, engine_options=engine_options(self.settings))

@@ -54,6 +54,8 @@ class Router(ABC):
     serving: ClassVar[bool] = False
     """Whether a client may pick this router per request (`coe.router`): an allow-list, so a new router is
     benchmark-only until it says otherwise."""
+    source: str = ""
+    """What the decisions rest on (an artifact, measured profiles or declared categories), said at start-up."""
 
     @classmethod
     def build(cls, ctx: RouterContext) -> "Router":

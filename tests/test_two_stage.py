@@ -75,6 +75,7 @@ def test_artifact_round_trip(artifacts, data, embedder, registry):
     assert d.router == "two_stage" and len(d.top_categories) == 3 and 0 < d.confidence <= 1
     assert d.experts and all(e in registry.experts for e in d.experts)
     assert path.name in (artifacts / "two_stage" / "LATEST").read_text()
+    assert path.name in router.source and "declared categories" in router.source  # no profile.json: said at start-up
 
 
 def test_other_encoder_is_refused(artifacts, registry, embedder):

@@ -85,6 +85,7 @@ class TwoStageRouter(Router):
         self.map = make_expert_map(ctx, self.labels, parents, artifact.manifest.get("label_weights"),
                                    artifact.manifest.get("version"))
         self.fallback = ctx.registry.fallback.name if ctx.registry.fallback else None
+        self.source = f"stage 1 artifact {artifact.manifest.get('version', artifact.path.name)}; stage 2 {self.map.source}"
 
     @classmethod
     def build(cls, ctx: RouterContext) -> "TwoStageRouter":

@@ -68,7 +68,7 @@ def declared_scores(registry: "Registry", labels: list[str], parents: dict[str, 
             elif members:
                 share = sum(m.lower() in declared for m in members) / len(members)
                 scores[i, j] = max(PRIOR_SCORE, share * DECLARED_SCORE)
-    return ScoreTable(experts, labels, scores, "declared categories (experts.yaml)")
+    return ScoreTable(experts, labels, scores, "declared categories (experts.yaml); measure them with coe profile")
 
 
 def profile_scores(registry: "Registry", labels: list[str], profile_path: Path,
