@@ -23,6 +23,7 @@ from coe_evals.load_fleet import Fleet
 
 CPU_ENGINES = ("local", "llamacpp")
 PROBE_EVERY_S = 0.5
+VISIBLE_POLL_S = 0.05
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RegistryProbe:
     asked_through: int
     window_s: float
     added_status: int | None = None
+    registry_visible_s: float | None = None  # from the 201 to the asked replica listing the expert in /v1/models
     registry_served_s: float | None = None  # from the 201 to the first answer of the asked replica; None: not within the window
     probes: int = 0
     statuses: Counter = field(default_factory=Counter)
@@ -56,7 +58,7 @@ class RegistryProbe:
     def summary(self) -> dict:
         return {"expert": self.expert, "registered_through_replica": self.registered_through,
                 "asked_through_replica": self.asked_through, "added_status": self.added_status,
-                "registry_served_s": self.registry_served_s, "probe_window_s": self.window_s, "probes": self.probes,
+                "registry_visible_s": self.registry_visible_s, "registry_served_s": self.registry_served_s, "probe_window_s": self.window_s, "probes": self.probes,
                 "probe_statuses": dict(self.statuses)}
 
 
@@ -83,6 +85,19 @@ async def restart_redis(fleet: Fleet, events: Events, at_s: float, down_s: float
     events.add("redis_started", f"redis-server started again on its append-only file after {down_s:g} s down")
 
 
+async def _wait_listed(http: httpx.AsyncClient, url: str, probe: RegistryProbe, added: float, deadline: float) -> None:
+    """Poll the replica's /v1/models until it lists the new expert: the registry change taken up there."""
+    while time.monotonic() < deadline:
+        try:
+            models = await http.get(f"{url}/v1/models", timeout=max(0.1, deadline - time.monotonic()))
+            if models.status_code == 200 and any(m.get("id") == probe.expert for m in models.json().get("data", [])):
+                probe.registry_visible_s = round(time.monotonic() - added, 3)
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        await asyncio.sleep(VISIBLE_POLL_S)
+
+
 async def register_and_probe(fleet: Fleet, http: httpx.AsyncClient, events: Events, at_s: float,
                              probe: RegistryProbe, body: dict) -> None:
     await events.at(at_s)
@@ -100,6 +115,10 @@ async def register_and_probe(fleet: Fleet, http: httpx.AsyncClient, events: Even
         return
     added = time.monotonic()
     deadline = added + probe.window_s
+    await _wait_listed(http, urls[probe.asked_through - 1], probe, added, deadline)
+    if probe.registry_visible_s is not None:
+        events.add("registry_visible", f"replica {probe.asked_through} listed {probe.expert} in /v1/models "
+                                       f"{probe.registry_visible_s} s after the 201")
     chat = {"model": probe.expert, "max_tokens": 1, "messages": [{"role": "user", "content": "Say yes."}]}
     while (left := deadline - time.monotonic()) > 0:
         probe.probes += 1

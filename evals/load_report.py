@@ -31,7 +31,10 @@ def markdown(res: dict) -> str:
         rows.append((f"{label}, p50 / p99 (ms)", _p(res["coe_timings_200"][name])))
     registry = res.get("registry")
     if registry:
-        served = registry["registry_served_s"]
+        served, visible = registry["registry_served_s"], registry.get("registry_visible_s")
+        rows.append((f"registry change (replica {registry['registered_through_replica']}) to listed in /v1/models "
+                     f"(replica {registry['asked_through_replica']})",
+                     f"{visible} s" if visible is not None else f"not within {registry['probe_window_s']:g} s"))
         rows.append((f"registry change (replica {registry['registered_through_replica']}) to served (replica "
                      f"{registry['asked_through_replica']})",
                      f"{served} s" if served is not None else

@@ -34,6 +34,7 @@ def test_a_short_load_run_with_every_fault_loses_nothing(tmp_path):
     registry = res["registry"]
     assert registry["added_status"] == 201 and registry["asked_through_replica"] == 2 and registry["probes"] > 0
     assert ("registry_served" in kinds) == (registry["registry_served_s"] is not None)
+    assert registry["registry_visible_s"] is not None and registry["registry_visible_s"] <= 3  # replica 2 took it up
     assert res["streams_left_after_first_chunk"]["sent"] > 0
     assert res["cancelled_jobs"]["never_run"] is not None and res["load_average"]["end"]
     assert "| **lost** (no answer, a dropped connection, a timeout) | **0** |" in (tmp_path / "load.md").read_text()

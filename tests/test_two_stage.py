@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,17 @@ def test_artifact_round_trip(artifacts, data, embedder, registry):
     assert d.experts and all(e in registry.experts for e in d.experts)
     assert path.name in (artifacts / "two_stage" / "LATEST").read_text()
     assert path.name in router.source and "declared categories" in router.source  # no profile.json: said at start-up
+
+
+def test_stage1_is_loaded_once_per_file_version(artifacts, embedder):
+    """A registry change rebuilds the router; its stage 1 comes from memory unless the file changed."""
+    first = load_artifact(artifacts, encoder_id=embedder.id).stage1
+    assert load_artifact(artifacts, encoder_id=embedder.id).stage1 is first
+    stage1 = resolve_version(artifacts) / "stage1.joblib"
+    stage1.write_bytes(stage1.read_bytes())  # the same bytes, a new file version
+    os.utime(stage1, ns=(stage1.stat().st_atime_ns, stage1.stat().st_mtime_ns + 1_000_000_000))
+    again = load_artifact(artifacts, encoder_id=embedder.id).stage1
+    assert again is not first and list(again.labels) == list(first.labels)
 
 
 def test_other_encoder_is_refused(artifacts, registry, embedder):
