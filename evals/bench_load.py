@@ -156,7 +156,7 @@ def load(
     redis_down_s: float = typer.Option(2.0, min=0, help="--spawn redis: how long Redis stays down"),
     register_at: float = typer.Option(0.667, min=0, max=1, help="--spawn redis: register an expert through replica 1 "
                                                                 "at this fraction (40 s of 60)"),
-    registry_window_s: float = typer.Option(20.0, min=0, help="--spawn redis: ask replica 2 for the new expert this "
+    registry_window_s: float = typer.Option(90.0, min=0, help="--spawn redis: ask replica 2 for the new expert this "
                                                               "long after the 201"),
     leave_every_s: float = typer.Option(3.0, min=0.1, help="a streaming client that leaves after one chunk, this often"),
     reclaim_idle_s: float = typer.Option(5.0, help="--spawn redis: workers take over a dead worker's jobs after this"),
