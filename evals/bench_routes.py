@@ -59,6 +59,10 @@ def user_metrics(router, test, task_routes: list[str]) -> dict:
         if p != t:
             confusions[f"{t} -> {p}"] = confusions.get(f"{t} -> {p}", 0) + 1
     task = [t in task_routes for t in test.labels]
+    kinds = {f"{a} -> {b}": 0 for a in ("task", "subject") for b in ("task", "subject")}
+    for p, t in zip(pred, test.labels):
+        if p != t:
+            kinds[f"{'task' if t in task_routes else 'subject'} -> {'task' if p in task_routes else 'subject'}"] += 1
     return {
         "n": len(test.labels), "accuracy": round(float(correct.mean()), 4),
         "macro_f1": round(float(f1_score(test.labels, pred, average="macro", zero_division=0)), 4),
@@ -69,6 +73,7 @@ def user_metrics(router, test, task_routes: list[str]) -> dict:
         "accuracy_routed": round(float(correct[~fallback].mean()), 4) if (~fallback).any() else None,
         "per_route": per_route,
         "top_confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])[:10]),
+        "errors_by_kind": kinds,  # truth kind -> predicted kind: are task requests taken for subjects, or the reverse?
     }
 
 

@@ -8,6 +8,8 @@ of out-of-domain queries sent to the fallback. The service's router (`two_stage`
 for the shipped routes as `coe train` does and also reported on held-out user requests, per
 route, with a new route declared by 10 examples (evals/bench_routes.py); its encoder is the
 service's (coe.embedder.make_embedder). Writes routing.json, routing.md, routing.png.
+`timing=False` (`coe bench routing --accuracy-only`) is the quick accuracy run: no peer, no latency or
+throughput loops, no fp32 embedding pass, and of the two_stage variants only the service's router.
 """
 
 from __future__ import annotations
@@ -82,11 +84,12 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
                   settings=None, fast_runtime: str | None = None, fast_max_seq_length: int | None = None,
                   fp32_runtime: str = "onnx", n_single: int = 200, n_batch: int = 1024, knn_k: int = 10,
                   write: bool = True, variants: list[str] | None = None, data: list[str] | None = None,
-                  new_route: bool = True, log: Callable[[str], None] = print) -> dict:
+                  new_route: bool = True, timing: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir).
     fast_runtime / fast_max_seq_length override the settings' encoder (default: what the service serves);
     `variants` limits which two_stage variants are trained (None: all); `data` trains the service's router
-    on these sources (default: mmlu + user-requests) and reports each file's test rows."""
+    on these sources (default: mmlu + user-requests) and reports each file's test rows; timing=False skips
+    the peer, every latency/throughput measurement and (unless `variants` says otherwise) the variants."""
     from coe.embedder import Embedder, encoder_path, make_embedder
     from coe.core.registry import load_registry
     from coe.core.routes import load_routes
@@ -103,6 +106,9 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     overrides = {k: v for k, v in (("encoder_runtime", fast_runtime), ("encoder_max_seq_length", fast_max_seq_length))
                  if v is not None}
     settings = settings.model_copy(update=overrides)
+    if not timing:
+        include_peer = False
+        variants = ["two_stage"] if variants is None else variants
     t_start = time.perf_counter()
     load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     questions = load_mmlu(settings.cache_dir)
@@ -131,7 +137,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     used = questions if not sample else [*train_q, *val_q, *test_q]
     all_texts = [q.question for q in used]
     vecs = {}
-    for key in ("fast", "fp32"):
+    needs_fp32 = include_peer or variants is None or "two_stage[fp32]" in variants
+    for key in ("fast", "fp32") if needs_fp32 else ("fast",):
         log(f"embeddings ({encoders[key].runtime_id}) of {len(all_texts)} questions (cached after the first run)")
         vecs[key] = cached_embeddings(encoders[key], all_texts, settings.cache_dir)
     row = {q.id: i for i, q in enumerate(used)}
@@ -158,7 +165,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
             entry["ood_fallback_rate"] = round(float(np.mean([d.fallback for d in ood_dec])), 4)
             entry["ood_by_kind"] = {kind: round(float(np.mean([d.fallback for (k, _), d in zip(ood, ood_dec) if k == kind])), 4)
                                     for kind in sorted({k for k, _ in ood})}
-            entry.update(time_router(emb.encode, lambda t, v: router.route(t, v), timing_texts, n_single, n_batch))
+            if timing:
+                entry.update(time_router(emb.encode, lambda t, v: router.route(t, v), timing_texts, n_single, n_batch))
         log(f"{name:28s} acc17={entry['accuracy_17']:.4f} f1={entry['macro_f1_17']:.4f} acc4={entry['accuracy_4']:.4f} "
             f"p50={entry.get('p50_ms', '-')}ms qps={entry.get('throughput_qps', '-')}")
         results.append(entry)
@@ -188,7 +196,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
             [d.category in routes.of_kind("task") for d in router.route(test_texts, test_vecs)])), 4))
         user = {name: bench_routes.user_metrics(router, t, routes.of_kind("task")) for name, t in tests.items() if name != "mmlu"}
         user_texts = [t for name, test in tests.items() if name != "mmlu" for t in test.texts]
-        if user_texts:
+        if user_texts and timing:
             rng_u = np.random.default_rng(0)
             user_texts = [user_texts[i] for i in rng_u.permutation(len(user_texts))]
             entry["user_requests_timing"] = time_router(encoders["fast"].encode, lambda t, v: router.route(t, v), user_texts,
@@ -238,7 +246,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     out = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "coe bench routing" + (f" --sample {sample}" if sample else "") + ("" if include_peer else " --no-peer")
+        "command": "coe bench routing" + (f" --sample {sample}" if sample else "")
+                   + (" --accuracy-only" if not timing else "" if include_peer else " --no-peer")
                    + (f" (variants: {', '.join(variants)})" if variants is not None else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "load_avg_at_start": load_at_start},

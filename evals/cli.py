@@ -20,6 +20,10 @@ def routing(
     data: list[str] = typer.Option(None, help="train the service's router on these sources, as coe train --data does "
                                               "(default: mmlu + user-requests); each file's test rows are reported"),
     new_route: bool = typer.Option(True, help="also measure a route declared with 10 examples (one more training)"),
+    accuracy_only: bool = typer.Option(False, help="quick accuracy run: no peer, no latency/throughput, only the "
+                                                   "service's two_stage variant (unless --variant)"),
+    variant: list[str] = typer.Option(None, help="train only these two_stage variants (repeatable), e.g. two_stage, "
+                                                 "'two_stage[mmlu-only]', 'two_stage[fp32]'; default: all"),
 ) -> None:
     """Accuracy, macro-F1, fallback, latency and throughput of every router on MMLU, the service's router on
     held-out user requests per route, and the peer, in one run."""
@@ -27,7 +31,7 @@ def routing(
 
     res = bench_routing(sample=sample, out_dir=out, include_peer=peer, fast_runtime=runtime,
                         fast_max_seq_length=max_seq_length, knn_k=knn_k, data=data or None, new_route=new_route,
-                        log=typer.echo)
+                        timing=not accuracy_only, variants=variant or None, log=typer.echo)
     typer.echo(f"wrote {out}/routing.json, routing.md, routing.png in {res['seconds']} s")
 
 

@@ -71,6 +71,9 @@ def user_section(res: dict) -> list[str]:
         lines += [f"| {lab} | {_f(acc)} |" for lab, acc in m["per_route"].items()]
         lines += ["", "Most frequent confusions (truth -> predicted): "
                   + ", ".join(f"{k} ({v})" for k, v in m["top_confusions"].items()), ""]
+        if m.get("errors_by_kind"):
+            lines += ["Errors by route kind (truth -> predicted): "
+                      + ", ".join(f"{k} {v}" for k, v in m["errors_by_kind"].items()), ""]
     if "new_route" in user:
         n = user["new_route"]
         lines += [f"**New route** `{n['route']}` declared with {n['n_examples']} examples, retrained with no other "

@@ -30,3 +30,16 @@ def test_bench_smoke(tmp_path):
     assert saved["data"]["n_test"] == 4 * 17 and saved["data"]["n_train"] == 12 * 17
     assert "| two_stage |" in (tmp_path / "routing.md").read_text()
     assert (tmp_path / "routing.png").stat().st_size > 1000
+
+
+def test_bench_accuracy_only(tmp_path):
+    """`coe bench routing --accuracy-only`: the service's router on MMLU and the user requests, no peer, no timing."""
+    res = bench_routing(sample=4, out_dir=tmp_path, settings=get_settings(), fast_runtime="torch", fast_max_seq_length=128,
+                        new_route=False, timing=False, log=lambda msg: None)
+    names = {r["router"] for r in res["results"]}
+    assert EXPECTED <= names and not any(n.startswith("two_stage[") or "peer" in n for n in names)
+    assert not any("p50_ms" in r or "throughput_qps" in r for r in res["results"]) and "--accuracy-only" in res["command"]
+    user = res["user"]["user-requests"]
+    assert user["n"] == 414 and "user_requests_timing" not in next(r for r in res["results"] if r["router"] == "two_stage")
+    assert sum(user["errors_by_kind"].values()) == round((1 - user["accuracy"]) * user["n"])
+    assert "Errors by route kind" in (tmp_path / "routing.md").read_text()

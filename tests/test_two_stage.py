@@ -91,6 +91,14 @@ def test_stage1_is_loaded_once_per_file_version(artifacts, embedder):
     assert again is not first and list(again.labels) == list(first.labels)
 
 
+def test_stage1_is_refitted_on_train_and_validation_with_its_calibrated_weights(artifacts, data):
+    """Calibration and tau see validation held out; the saved model then learns from it too (a third more MMLU)."""
+    art = load_artifact(artifacts)
+    train, val = data
+    assert art.stage1.bank.shape[0] == len(train.texts) + len(val.texts)
+    assert list(art.stage1.weights) == art.manifest["calibration"]["weights"]
+
+
 def test_other_encoder_is_refused(artifacts, registry, embedder):
     class OtherEncoder:
         id = "some-other-encoder@0123456789ab"

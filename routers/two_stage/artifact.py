@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: RouteMixture's exam model also knows the task routes (from their examples)
 ROUTER_DIR = "two_stage"
 
 

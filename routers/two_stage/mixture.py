@@ -2,18 +2,21 @@
 
     p(route | q) = g(q) p_exam(route | q) + (1 - g(q)) p_request(route | q)
 
-exam     Stage1 on MMLU (57 subjects summed to the 17 subject routes), calibrated on MMLU validation as
-         before; it knows the subjects but reads every request as an exam question.
+exam     Stage1 on MMLU (57 subjects summed to the 17 subject routes) and on the examples of the routes
+         MMLU lacks (the task routes), calibrated on MMLU validation and then refitted on MMLU train +
+         validation with the same weights; it reads every request as an exam question, but a coding
+         request the gate takes for one can still land on `coding`.
 request  Stage1 on the few-shot rows (each route's examples and the user's labelled requests) over all
          routes, pooled with the exam model's subject knowledge:
-         log p = a log p_few + b log p_exam (routes the exam model knows) + c (routes it does not).
+         log p = a log p_few + b log p_exam (routes with MMLU rows) + c (routes without).
 gate     g(q) = p(exam-style | q): logistic regression on word n-grams, the embedding and the length,
          exam rows against request rows.
 
 The user's requests are split in K folds by a hash of their text: the request model's weights, the
-pool (a, b, c) and tau see only predictions of models that did not train on that row. A route's
-examples are always trained on. Measured on the shipped user requests and MMLU (docs/routing.md): one
-model over both kinds of rows lets the 8,400 exam questions swallow the requests; this keeps them apart.
+pool (a, b, c) and tau see only predictions of models that did not train on that row (tau and the
+validation metrics use the exam model from before its refit). A route's examples are always trained on.
+Measured on the shipped user requests and MMLU (docs/routing.md): one model over both kinds of rows lets
+the 8,400 exam questions swallow the requests; this keeps them apart.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class RouteMixture:
         self.exam: Stage1 | None = None
         self.few: Stage1 | None = None
         self.gate: Gate | None = None
+        self.subjects: list[str] = []  # labels with exam rows: the pool's b term; the rest get c
         self.pool = (1.0, 0.0, 0.0)
 
     def _few_model(self) -> Stage1:
@@ -89,12 +93,20 @@ class RouteMixture:
         groups = np.array(train.groups)
         exam_rows, few_rows = groups == EXAM, groups != EXAM
         self.labels = sorted(set(train.labels))
-        record = {}
+        record, val_exam = {}, None
         if exam_rows.any():
-            step("exam model (MMLU)")
+            step("exam model (MMLU + the examples of routes without MMLU rows)")
+            self.subjects = sorted({lab for lab, e in zip(train.labels, exam_rows) if e})
+            taught = exam_rows | ((groups == EXAMPLE) & ~np.isin(train.labels, self.subjects))
             self.exam = Stage1(self.classifier, self.lexical, seed=self.seed).fit(
-                *_take(train, exam_rows, fine=True), progress=step)
+                *_take(train, taught, fine=True), progress=step)
             record["exam"] = self.exam.calibrate(validation.texts, validation.embeddings, validation.labels)
+            val_exam = self._exam_proba(validation.texts, validation.embeddings)
+            if validation.labels:
+                step("exam model refit on MMLU train + validation (calibrated weights kept)")
+                every = np.ones(len(validation.labels), bool)
+                self.exam.refit(*_join(_take(train, taught, fine=True), _take(validation, every, fine=True)))
+                record["exam"]["refit_rows"] = int(taught.sum()) + len(validation.labels)
         step("request model: out-of-fold predictions")
         held_out = REQUEST if (groups == REQUEST).any() else EXAMPLE  # without requests, the examples are folded
         folds = np.array([_fold(t) if g == held_out else -1 for t, g in zip(train.texts, groups)])
@@ -130,7 +142,9 @@ class RouteMixture:
         if self.exam is not None:
             step("style gate")
             self.gate = Gate().fit(train.texts, train.embeddings, exam_rows)
-            probs = np.vstack([self.predict_proba(validation.texts, validation.embeddings), probs])
+            few_val = self._spread(self.few.predict_proba(validation.texts, validation.embeddings), self.few.labels)
+            gate_val = self.gate.predict(validation.texts, validation.embeddings)
+            probs = np.vstack([self._mix(gate_val, few_val, val_exam), probs])
             held_labels = list(validation.labels) + held_labels
         return record, probs, held_labels
 
@@ -148,7 +162,7 @@ class RouteMixture:
     def _pooled(self, few: np.ndarray, exam: np.ndarray | None, a: float, b: float, c: float) -> np.ndarray:
         z = a * np.log(np.clip(few, 1e-9, 1.0))
         if exam is not None:
-            unknown = np.array([lab not in self.exam.labels for lab in self.labels])
+            unknown = ~np.isin(self.labels, self.subjects)
             z = z + b * np.where(unknown, 0.0, np.log(np.clip(exam, 1e-9, 1.0))) + c * unknown
         return np.exp(log_softmax(z))
 
@@ -189,3 +203,8 @@ def _take(data, mask: np.ndarray, fine: bool = False):
         fine_labels = data.fine_labels or data.labels
         out = out + ([fine_labels[i] for i in idx],)
     return out
+
+
+def _join(a: tuple, b: tuple) -> tuple:
+    """Two _take tuples as one (texts, embeddings, labels[, fine labels])."""
+    return tuple(np.vstack([x, y]) if isinstance(x, np.ndarray) else list(x) + list(y) for x, y in zip(a, b))

@@ -1,6 +1,6 @@
-"""Fit the two-stage router: stage 1 on the train split, calibration and tau on validation,
-metrics on test, then a versioned artifact. Data-set agnostic: callers pass texts, embeddings
-and labels (coe/cli_train.py does it for MMLU)."""
+"""Fit the two-stage router: stage 1 on the train split, calibration and tau on validation, stage 1
+refitted on train + validation, metrics on test, then a versioned artifact. Data-set agnostic: callers
+pass texts, embeddings and labels (coe/cli_train.py does it for MMLU)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,11 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
         step("calibrating on validation")
         calib = stage1.calibrate(validation.texts, validation.embeddings, validation.labels)
         val_probs, val_labels = stage1.predict_proba(validation.texts, validation.embeddings), validation.labels
+        if validation.labels:  # tau and the validation metrics above come from the model before it saw validation
+            step("refit on train + validation (calibrated weights kept)")
+            stage1.refit(train.texts + validation.texts, np.vstack([train.embeddings, validation.embeddings]),
+                         train.labels + validation.labels,
+                         train.fine_labels + validation.fine_labels if train.fine_labels and validation.fine_labels else None)
     val_pred = [stage1.labels[i] for i in val_probs.argmax(axis=1)]
     tau = calibrate_tau(val_probs.max(axis=1), np.array([p == t for p, t in zip(val_pred, val_labels)]), tau_target)
     metrics = {"validation": evaluate(val_probs, stage1.labels, val_labels, tau)}
