@@ -106,15 +106,21 @@ def train_router(sources: list[str] | None = None, level: str = "subcategory", c
     return path
 
 
-def artifact_exists(artifacts_dir: Path) -> bool:
-    from routers.two_stage.artifact import ArtifactError, resolve_version
+def why_retrain(artifacts_dir: Path, routes) -> str | None:
+    """Why the served artifact cannot serve as it is (none, an older format, other routes), or None if it can."""
+    from routers.two_stage.artifact import FORMAT, ArtifactError, resolve_version
 
     try:
-        resolve_version(artifacts_dir)
-        return True
-    except ArtifactError:
-        return False
-
+        path = resolve_version(artifacts_dir)
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (ArtifactError, OSError, ValueError) as exc:
+        return str(exc)
+    if manifest.get("format") != FORMAT:
+        return f"{path} has artifact format {manifest.get('format')}, this version reads {FORMAT}"
+    trained = (manifest.get("routes") or {}).get("fingerprint")
+    if routes is not None and trained != routes.fingerprint():
+        return f"{path} was trained for other routes than those of {routes.path}"
+    return None
 
 def train(
     router: str = typer.Option("two_stage", help="router to train (two_stage)"),
@@ -127,7 +133,8 @@ def train(
     lexical: bool = typer.Option(True, help="add the TF-IDF (word + char n-gram) model to the embedding model"),
     tau_target: str = typer.Option(None, help="accuracy:X, fallback:X or tau:X (default: settings.router_tau_target)"),
     out: Path = typer.Option(None, help="artifacts folder (default: settings.artifacts_dir)"),
-    if_missing: bool = typer.Option(False, "--if-missing", help="do nothing if a trained artifact already exists"),
+    if_stale: bool = typer.Option(False, "--if-stale", help="train only if no artifact can serve: none yet, an older "
+                                                            "format, or trained for other routes (make serve uses it)"),
 ) -> None:
     """Fit the two-stage router for the routes of routes.yaml and write a versioned artifact (classifier, labels,
     tau, map, encoder runtime, routes, data hashes, metrics)."""
@@ -139,10 +146,13 @@ def train(
     if router != "two_stage":
         raise typer.BadParameter("only the two_stage router is trained; baselines build from its artifact")
     settings = get_settings()
-    if if_missing and artifact_exists(Path(out or settings.artifacts_dir)):
-        typer.echo(f"two_stage artifact present under {out or settings.artifacts_dir}; nothing to do")
-        return
-    load_routes_or_exit(settings)
+    routes = load_routes_or_exit(settings)
+    if if_stale:
+        why = why_retrain(Path(out or settings.artifacts_dir), routes)
+        if why is None:
+            typer.echo(f"the two_stage artifact under {out or settings.artifacts_dir} serves these routes; nothing to do")
+            return
+        typer.echo(f"training the two_stage router: {why}")
     try:
         train_router(data or None, level, classifier, out, tau_target, lexical, settings)
     except (DataFileError, TrainingDataError) as exc:

@@ -4,7 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-if [ ! -d artifacts/two_stage ]; then
-  .venv/bin/coe train --router two_stage   # MMLU + the shipped user requests + the routes' examples
-fi
+# MMLU + the shipped user requests + the routes' examples; again when routes.yaml or the artifact format changed
+.venv/bin/coe train --router two_stage --if-stale
 exec .venv/bin/coe serve "$@"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,17 @@ def test_fastpath_computes_what_scikit_learn_computes(artifacts, data):
     lexical = fastpath.linear(stage1.lex, [fastpath.tfidf(stage1.word, texts), fastpath.tfidf(stage1.char, texts)])
     assert np.allclose(lexical, stage1.lex.decision_function(stage1._lex_features(texts)), atol=1e-5)
     assert np.allclose(fastpath.linear(stage1.dense, [val.embeddings]), stage1.dense.decision_function(val.embeddings), atol=1e-5)
+
+
+def test_make_serve_retrains_only_an_artifact_that_cannot_serve(artifacts, tmp_path):
+    from coe.cli_train import why_retrain
+    from coe.core.routes import load_routes
+
+    assert "no trained two_stage artifact" in why_retrain(tmp_path, None)
+    assert why_retrain(artifacts, None) is None
+    assert "other routes" in why_retrain(artifacts, load_routes(ROOT / "routes.yaml"))  # trained without this file
+    old = tmp_path / "old"
+    shutil.copytree(artifacts, old)
+    manifest = resolve_version(old) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))
+    assert "artifact format 1" in why_retrain(old, None)
