@@ -19,7 +19,8 @@ def test_a_short_load_run_with_every_fault_loses_nothing(tmp_path):
     command = [sys.executable, "-m", "coe.cli", "bench", "load", "--duration", "15", "--clients", "4",
                "--max-tokens", "1", "--leave-every-s", "2", "--registry-window-s", "3", "--reclaim-idle-s", "3",
                "--experts", str(FIXTURES / "working-experts.yaml"), "--out", str(tmp_path)]
-    run = subprocess.run(command, cwd=ROOT, env={**os.environ, "COE_LOG_LEVEL": "warning"}, capture_output=True,
+    run = subprocess.run(command, cwd=ROOT, env={**os.environ, "COE_LOG_LEVEL": "warning",
+                                                   "COE_ARTIFACTS_DIR": str(tmp_path / "artifacts")}, capture_output=True,
                          text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     res = json.loads((tmp_path / "load.json").read_text())
