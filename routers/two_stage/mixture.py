@@ -90,8 +90,14 @@ class RouteMixture:
         """train/validation: LabeledSets whose `groups` mark rows exam, request or example. Returns
         (calibration record, held-out probabilities, their labels) for tau and the metrics."""
         step = progress or (lambda msg: None)
+        record, val_exam = self.fit_exam(train, validation, step)
+        return self.fit_requests(train, validation, val_exam, record, step)
+
+    def fit_exam(self, train, validation, step) -> tuple[dict, np.ndarray | None]:
+        """The exam model alone (it never sees the request rows, so cross-validation over them can fit it once).
+        Returns (calibration record, its validation probabilities from before the refit)."""
         groups = np.array(train.groups)
-        exam_rows, few_rows = groups == EXAM, groups != EXAM
+        exam_rows = groups == EXAM
         self.labels = sorted(set(train.labels))
         record, val_exam = {}, None
         if exam_rows.any():
@@ -107,6 +113,13 @@ class RouteMixture:
                 every = np.ones(len(validation.labels), bool)
                 self.exam.refit(*_join(_take(train, taught, fine=True), _take(validation, every, fine=True)))
                 record["exam"]["refit_rows"] = int(taught.sum()) + len(validation.labels)
+        return record, val_exam
+
+    def fit_requests(self, train, validation, val_exam: np.ndarray | None, record: dict,
+                     step) -> tuple[dict, np.ndarray, list[str]]:
+        """The request model, the pool and the gate, after fit_exam; returns what fit() returns."""
+        groups = np.array(train.groups)
+        exam_rows, few_rows = groups == EXAM, groups != EXAM
         step("request model: out-of-fold predictions")
         held_out = REQUEST if (groups == REQUEST).any() else EXAMPLE  # without requests, the examples are folded
         folds = np.array([_fold(t) if g == held_out else -1 for t, g in zip(train.texts, groups)])
