@@ -17,7 +17,7 @@ from coe.core.settings import get_settings
 from coe.embedder import make_embedder
 from coe.train_data import MMLU, gather, labeled_sets
 from routers.base import RouterContext, build_router
-from routers.two_stage import fastpath
+from routers.two_stage import fastpath, nearest
 from routers.two_stage.model import Stage1, log_softmax, per_class
 from routers.two_stage.train import train_two_stage
 
@@ -86,8 +86,10 @@ def _reference(router, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
     return mixture._mix(gate, few, exam)
 
 
-def test_the_fast_path_routes_as_scikit_learn_does(served):
+@pytest.mark.parametrize("int8_from_rows", [nearest.MIN_ROWS, 0], ids=["as served", "every bank through the int8 index"])
+def test_the_fast_path_routes_as_scikit_learn_does(served, monkeypatch, int8_from_rows):
     router, texts, embeddings = served
+    monkeypatch.setattr(nearest, "MIN_ROWS", int8_from_rows)  # this artifact's banks are small
     reference = _reference(router, texts, embeddings)
     singles = [router.route([t], embeddings[i : i + 1])[0] for i, t in enumerate(texts)]
     batched = [d for s in range(0, len(texts), 64) for d in router.route(texts[s : s + 64], embeddings[s : s + 64])]
@@ -109,3 +111,30 @@ def test_tfidf_equals_scikit_learn_exactly(served):
             assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
             assert np.array_equal(ours.indptr, theirs.indptr) and np.array_equal(ours.indices, theirs.indices)
             assert np.array_equal(ours.data, theirs.data)
+
+
+def test_the_int8_index_finds_the_full_sweeps_neighbours():
+    """On the real exam-sized bank (MMLU train questions, the service's encoder) with MMLU test questions as
+    queries, among them the moral scenarios that share one vector (ties: the full sweep decides)."""
+    from coe.data.embedding_cache import cached_embeddings
+    from coe.data.mmlu import load_mmlu
+
+    settings = get_settings()
+    questions = load_mmlu(settings.cache_dir)
+    vectors = cached_embeddings(make_embedder(settings), [q.question for q in questions], settings.cache_dir)
+    bank = np.ascontiguousarray(vectors[[q.split == "train" for q in questions]], dtype=np.float32)
+    test = [i for i, q in enumerate(questions) if q.split == "test"]
+    picked = test[:: len(test) // 300]
+    queries = vectors[picked].astype(np.float32)
+    want_idx, want_sims = nearest.full(bank, queries, 10)
+    ranked = -np.sort(-(queries @ bank.T), axis=1)
+    ties = ranked[:, 9] - ranked[:, 10] < nearest.GAP  # the 10th and 11th neighbours are (nearly) the same vector
+    moral = np.array([questions[i].subject == "moral scenarios" for i in picked])
+    assert len(bank) >= 8000 and ties[moral].all() and moral.sum() >= 5 and ties.mean() < 0.2
+    with fastpath.inference():
+        singles = [nearest.nearest(bank, q[None], 10) for q in queries]
+        batch = nearest.nearest(bank, queries, 10)
+    for got_idx, got_sims in [(np.vstack([i for i, _ in singles]), np.vstack([s for _, s in singles])), batch]:
+        for row in np.nonzero(~ties)[0]:  # tied rows: which of the equal vectors is BLAS's and argpartition's choice
+            assert set(got_idx[row]) == set(want_idx[row])
+        assert np.abs(np.sort(got_sims, axis=1) - np.sort(want_sims, axis=1)).max() <= 1e-6

@@ -71,6 +71,10 @@ def inference():
         _grams_memo.reset(token)
 
 
+def in_inference() -> bool:
+    return _grams_memo.get() is not None
+
+
 def _analysis_key(vectorizer) -> tuple:
     key = tuple(getattr(vectorizer, name, None) for name in _ANALYSIS)
     try:
