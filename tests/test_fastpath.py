@@ -115,7 +115,8 @@ def test_tfidf_equals_scikit_learn_exactly(served):
 
 def test_the_int8_index_finds_the_full_sweeps_neighbours():
     """On the real exam-sized bank (MMLU train questions, the service's encoder) with MMLU test questions as
-    queries, among them the moral scenarios that share one vector (ties: the full sweep decides)."""
+    queries (singly and 8 at a time), among them the moral scenarios that share one vector (ties: the full
+    sweep decides)."""
     from coe.data.embedding_cache import cached_embeddings
     from coe.data.mmlu import load_mmlu
 
@@ -133,8 +134,10 @@ def test_the_int8_index_finds_the_full_sweeps_neighbours():
     assert len(bank) >= 8000 and ties[moral].all() and moral.sum() >= 5 and ties.mean() < 0.2
     with fastpath.inference():
         singles = [nearest.nearest(bank, q[None], 10) for q in queries]
-        batch = nearest.nearest(bank, queries, 10)
-    for got_idx, got_sims in [(np.vstack([i for i, _ in singles]), np.vstack([s for _, s in singles])), batch]:
+        step = nearest.MAX_QUERIES
+        small = [nearest.nearest(bank, queries[s : s + step], 10) for s in range(0, len(queries), step)]
+    for found in (singles, small):
+        got_idx, got_sims = np.vstack([i for i, _ in found]), np.vstack([s for _, s in found])
         for row in np.nonzero(~ties)[0]:  # tied rows: which of the equal vectors is BLAS's and argpartition's choice
             assert set(got_idx[row]) == set(want_idx[row])
         assert np.abs(np.sort(got_sims, axis=1) - np.sort(want_sims, axis=1)).max() <= 1e-6
