@@ -227,7 +227,7 @@ def test_fastpath_computes_what_scikit_learn_computes(artifacts, data):
     _, val = data
     texts = val.texts + ["", "a"]
     for vec in (stage1.word, stage1.char):
-        assert np.allclose(fastpath.tfidf(vec, texts).toarray(), vec.transform(texts).toarray(), atol=1e-6)
+        assert np.allclose(fastpath.tfidf(vec, texts).csr().toarray(), vec.transform(texts).toarray(), atol=1e-6)
     lexical = fastpath.linear(stage1.lex, [fastpath.tfidf(stage1.word, texts), fastpath.tfidf(stage1.char, texts)])
     assert np.allclose(lexical, stage1.lex.decision_function(stage1._lex_features(texts)), atol=1e-5)
     assert np.allclose(fastpath.linear(stage1.dense, [val.embeddings]), stage1.dense.decision_function(val.embeddings), atol=1e-5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from routers.two_stage import fastpath
+from routers.two_stage.nearest import nearest
 
 CLASSIFIERS = ("logreg", "mlp")
 
@@ -109,12 +110,11 @@ class Stage1:
 
     def _knn_logits(self, embeddings: np.ndarray) -> np.ndarray:
         """log of a smoothed, similarity-weighted vote of the k nearest training questions."""
-        sims = embeddings @ self.bank.T
-        k = min(self.knn, sims.shape[1])
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        k = min(self.knn, len(self.bank))
+        idx, sims = nearest(self.bank, embeddings, k)
         votes = np.full((len(embeddings), len(self.fine)), 0.1 / len(self.fine), dtype=np.float64)
         rows = np.repeat(np.arange(len(embeddings)), k)
-        np.add.at(votes, (rows, self.bank_y[idx].ravel()), np.maximum(np.take_along_axis(sims, idx, 1), 0).ravel())
+        np.add.at(votes, (rows, self.bank_y[idx].ravel()), np.maximum(sims, 0).ravel())
         return np.log(votes / votes.sum(axis=1, keepdims=True))
 
     def _logits(self, texts: list[str], embeddings: np.ndarray) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from routers.base import RouteDecision, Router, RouterContext, register
+from routers.two_stage import fastpath
 from routers.two_stage.artifact import Artifact, ArtifactError, load_artifact
 from routers.two_stage.stage2 import ExpertMap, build_map, load_scores
 
@@ -96,7 +97,8 @@ class TwoStageRouter(Router):
         return cls(ctx, artifact)
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        return self.stage1.predict_proba(list(texts), embeddings)
+        with fastpath.inference():
+            return self.stage1.predict_proba(list(texts), embeddings)
 
     def decide(self, probs: np.ndarray, k: int = 1) -> list[RouteDecision]:
         decisions = []
