@@ -9,16 +9,17 @@ numbers (tests/test_fastpath.py compares the router with scikit-learn's own tran
   into n-grams once per analyzer configuration: the exam model, the request model and the gate
   read the same word n-grams, the two models the same character n-grams.
 - Linear models as one product over the nonzero features, no sparse hstack.
-- `inference()` runs BLAS on one thread: OpenBLAS splits the single-query kNN sweep (11,000 x 384)
-  over both cores, and on a loaded 2-core machine waiting for the second thread cost 12 ms against
-  2.6 ms on one (measured at load average 5).
+
+BLAS keeps its threads: a per-call one-thread limit was tried (it helped the float32 kNN sweep on a
+loaded machine), but the limit is process-wide while routing calls overlap in the service's thread
+pool, and on an idle machine the two-thread sweep was 3.5x faster (0.74 vs 2.6 ms); single queries
+now take their neighbours from the int8 index (nearest.py) instead of that sweep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from collections import Counter
 from dataclasses import dataclass
 from itertools import repeat
@@ -50,23 +51,15 @@ class Rows:
         return csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
 
 
-@functools.cache
-def _blas():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()  # scanning the loaded libraries is slow: once per process
-
-
 @contextlib.contextmanager
 def inference():
-    """Scope of one routing call: n-grams shared between vectorizers, BLAS on one thread."""
+    """Scope of one routing call: n-grams shared between vectorizers."""
     if _grams_memo.get() is not None:
         yield
         return
     token = _grams_memo.set({})
     try:
-        with _blas().limit(limits=1, user_api="blas"):
-            yield
+        yield
     finally:
         _grams_memo.reset(token)
 
