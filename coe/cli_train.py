@@ -108,15 +108,13 @@ def train_router(sources: list[str] | None = None, level: str = "subcategory", c
 
 def why_retrain(artifacts_dir: Path, routes) -> str | None:
     """Why the served artifact cannot serve as it is (none, an older format, other routes), or None if it can."""
-    from routers.two_stage.artifact import FORMAT, ArtifactError, resolve_version
+    from routers.two_stage.artifact import ArtifactError, read_manifest, resolve_version
 
     try:
         path = resolve_version(artifacts_dir)
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (ArtifactError, OSError, ValueError) as exc:
+        manifest = read_manifest(path)
+    except ArtifactError as exc:
         return str(exc)
-    if manifest.get("format") != FORMAT:
-        return f"{path} has artifact format {manifest.get('format')}, this version reads {FORMAT}"
     trained = (manifest.get("routes") or {}).get("fingerprint")
     if routes is not None and trained != routes.fingerprint():
         return f"{path} was trained for other routes than those of {routes.path}"

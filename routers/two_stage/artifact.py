@@ -108,16 +108,22 @@ def _load_stage1(file: str, mtime_ns: int, size: int):
     return joblib.load(file)
 
 
-def load_artifact(artifacts_dir: Path, version: str | None = None, encoder_id: str | None = None,
-                  labels: list[str] | None = None, level: str | None = None) -> Artifact:
-    """Load an artifact, refusing one built with another encoder or label set."""
-    path = resolve_version(artifacts_dir, version)
+def read_manifest(path: Path) -> dict:
+    """The manifest of the artifact at `path`, refusing one this version cannot read."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}/manifest.json: unreadable ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: artifact format {manifest.get('format')} is not {FORMAT}; retrain with coe train")
+    return manifest
+
+
+def load_artifact(artifacts_dir: Path, version: str | None = None, encoder_id: str | None = None,
+                  labels: list[str] | None = None, level: str | None = None) -> Artifact:
+    """Load an artifact, refusing one built with another encoder or label set."""
+    path = resolve_version(artifacts_dir, version)
+    manifest = read_manifest(path)
     trained_with = manifest.get("encoder", {}).get("id")
     if encoder_id is not None and trained_with != encoder_id:
         raise ArtifactError(
