@@ -85,8 +85,8 @@ def profile(
                 prof["aggregators"] = await measure_aggregators(
                     runner, prof, questions, candidates, experts, k=agg_k, limit=agg_limit, max_tokens=max_tokens,
                     seed=seed)
-            prof["worker"] = {"batches": runner.worker.scheduler.stats.batches,
-                              "switches": runner.worker.scheduler.stats.switches}
+            prof["worker"] = {"batches": sum(w.scheduler.stats.batches for w in runner.workers),
+                              "switches": sum(w.scheduler.stats.switches for w in runner.workers)}
             return prof
         finally:
             await runner.stop()

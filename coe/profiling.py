@@ -89,20 +89,23 @@ class Runner:
                 self.registry.experts[name] = e.model_copy(update={"max_batch": self.batch})
         self.embedder = make_embedder(s)
         self.queue = MemoryQueue(max_depth=s.max_queue_depth)
-        self.worker = Worker(self.registry, self.queue, device="cpu", engine_options=engine_options(s))
+        # One worker per device the experts use, as the embedded service starts them (CPU, gpu:0, ...).
+        self.workers = [Worker(self.registry, self.queue, device=d, engine_options=engine_options(s))
+                        for d in sorted({e.device for e in self.registry.experts.values()})]
         self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self.worker.run(self._stop))
+        self._tasks = [asyncio.create_task(w.run(self._stop), name=f"runner-worker-{w.device}") for w in self.workers]
         self.pipeline = await Pipeline.create(self.registry, self.embedder, self.queue, s, "skills")
         self.router: SkillsRouter = self.pipeline.routers["skills"]
         self.index: SkillIndex = self.router.index
-        await self.worker.ready.wait()
+        await asyncio.gather(*(w.ready.wait() for w in self.workers))
 
     async def stop(self) -> None:
         self._stop.set()
-        try:
-            await asyncio.wait_for(self._task, 60)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, 60)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
         await self.queue.close()
 
     async def ask(self, expert: str, messages: list[dict], max_tokens: int, seed: int,

@@ -99,6 +99,27 @@ def test_a_short_job_finishes_first_while_a_long_one_runs_with_stand_in_vllm(tmp
     asyncio.run(go())
 
 
+def test_a_scoring_job_gets_choice_logprobs_not_text_with_stand_in_vllm(tmp_path, fake_vllm) -> None:
+    async def go():
+        queue = MemoryQueue()
+        w = make_worker(tmp_path, queue)
+        async with Running(w):
+            scoring = Job(expert="x0", request=GenerationRequest(messages=[{"role": "user", "content": "2+2? A) 3 B) 4"}],
+                                                                  max_tokens=1, choices=[" A", " B"]))
+            text = job(max_tokens=3)
+            for j in (scoring, text):
+                await queue.submit(j)
+            _, results = await finish_order(queue, [scoring, text])
+            engine = engine_of(w, "x0")
+            expected = engine.choice_logprobs([scoring.request], [" A", " B"])[0]
+        scored = results[scoring.id].completion
+        assert scored.choice_logprobs == pytest.approx(expected) and len(expected) == 2
+        assert scored.text == [" A", " B"][expected.index(max(expected))] and scored.prompt_tokens > 0
+        assert results[text.id].completion.text == "w0 w1 w2 "  # the other job in the engine still gets text
+
+    asyncio.run(go())
+
+
 def test_text_streams_to_the_client_before_the_job_ends_with_stand_in_vllm(tmp_path) -> None:
     async def go():
         queue = MemoryQueue()

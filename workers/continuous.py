@@ -13,8 +13,10 @@ The residency scheduler still decides which groups are awake, asleep or cold, an
   another group's oldest job has waited `max_wait_s` (the scheduler's starvation rule);
 - a switch runs in the background: resident groups it does not touch keep serving meanwhile.
 
-A job is cancelled (aborted inside the engine, its slot freed, answered with error_type 'cancelled')
-when its deadline passes or when `cancel(job_id)` is called. On stop, nothing new is claimed and the
+A scoring job (request.choices: a log-probability per choice, no text) goes to the engine's
+`choice_logprobs` instead, as the batch loop sends it (workers/choice_jobs.py); it joins the engine's
+batch like any job. A job is cancelled (aborted inside the engine, its slot freed, answered with
+error_type 'cancelled') when its deadline passes or when `cancel(job_id)` is called. On stop, nothing new is claimed and the
 jobs in flight are finished and answered.
 """
 
@@ -24,9 +26,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from workers.choice_jobs import is_scoring, score_jobs
 from workers.engines.base import CANCELLED
 from workers.jobs import Job, JobResult
 from workers.queue import PendingStats, QueueUnavailable
@@ -178,6 +181,10 @@ class ContinuousLoop:
 
     async def _serve(self, key: str, job: Job, cancelled: asyncio.Event, concurrency: int) -> None:
         w = self.worker
+        if is_scoring(job):  # one short pass, nothing to stream or abort half-way
+            result = (await score_jobs(w.engines[key], [job], w.name))[0]
+            await self._complete(job, replace(result, batch_size=concurrency))
+            return
         started = time.time()
         timer = None
         if job.deadline is not None:
@@ -199,11 +206,14 @@ class ContinuousLoop:
             if publisher is not None:
                 deltas.put_nowait(None)
                 await publisher
-        result = JobResult(job_id=job.id, expert=job.expert, completion=completion, error=error, error_type=error_type,
-                           worker=w.name, queue_s=max(0.0, started - job.enqueued_at), generate_s=time.time() - started,
-                           batch_size=concurrency)
+        await self._complete(job, JobResult(job_id=job.id, expert=job.expert, completion=completion, error=error,
+                                            error_type=error_type, worker=w.name,
+                                            queue_s=max(0.0, started - job.enqueued_at),
+                                            generate_s=time.time() - started, batch_size=concurrency))
+
+    async def _complete(self, job: Job, result: JobResult) -> None:
         try:
-            await w.queue.complete(job, result)
+            await self.worker.queue.complete(job, result)
         except QueueUnavailable:
             log.warning("could not store the result of job %s; it will be run again", job.id)
 

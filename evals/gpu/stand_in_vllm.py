@@ -3,7 +3,8 @@
 `AsyncLLM` behaves like vLLM's (vllm.v1.engine.async_llm): `from_engine_args(AsyncEngineArgs(...))`,
 `generate(prompt, sampling_params, request_id)` an async generator of RequestOutputs (DELTA: new text
 only; FINAL_ONLY: one output at the end), `abort(request_id)`, `sleep(level)`, `wake_up()`,
-`shutdown()`, `get_tokenizer()`, `model_config.max_model_len`. Every request decodes one token per
+`shutdown()`, `get_tokenizer()`, `model_config.max_model_len`, and `prompt_logprobs` (each prompt token's
+log-probability is a fixed function of the token and its position: `prompt_logprob`). Every request decodes one token per
 `step_s` seconds on its own, so requests interleave the way continuous batching lets them; a request
 the caller stops reading (cancelled task) is aborted as vLLM does, and every abort is recorded.
 Its "tokens" are words (`w0 w1 ...`). Used by the tests (`..._with_stand_in_vllm`) and by
@@ -29,10 +30,11 @@ class RequestOutputKind(enum.Enum):
 class SamplingParams:
     def __init__(self, n: int = 1, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-                 output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE, ignore_eos: bool = False):
+                 output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE, ignore_eos: bool = False,
+                 prompt_logprobs: int | None = None):
         self.n, self.max_tokens, self.temperature, self.top_p = n, max_tokens, temperature, top_p
         self.repetition_penalty, self.seed, self.stop, self.output_kind = repetition_penalty, seed, stop, output_kind
-        self.ignore_eos = ignore_eos
+        self.ignore_eos, self.prompt_logprobs = ignore_eos, prompt_logprobs
 
 
 class AsyncEngineArgs:
@@ -43,15 +45,25 @@ class AsyncEngineArgs:
 
 
 class Tokenizer:
-    """Characters as token ids; a chat template that marks roles."""
+    """Characters as token ids (BOS = 1 when special tokens are asked for); a chat template that marks roles."""
 
-    chat_template = "{{ messages }}"
+    chat_template: str | None = "{{ messages }}"
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt else "")
 
     def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 256 for c in text]
+        return [1] * add_special_tokens + [ord(c) % 256 for c in text]
+
+
+def prompt_logprob(token: int, position: int) -> float:
+    """The stand-in's log-probability of prompt token `token` at `position`."""
+    return -0.5 - (token + 3 * position) % 7
+
+
+@dataclass
+class Logprob:
+    logprob: float
 
 
 @dataclass
@@ -68,6 +80,7 @@ class RequestOutput:
     prompt_token_ids: list[int] | None
     outputs: list[CompletionOutput]
     finished: bool
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 @dataclass
@@ -110,6 +123,9 @@ class AsyncLLM:
         self.running.add(request_id)
         self.record.peak_running = max(self.record.peak_running, len(self.running))
         kind, text, tokens = sampling_params.output_kind, "", []
+        scores = None
+        if sampling_params.prompt_logprobs is not None:  # vLLM's layout: none for the first token
+            scores = [None] + [{t: Logprob(prompt_logprob(t, j))} for j, t in enumerate(ids) if j > 0]
         try:
             for i in range(sampling_params.max_tokens):
                 await asyncio.sleep(self.step_s)
@@ -128,7 +144,7 @@ class AsyncLLM:
                     yield RequestOutput(request_id, ids if i == 0 else None,
                                         [CompletionOutput(0, piece, [i], reason)], last)
                 elif last or kind is RequestOutputKind.CUMULATIVE:
-                    yield RequestOutput(request_id, ids, [CompletionOutput(0, text, list(tokens), reason)], last)
+                    yield RequestOutput(request_id, ids, [CompletionOutput(0, text, list(tokens), reason)], last, scores)
                 if last:
                     return
         except (asyncio.CancelledError, GeneratorExit):

@@ -21,7 +21,11 @@ derived ones. The GPU is chosen by the process (`coe worker --device gpu:N` sets
 before CUDA starts).
 
 The chat template is applied here with the model's tokenizer, and prompts go to vLLM as token ids with
-one SamplingParams per request (temperature, top_p, repetition_penalty, seed, stop strings, max_tokens).
+one SamplingParams per request (temperature, top_p, repetition_penalty, seed, stop strings, max_tokens);
+a base model without a template gets the same plain transcript and stops as on the CPU engines.
+A GGUF model (`package:`, `parts:` or a .gguf path) is converted once into a cached Hugging Face folder
+(coe.core.weights), which vLLM loads in bfloat16 on a GPU unless vllm_args name a dtype.
+Multiple-choice scoring (`choice_logprobs`) reads vLLM's prompt log-probabilities of prompt + choice.
 vllm is imported only when an engine loads, so the rest of the service runs where it is not installed.
 """
 
@@ -33,10 +37,13 @@ import inspect
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from coe.core.assets import PACKAGE_PREFIX, PARTS_PREFIX, AssetError
+from coe.core.weights import is_hf_folder, prepare_local_weights
 from workers.engines.base import EngineError, EngineSpec
-from workers.engines.decoding import plain_messages
+from workers.engines.decoding import PLAIN_STOPS, plain_messages, plain_prompt
 from workers.engines.engine_loop import Emit, LoopEngine
 from workers.jobs import Completion, GenerationRequest
 
@@ -64,16 +71,20 @@ def gpu_total_gb(index: int = 0) -> float:
         return torch.cuda.get_device_properties(index).total_memory / 2**30
 
 
+def is_gguf_ref(model: str) -> bool:
+    """True for weights vLLM should get converted: a model package or split model, a .gguf file, or a folder
+    holding one; a Hugging Face folder or a hub-style id goes to vLLM as it is."""
+    if model.startswith((PACKAGE_PREFIX, PARTS_PREFIX)) or model.endswith(".gguf"):
+        return True
+    path = Path(model).expanduser()
+    return path.is_dir() and not is_hf_folder(path) and any(path.glob("*.gguf"))
+
+
 def memory_utilization(memory_gb: float, total_gb: float) -> float:
     """The fraction of the GPU an expert that needs `memory_gb` may take."""
     if memory_gb > total_gb * MAX_UTILIZATION:
         raise EngineError(f"expert needs {memory_gb} GB but the GPU has {total_gb:.1f} GB")
     return round(memory_gb / total_gb, 4)
-
-
-def _plain_prompt(messages: list[dict]) -> str:
-    """A prompt for tokenizers without a chat template."""
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
 
 class VllmEngine(LoopEngine):
@@ -89,6 +100,7 @@ class VllmEngine(LoopEngine):
         self.asleep = False
         self.max_model_len = 0
         self.load_s = 0.0
+        self.weights: str | None = None  # what vLLM loads: the model, or the folder a GGUF was converted into
         self.running: set[str] = set()  # request ids inside vLLM; touched on the engine's loop only
 
     @property
@@ -97,11 +109,14 @@ class VllmEngine(LoopEngine):
 
     def llm_args(self, total_gb: float | None = None) -> dict:
         """The AsyncEngineArgs: derived from the spec, then the worker's vllm_args, then the constructor's."""
-        args = {"model": self.model, "max_num_seqs": self.spec.max_batch, "seed": 0, "disable_log_stats": True}
+        args = {"model": self.weights or self.model, "max_num_seqs": self.spec.max_batch, "seed": 0,
+                "disable_log_stats": True}
         if self.spec.device != "cpu":
             total = gpu_total_gb(0) if total_gb is None else total_gb  # the worker process sees only its GPU
             args["gpu_memory_utilization"] = memory_utilization(self.spec.memory_gb, total)
             args["enable_sleep_mode"] = True
+            if self.weights:  # converted from a GGUF in float32: the quantised weights lose nothing in bf16
+                args["dtype"] = "bfloat16"
         args.update(self.spec.options.vllm_args)
         args.update(self.engine_args)
         return args
@@ -132,6 +147,12 @@ class VllmEngine(LoopEngine):
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise EngineError(f"vllm is not installed: {exc}") from exc
+        if is_gguf_ref(self.model) and self.weights is None:
+            try:
+                folder = await asyncio.to_thread(prepare_local_weights, self.model, self.spec.options.cache_dir)
+            except (AssetError, OSError, ValueError) as exc:
+                raise EngineError(f"cannot prepare local model {self.spec.model} for vllm: {exc}") from exc
+            self.weights = None if str(folder) == self.model else str(folder)
         args = self.llm_args()
         t0 = time.perf_counter()
         try:
@@ -189,21 +210,68 @@ class VllmEngine(LoopEngine):
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if self.tokenizer is None:
             raise EngineError("this engine was started without a tokenizer (skip_tokenizer_init); it cannot take chats")
-        msgs = plain_messages(messages)
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        else:
-            text = _plain_prompt(msgs)
+        if not self.has_template:  # a base model: the CPU engines' transcript, with its begin-of-text token
+            return list(self.tokenizer.encode(plain_prompt(messages), add_special_tokens=True))
+        text = self.tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     def sampling_params(self, request: GenerationRequest, room: int, stream: bool = True) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+        stops = [s for s in request.stop if s] + ([] if self.has_template else PLAIN_STOPS)
         return SamplingParams(
             n=1, max_tokens=max(1, min(request.max_tokens, room)), temperature=request.temperature, top_p=request.top_p,
-            repetition_penalty=request.repetition_penalty, seed=request.seed, stop=[s for s in request.stop if s] or None,
+            repetition_penalty=request.repetition_penalty, seed=request.seed, stop=stops or None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
+
+    # ---- multiple-choice scoring
+
+    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+        """Log-probability of each choice as the continuation of each request's chat prompt (the sum over the
+        choice's tokens, as decoding.ChoicePlan defines it); every prompt + choice joins vLLM's batch at once,
+        and its prefix cache computes a shared prompt once."""
+        return self.runner.call(self._choice_logprobs(requests, choices))
+
+    async def _choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+        if self.llm is None or self.asleep:
+            raise EngineError(f"vllm engine {self.spec.key} is not resident")
+        choice_ids = [list(self.tokenizer.encode(c, add_special_tokens=False)) for c in choices]
+        if not all(choice_ids):
+            raise EngineError("a choice to score is empty")
+        prompts = [self.prompt_ids(r.messages) for r in requests]
+        for row, prompt in enumerate(prompts):
+            if len(prompt) + max(map(len, choice_ids)) > self.max_model_len:
+                raise EngineError(f"request {row}: prompt of {len(prompt)} tokens does not fit the "
+                                  f"{self.max_model_len}-token context")
+        flat = await asyncio.gather(*(self._continuation_logprob(prompt + c, len(prompt))
+                                      for prompt in prompts for c in choice_ids))
+        k = len(choices)
+        return [list(flat[i * k:(i + 1) * k]) for i in range(len(prompts))]
+
+    async def _continuation_logprob(self, ids: list[int], n_prompt: int) -> float:
+        """Sum of log p(ids[j] | ids[:j]) for j >= n_prompt, from one prompt-logprobs pass (no token is sampled)."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        params = SamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=1,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        rid = uuid.uuid4().hex
+        self.running.add(rid)
+        try:
+            final = None
+            async for out in self.llm.generate({"prompt_token_ids": ids}, params, rid):
+                final = out
+        except Exception as exc:
+            raise EngineError(f"vllm engine {self.spec.key}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.running.discard(rid)
+        if final is None or final.prompt_logprobs is None:
+            raise EngineError(f"vllm engine {self.spec.key} returned no prompt log-probabilities")
+        return float(sum(final.prompt_logprobs[j][ids[j]].logprob for j in range(n_prompt, len(ids))))
 
     async def complete(self, request: GenerationRequest, emit: Emit, stream: bool) -> Completion:
         if self.llm is None or self.asleep:
