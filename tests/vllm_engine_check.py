@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from workers.engines.base import EngineSpec
+    from coe.core.settings import get_settings
+    from workers.engines.base import EngineOptions, EngineSpec
     from workers.engines.local import LocalEngine
     from workers.engines.vllm import VllmEngine
     from workers.jobs import GenerationRequest
@@ -32,7 +33,8 @@ def main() -> None:
     model, device = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "cpu")
     path = model if Path(model).exists() else None
     spec = EngineSpec(key=f"vllm|{model}|{device}", engine="vllm", model=model, model_path=path, device=device,
-                      memory_gb=1.0 if device == "cpu" else 8.0, max_batch=4)
+                      memory_gb=1.0 if device == "cpu" else 8.0, max_batch=4,
+                      options=EngineOptions(cache_dir=get_settings().cache_dir))
     extra = json.loads(os.environ.get("COE_VLLM_ENGINE_ARGS") or "{}")  # e.g. {"enforce_eager": true}
     engine = VllmEngine(spec, **{"max_model_len": 1024, "dtype": "bfloat16", **extra})
     out: dict = {"device": device}
@@ -71,7 +73,7 @@ def main() -> None:
     engine.unload()
     out["unloaded"] = engine.llm is None
     local = LocalEngine(EngineSpec(key="local", engine="local", model=model, model_path=path, device="cpu",
-                                   memory_gb=1.0, max_batch=4))
+                                   memory_gb=1.0, max_batch=4, options=spec.options))
     local.load()
     out["choices_local"] = local.choice_logprobs(mc, letters)[0]
     print("RESULT " + json.dumps(out), flush=True)
