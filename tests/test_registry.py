@@ -114,3 +114,17 @@ def test_serve_refuses_an_invalid_file(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1
     assert "only one expert may be marked fallback" in proc.stderr
+
+
+@pytest.mark.parametrize("cpu, gpu", [("experts.yaml", "experts.gpu.yaml"), ("experts.large.yaml", "experts.large.gpu.yaml")])
+def test_gpu_experts_files_serve_the_same_experts_through_vllm(cpu: str, gpu: str) -> None:
+    import yaml
+
+    from coe.core.registry import ExpertsFile
+
+    served = {"engine", "device", "memory_gb", "max_batch"}  # what a GPU changes; the rest must stay the CPU file's
+    ours, theirs = (yaml.safe_load((ROOT / name).read_text())["experts"] for name in (cpu, gpu))
+    assert [{k: v for k, v in e.items() if k not in served} for e in ours] == \
+           [{k: v for k, v in e.items() if k not in served} for e in theirs]
+    spec = ExpertsFile.model_validate(yaml.safe_load((ROOT / gpu).read_text()))  # the schema, without the weights
+    assert {(e.engine, e.device) for e in spec.experts} == {("vllm", "gpu:0")}
