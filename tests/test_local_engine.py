@@ -170,3 +170,20 @@ def test_should_stop_finishes_only_that_row_early_as_cancelled(engine):
     assert out[0].finish_reason == "cancelled" and out[0].completion_tokens < 12
     assert out[0].text == "".join(pieces[0])
     assert out[1].finish_reason == "length" and out[1].completion_tokens == 12
+
+
+def test_a_tokenizer_that_cuts_english_into_pieces_is_refused_before_conversion() -> None:
+    from transformers import AutoTokenizer
+
+    from coe.core.assets import AssetError
+    from coe.core.weights import check_tokenizer, prepare_local_weights
+
+    folder = prepare_local_weights(MODEL_REF, get_settings().cache_dir)
+    check_tokenizer(AutoTokenizer.from_pretrained(folder), "SmolLM2")  # a real vocabulary passes
+
+    class PiecesTokenizer:  # how transformers 5.17 read Gemma-3's GGUF vocabulary: words cut in two or three
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text if c != " "][::2]}
+
+    with pytest.raises(AssetError, match="read the tokenizer of gemma.gguf wrongly"):
+        check_tokenizer(PiecesTokenizer(), "gemma.gguf")

@@ -105,6 +105,7 @@ def _convert_gguf(gguf: Path, out: Path, say: Progress) -> None:
     t0 = time.perf_counter()
     say(f"converting {gguf.name} to a Hugging Face folder (once; dequantising takes a while on a CPU)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    check_tokenizer(tokenizer, gguf.name)
     say(f"tokenizer read in {time.perf_counter() - t0:.1f}s; dequantising tensors")
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kw(torch.float32))
     dequantise_s = time.perf_counter() - t0
@@ -135,6 +136,24 @@ def _convert_gguf(gguf: Path, out: Path, say: Progress) -> None:
     }
     (out / DONE_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     say(f"written in {time.perf_counter() - t0:.1f}s")
+
+
+PROBE = "The quick brown fox jumps over the lazy dog. Which of the following is a mammal?"
+MAX_TOKENS_PER_WORD = 1.5
+
+
+def check_tokenizer(tokenizer: Any, name: str) -> None:
+    """Refuse a tokenizer read from a GGUF that cuts plain English into pieces. transformers 5.17 read
+    Gemma-3-270M's vocabulary that way (36 tokens for PROBE, where the GGUF's own tokenizer in llama.cpp and
+    transformers 5.24 give 19): the model then reads text it was never trained on and answers near chance."""
+    import transformers
+
+    n = len(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    words = len(PROBE.split())
+    if n > MAX_TOKENS_PER_WORD * words:
+        raise AssetError(f"transformers {transformers.__version__} read the tokenizer of {name} wrongly: {n} tokens "
+                         f"for a {words}-word English sentence (a real vocabulary takes about one a word); "
+                         "use another transformers release (5.24 reads it correctly)")
 
 
 def dtype_kw(dtype: Any) -> dict:
