@@ -161,6 +161,14 @@ class RouteMixture:
             held_labels = list(validation.labels) + held_labels
         return record, probs, held_labels
 
+    def _share_tfidf(self) -> None:
+        """The three models transform the same texts: their word TF-IDFs, and the two models' character ones, are
+        computed together, the character n-grams of the words the word TF-IDFs know looked up once (fastpath.share)."""
+        models = [m for m in (self.exam, self.few) if m is not None and m.lex is not None]
+        words = [m.word for m in models] + ([self.gate.word] if self.gate is not None else [])
+        fastpath.share(words)
+        fastpath.share([m.char for m in models], words_from=tuple(words))
+
     def _spread(self, probs: np.ndarray, labels: list[str]) -> np.ndarray:
         """Columns of a sub-model's labels placed among all labels (zeros elsewhere)."""
         out = np.zeros((probs.shape[0], len(self.labels)))
@@ -202,6 +210,7 @@ class RouteMixture:
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         texts = list(texts)
+        self._share_tfidf()
         few = self._spread(self.few.predict_proba(texts, embeddings), self.few.labels)
         exam = self._exam_proba(texts, embeddings)
         gate = self.gate.predict(texts, embeddings) if self.gate is not None else np.zeros(len(texts))
