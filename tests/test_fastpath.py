@@ -102,12 +102,24 @@ def test_the_fast_path_routes_as_scikit_learn_does(served, monkeypatch, int8_fro
 
 
 def test_tfidf_equals_scikit_learn_exactly(served):
-    """Same float32 values, in the same (sorted) order, for every vectorizer the router reads."""
+    """Same float32 values, in the same (sorted) order, for every vectorizer the router reads, as the router groups
+    them (tfidf_group.py), for a batch and for one text at a time (the served case, with its own code path)."""
+    from scipy.sparse import vstack
+
     router, texts, _ = served
     mixture = router.stage1
-    with fastpath.inference():
-        for vectorizer in (mixture.exam.word, mixture.exam.char, mixture.few.word, mixture.few.char, mixture.gate.word):
-            ours, theirs = fastpath.tfidf(vectorizer, texts).csr(), vectorizer.transform(texts)
+    mixture._share_tfidf()
+    texts = texts + ["", "   ", "x\udfffy", "emoji 😀 ok", "中文文本 测试", "don't  re-use: x=3, (a)"]
+    for vectorizer in (mixture.exam.word, mixture.exam.char, mixture.few.word, mixture.few.char, mixture.gate.word,
+                       mixture.gate.head):
+        theirs = vectorizer.transform(texts)
+        with fastpath.inference():
+            batch = fastpath.tfidf(vectorizer, texts).csr()
+        singles = []
+        for text in texts:
+            with fastpath.inference():
+                singles.append(fastpath.tfidf(vectorizer, [text]).csr())
+        for ours in (batch, vstack(singles).tocsr()):
             assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
             assert np.array_equal(ours.indptr, theirs.indptr) and np.array_equal(ours.indices, theirs.indices)
             assert np.array_equal(ours.data, theirs.data)
@@ -141,3 +153,38 @@ def test_the_int8_index_finds_the_full_sweeps_neighbours():
         for row in np.nonzero(~ties)[0]:  # tied rows: which of the equal vectors is BLAS's and argpartition's choice
             assert set(got_idx[row]) == set(want_idx[row])
         assert np.abs(np.sort(got_sims, axis=1) - np.sort(want_sims, axis=1)).max() <= 1e-6
+
+
+def test_grouped_tfidf_for_other_vectorizer_settings():
+    """Vectorizers beyond the router's: grouped or alone, char_wb with words looked up ahead, char n-grams, binary
+    and no idf, a vocabulary given in its own order (alone only) and an unhashable setting (alone)."""
+    from scipy.sparse import vstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = ["The cat sat on the mat.", "A dog ate my homework!", "Cats and dogs: friends?", "the the THE cat",
+             "Ünïcödé words, café au lait", "x=3, y=4; so x+y is 7"]
+    texts = train + ["cat dog", "", "  mat\tmat\nmat ", "unknown zebra", "café? CAT!"]
+    word_a = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32).fit(train)
+    word_b = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, dtype=np.float32).fit(train)
+    char_a = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32).fit(train)
+    char_b = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2,
+                             dtype=np.float32).fit(train)
+    char_c = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), binary=True, use_idf=False).fit(train)
+    chars = TfidfVectorizer(analyzer="char", ngram_range=(1, 3)).fit(train)
+    fixed = TfidfVectorizer(vocabulary={"the": 0, "cat": 1, "dog": 2}).fit(train)
+    listed = TfidfVectorizer(stop_words=["the"]).fit(train)
+    fastpath.share([word_a, word_b])
+    fastpath.share([char_a, char_b, char_c, chars], words_from=(word_a,))
+    with pytest.raises(ValueError, match="string order"):
+        fastpath.share([fixed, TfidfVectorizer().fit(train)])
+    group = fastpath._entry(char_a)[1]
+    assert group is fastpath._entry(char_b)[1] and "cat" in group.words  # grouped; word_a's words looked up ahead
+    for vectorizer in (word_a, word_b, char_a, char_b, char_c, chars, fixed, listed):
+        theirs = vectorizer.transform(texts)
+        with fastpath.inference():
+            batch = fastpath.tfidf(vectorizer, texts).csr()
+        singles = vstack([fastpath.tfidf(vectorizer, [text]).csr() for text in texts]).tocsr()
+        for ours in (batch, singles):
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            assert np.array_equal(ours.indptr, theirs.indptr) and np.array_equal(ours.indices, theirs.indices)
+            assert np.array_equal(ours.data, theirs.data)

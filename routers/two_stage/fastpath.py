@@ -5,9 +5,10 @@ models stay scikit-learn objects; only inference goes through here, and it compu
 numbers (tests/test_fastpath.py compares the router with scikit-learn's own transforms):
 
 - TF-IDF without CountVectorizer.transform's checks, sparse-matrix building and index sort
-  (about 0.2 ms per transform and query, six per query). Inside `inference()`, each text is split
-  into n-grams once per analyzer configuration: the exam model, the request model and the gate
-  read the same word n-grams, the two models the same character n-grams.
+  (about 0.2 ms per transform and query, six per query). Vectorizers declared to read the same
+  texts (`share`: the exam model's, the request model's and the gate's word TF-IDF, the two
+  models' character TF-IDF) are transformed together inside `inference()`: one analysis, one
+  vocabulary look-up per n-gram and one pass of numpy steps for the group (tfidf_group.py).
 - Linear models as one product over the nonzero features, no sparse hstack.
 
 BLAS keeps its threads: a per-call one-thread limit was tried (it helped the float32 kNN sweep on a
@@ -20,113 +21,71 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections import Counter
-from dataclasses import dataclass
-from itertools import repeat
+import weakref
 
 import numpy as np
 
-# CountVectorizer parameters that decide how a text becomes n-grams (not which n-grams are kept)
-_ANALYSIS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
-             "stop_words", "token_pattern", "ngram_range", "analyzer")
-_grams_memo: contextvars.ContextVar[dict | None] = contextvars.ContextVar("coe_fastpath_grams", default=None)
+from routers.two_stage.tfidf_group import Rows, TfidfGroup, compatibility
 
-
-@dataclass
-class Rows:
-    """A CSR matrix as its three arrays (row-sorted indices, like scikit-learn's), built without scipy's checks."""
-
-    data: np.ndarray
-    indices: np.ndarray
-    indptr: np.ndarray
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.indptr) - 1, self.width
-
-    def csr(self):
-        from scipy.sparse import csr_matrix
-
-        return csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+_memo: contextvars.ContextVar[dict | None] = contextvars.ContextVar("coe_fastpath_memo", default=None)
+_groups: dict[int, tuple] = {}  # by id of a vectorizer: (weakref to it, its group, its column there, declared by share)
 
 
 @contextlib.contextmanager
 def inference():
-    """Scope of one routing call: n-grams shared between vectorizers."""
-    if _grams_memo.get() is not None:
+    """Scope of one routing call: a group's TF-IDF rows are computed once per list of texts."""
+    if _memo.get() is not None:
         yield
         return
-    token = _grams_memo.set({})
+    token = _memo.set({})
     try:
         yield
     finally:
-        _grams_memo.reset(token)
+        _memo.reset(token)
 
 
 def in_inference() -> bool:
-    return _grams_memo.get() is not None
+    return _memo.get() is not None
 
 
-def _analysis_key(vectorizer) -> tuple:
-    key = tuple(getattr(vectorizer, name, None) for name in _ANALYSIS)
-    try:
-        hash(key)
-    except TypeError:  # e.g. a list of stop words: not shared
-        return (id(vectorizer),)
-    return key
+def share(vectorizers: list, words_from: tuple = ()) -> None:
+    """Declare fitted vectorizers that transform the same texts in a routing call; those that analyse and weight
+    alike are transformed together from then on. A character (char_wb) group looks up the n-grams of the single
+    words in the vocabularies of `words_from` once, when built (tfidf_group.py). Cheap once declared."""
+    if all((entry := _entry(v)) is not None and entry[3] for v in vectorizers):
+        return
+    words = {term for v in words_from for term in v.vocabulary_ if " " not in term}
+    keys: dict[tuple, list] = {}
+    for v in vectorizers:
+        keys.setdefault(compatibility(v), []).append(v)
+    for members in keys.values():
+        _register(members, declared=True, words=words)
 
 
-def _grams(vectorizer, texts: list[str]) -> list[Counter]:
-    """n-gram counts of each text, taken from the scope's memo when another vectorizer analysed it the same way."""
-    memo = _grams_memo.get()
-    key = _analysis_key(vectorizer)
-    analyze = None
-    out = []
-    for text in texts:
-        counts = memo.get((key, text)) if memo is not None else None
-        if counts is None:
-            analyze = analyze or vectorizer.build_analyzer()
-            counts = Counter(analyze(text))
-            if memo is not None:
-                memo[(key, text)] = counts
-        out.append(counts)
-    return out
+def _entry(vectorizer) -> tuple | None:
+    entry = _groups.get(id(vectorizer))
+    return entry if entry is not None and entry[0]() is vectorizer else None
+
+
+def _register(members: list, declared: bool, words=()) -> tuple:
+    group = TfidfGroup(members, words)
+    for j, v in enumerate(members):
+        _groups[id(v)] = (weakref.ref(v), group, j, declared)
+        weakref.finalize(v, _groups.pop, id(v), None)
+    return _groups[id(members[0])]
 
 
 def tfidf(vectorizer, texts: list[str]) -> Rows:
     """TfidfVectorizer.transform: counts of in-vocabulary n-grams, sublinear tf, idf, l2 norm, in its dtype."""
-    vocab = vectorizer.vocabulary_
-    cols, counts, lengths = [], [], []
-    for grams in _grams(vectorizer, texts):
-        col = np.fromiter(map(vocab.get, grams.keys(), repeat(-1)), dtype=np.int64, count=len(grams))
-        count = np.fromiter(grams.values(), dtype=np.int64, count=len(grams))
-        known = col >= 0
-        col, count = col[known], count[known]
-        order = np.argsort(col)
-        cols.append(col[order])
-        counts.append(count[order])
-        lengths.append(len(col))
-    indptr = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    data = (np.concatenate(counts) if counts else np.zeros(0)).astype(vectorizer.dtype)
-    if vectorizer.binary:
-        data.fill(1)
-    if vectorizer.sublinear_tf:
-        np.log(data, out=data)
-        data += 1.0
-    if vectorizer.use_idf:
-        data *= vectorizer.idf_[indices]
-    if vectorizer.norm == "l2":
-        rows = np.repeat(np.arange(len(texts)), lengths)
-        sq = np.bincount(rows, weights=(data * data).astype(np.float64), minlength=len(texts))
-        norms = np.sqrt(sq)
-        norms[norms == 0.0] = 1.0
-        data /= norms[rows]
-    elif vectorizer.norm is not None:
-        raise ValueError(f"fastpath.tfidf: norm '{vectorizer.norm}' is not implemented")
-    return Rows(data, indices, indptr, len(vocab))
+    _, group, j, _ = _entry(vectorizer) or _register([vectorizer], declared=False)
+    memo = _memo.get()
+    if memo is None:
+        return group.transform(texts)[j]
+    key = (id(group), tuple(texts))
+    rows = memo.get(key)
+    if rows is None:
+        rows = memo[key] = group.transform(texts)
+    return rows[j]
 
 
 def linear(model, blocks: list) -> np.ndarray:

@@ -21,6 +21,7 @@ the 8,400 exam questions swallow the requests; this keeps them apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -161,10 +162,18 @@ class RouteMixture:
             held_labels = list(validation.labels) + held_labels
         return record, probs, held_labels
 
+    def _share_tfidf(self) -> None:
+        """The three models transform the same texts: their word TF-IDFs, and the two models' character ones, are
+        computed together, the character n-grams of the words the word TF-IDFs know looked up once (fastpath.share)."""
+        models = [m for m in (self.exam, self.few) if m is not None and m.lex is not None]
+        words = [m.word for m in models] + ([self.gate.word] if self.gate is not None else [])
+        fastpath.share(words)
+        fastpath.share([m.char for m in models], words_from=tuple(words))
+
     def _spread(self, probs: np.ndarray, labels: list[str]) -> np.ndarray:
         """Columns of a sub-model's labels placed among all labels (zeros elsewhere)."""
         out = np.zeros((probs.shape[0], len(self.labels)))
-        out[:, [self.labels.index(lab) for lab in labels]] = probs
+        out[:, _columns(tuple(self.labels), tuple(labels))] = probs
         return out
 
     def _exam_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray | None:
@@ -175,7 +184,7 @@ class RouteMixture:
     def _pooled(self, few: np.ndarray, exam: np.ndarray | None, a: float, b: float, c: float) -> np.ndarray:
         z = a * np.log(np.clip(few, 1e-9, 1.0))
         if exam is not None:
-            unknown = ~np.isin(self.labels, self.subjects)
+            unknown = _without_exam_rows(tuple(self.labels), tuple(self.subjects))
             z = z + b * np.where(unknown, 0.0, np.log(np.clip(exam, 1e-9, 1.0))) + c * unknown
         return np.exp(log_softmax(z))
 
@@ -202,10 +211,27 @@ class RouteMixture:
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         texts = list(texts)
+        self._share_tfidf()
         few = self._spread(self.few.predict_proba(texts, embeddings), self.few.labels)
         exam = self._exam_proba(texts, embeddings)
         gate = self.gate.predict(texts, embeddings) if self.gate is not None else np.zeros(len(texts))
         return self._mix(gate, few, exam)
+
+
+@functools.lru_cache(maxsize=64)
+def _columns(labels: tuple[str, ...], sub: tuple[str, ...]) -> np.ndarray:
+    """The column of each of `sub` among `labels`: fixed per fitted model, so found once, not per query."""
+    columns = np.array([labels.index(lab) for lab in sub], dtype=np.int64)
+    columns.flags.writeable = False
+    return columns
+
+
+@functools.lru_cache(maxsize=64)
+def _without_exam_rows(labels: tuple[str, ...], subjects: tuple[str, ...]) -> np.ndarray:
+    """Which labels have no exam rows (the pool's c term), once per fitted model."""
+    unknown = ~np.isin(labels, subjects)
+    unknown.flags.writeable = False
+    return unknown
 
 
 def _take(data, mask: np.ndarray, fine: bool = False):

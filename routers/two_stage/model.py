@@ -119,7 +119,11 @@ class Stage1:
 
     def _logits(self, texts: list[str], embeddings: np.ndarray) -> list[np.ndarray]:
         if self.classifier == "mlp":
-            parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
+            from sklearn import config_context
+
+            # inputs come from our own encoder: its per-call validation would be most of a query's time
+            with config_context(assume_finite=True, skip_parameter_validation=True):
+                parts = [np.log(np.clip(self.dense.predict_proba(embeddings), 1e-12, 1.0))]
         else:
             parts = [log_softmax(per_class(fastpath.linear(self.dense, [embeddings])))]
         if self.lex is not None:
@@ -182,12 +186,5 @@ class Stage1:
         return self._combine(parts, *self.weights)
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
-        """[n, labels] probabilities.
-
-        Inputs come from our own encoder and vectorisers, so sklearn's per-call input validation
-        (most of a single query's routing time) is skipped.
-        """
-        from sklearn import config_context
-
-        with config_context(assume_finite=True, skip_parameter_validation=True):
-            return self._combine(self._logits(texts, embeddings), *self.weights)
+        """[n, labels] probabilities."""
+        return self._combine(self._logits(texts, embeddings), *self.weights)
