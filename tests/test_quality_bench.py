@@ -30,9 +30,10 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     experts.write_text(EXPERTS)
     env = {"COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(mmlu_slice_artifacts), "COE_TORCH_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--quick", "--out",
-                           str(tmp_path / "out")], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=900, cwd=ROOT)
+    # nothing here judges the code answers' quality: 64 tokens (a short solution fits) keep them from running long
+    proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--quick", "--code-max-tokens",
+                           "64", "--out", str(tmp_path / "out")], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert res["n_test"] == 17 + 4 and res["n_test_by_domain"] == {"humaneval": 4, "mmlu": 17}
