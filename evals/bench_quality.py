@@ -93,14 +93,17 @@ async def evaluate(runner, val, test, experts: list[str], profile_path: Path, se
 
 
 async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
-                        val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int) -> dict:
+                        val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int,
+                        per_category: int | None = None) -> dict:
+    """The whole run as quality.json holds it; with `per_category` (the smoke run) MMLU is sampled by its 4
+    categories instead of its 17 subcategories."""
     from coe.data.mixed import load_items
     from coe.expert_runs import mixed_profile, records_json, run_experts
     from coe.profiling import Runner, group_by_stage1
     from routers.skills_profile import save_profile
 
-    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens)
-    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens)
+    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens, per_category)
+    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens, per_category)
     runner = Runner(settings, batch=batch, progress=log)
     await runner.start()
     try:
@@ -141,7 +144,8 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
 
 def quality(
     experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE)"),
-    quick: bool = typer.Option(False, help="a small stratified sample (1 MMLU question per subcategory, 4 code problems)"),
+    quick: bool = typer.Option(False, help="the smoke run: on each split, 1 MMLU question per category (4) and 2 code "
+                                           "problems"),
     per_subcategory: int = typer.Option(20, help="held-out MMLU questions per subcategory"),
     code: int = typer.Option(None, help="held-out HumanEval problems (default: all 98 of the test split)"),
     val_per_subcategory: int = typer.Option(10, help="validation MMLU questions per subcategory (profiles)"),
@@ -170,12 +174,13 @@ def quality(
         (out / "quality-replay.md").write_text(replay_markdown(rep, command))
         typer.echo(replay_markdown(rep, command))
         return
+    per_category = None
     if quick:
-        per_subcategory, code, val_per_subcategory, val_code = 1, 4, 1, 4
+        per_category, code, val_code = 1, 2, 2
     load_before = os.getloadavg()
     started = time.perf_counter()
     res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,
-                                    lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens))
+                                    lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens, per_category))
     weight = settings.router_cost_weight if default_cost_weight is None else default_cost_weight
     res.update({"mode": "quick" if quick else "full", "default_cost_weight": weight,
                 "goals": goals(res["policies"], weight), "seconds": round(time.perf_counter() - started, 1),

@@ -121,3 +121,33 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def mmlu_slice_artifacts(tmp_path_factory) -> Path:
+    """An artifacts folder with a two-stage router trained in seconds on a slice of MMLU (every subcategory,
+    8 train and 4 validation questions each), for the tests that run the CLI's model paths against stage 1."""
+    from coe.core.settings import get_settings
+    from coe.data.mmlu import by_split, load_mmlu
+    from coe.embedder import make_embedder
+    from routers.two_stage.train import LabeledSet, train_two_stage
+
+    out = tmp_path_factory.mktemp("mmlu-slice-artifacts")
+    settings = get_settings()
+    embedder = make_embedder(settings)
+    qs = load_mmlu(settings.cache_dir)
+
+    def labeled(split: str, n: int) -> LabeledSet:
+        seen: dict[str, int] = {}
+        picked = []
+        for q in sorted(by_split(qs, split), key=lambda q: q.id):
+            if seen.get(q.subcategory, 0) < n:
+                seen[q.subcategory] = seen.get(q.subcategory, 0) + 1
+                picked.append(q)
+        texts = [q.question for q in picked]
+        return LabeledSet(texts, embedder.encode(texts), [q.subcategory for q in picked], [q.subject for q in picked])
+
+    train_two_stage(labeled("train", 8), labeled("validation", 4), artifacts_dir=out,
+                    encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
+                    level="subcategory", data={"name": "mmlu-slice", "hash": "test"}, tau_target="accuracy:0.5")
+    return out

