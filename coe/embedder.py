@@ -82,7 +82,7 @@ class Embedder:
             model_dir = encoder_path(self.ref)
             model_file = onnx_model_file(model_dir, cache, self.id, self.runtime)
             limit = self.max_seq_length or _model_max_seq_length(model_dir)
-            self._onnx = OnnxEncoder(model_file, model_dir, limit)
+            self._onnx = OnnxEncoder(model_file, model_dir, limit, rowwise=self.runtime == "onnx-int8")
         return self._onnx
 
     @property

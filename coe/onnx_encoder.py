@@ -5,6 +5,11 @@ fused (ONNX Runtime's BERT optimizer: one Attention, SkipLayerNorm and BiasGelu 
 and dynamically quantised to int8 (weights int8, activations quantised on the fly). The
 fused graph gives the same vectors (mean cosine to fp32 0.9933, as unfused int8) and roughly
 halves single-query latency. The files are cached under <cache>/onnx/<encoder id>/.
+
+Dynamic quantisation takes one activation scale per tensor, that is per batch: a text embedded beside
+others got another vector than alone (cosine down to 0.94 on the user requests; 14 of their 414 routes
+changed). The int8 model therefore runs each text alone, so a served query, a micro-batch of concurrent
+queries and the benchmark's batches give one vector per text (evals/bench_encoder_rows.py: the cost).
 Tokenisation uses the model's own fast tokenizer. No optimum dependency; no hub access.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,30 +87,53 @@ def onnx_model_file(model_dir: Path, cache_dir: Path, encoder_id: str, runtime: 
 
 
 class OnnxEncoder:
-    def __init__(self, model_file: Path, model_dir: Path, max_seq_length: int, threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, model_file: Path, model_dir: Path, max_seq_length: int, threads: int | None = None,
+                 rowwise: bool = False):
         from tokenizers import Tokenizer
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        # Idle ORT threads would spin for a while after each call, taking the cores the router needs next.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        self.model_file = model_file
+        self.threads = threads or os.cpu_count() or 1
+        self.session = self._session(self.threads)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_seq_length)
         self.tokenizer.no_padding()
         self.max_seq_length = max_seq_length
+        self.rowwise = rowwise  # one text per run: a dynamically quantised model's vectors depend on the batch
+        self._lanes: list | None = None  # single-thread sessions that embed a batch's rows side by side
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _run(self, encs) -> np.ndarray:
+    def _session(self, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # Idle ORT threads would spin for a while after each call, taking the cores the router needs next.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self.model_file), opts, providers=["CPUExecutionProvider"])
+
+    def _rows(self, encs) -> np.ndarray:
+        """Each text alone; a batch's rows split over one single-thread session per core (ONNX Runtime releases
+        the GIL), which wins back most of what batching gave: one text on two threads is mostly hand-offs."""
+        if len(encs) == 1 or self.threads == 1:
+            return np.vstack([self._run([e]) for e in encs])
+        if self._lanes is None:
+            self._lanes = [self._session(1) for _ in range(self.threads)]
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coe-encoder")
+        shares = np.array_split(np.arange(len(encs)), len(self._lanes))
+        done = self._pool.map(lambda lane, idx: np.vstack([self._run([encs[i]], lane) for i in idx]) if len(idx) else None,
+                              self._lanes, shares)
+        return np.vstack([part for part in done if part is not None])
+
+    def _run(self, encs, session=None) -> np.ndarray:
         n, width = len(encs), max(len(e.ids) for e in encs)
         ids = np.zeros((n, width), dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
         for i, e in enumerate(encs):
             ids[i, : len(e.ids)] = e.ids
             mask[i, : len(e.ids)] = 1
-        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        hidden = (session or self.session).run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
         m = mask[:, :, None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -113,6 +142,8 @@ class OnnxEncoder:
         texts = list(texts)
         # one text (a served query): the same ids without encode_batch's hand-off to its thread pool (half the time)
         encs = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.tokenizer.encode_batch(texts)
+        if self.rowwise:
+            return self._rows(encs)
         # length-sorted batches pad less; results are put back in input order
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         chunks = []

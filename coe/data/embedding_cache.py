@@ -20,9 +20,14 @@ def texts_hash(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+ENCODING = "e2"
+"""Bumped when what an encoder computes for a text changes, so no cache of the old vectors is read
+(e2: the int8 model embeds each text alone, coe/onnx_encoder.py)."""
+
+
 def embedder_key(embedder: "Encoder") -> str:
     runtime = getattr(embedder, "runtime_id", None) or "torch"
-    return f"{embedder.id}-{runtime}".replace("/", "_").replace("@", "_")
+    return f"{embedder.id}-{runtime}-{ENCODING}".replace("/", "_").replace("@", "_")
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "embeddings"
