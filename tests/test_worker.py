@@ -133,3 +133,21 @@ def test_an_expert_added_and_removed_between_two_turns_still_serves_its_jobs_wit
         assert "poet" not in w.experts and StandInEngine.calls[("unload", "poet-model")] == 1
 
     asyncio.run(main())
+
+
+def test_a_stopped_worker_unloads_the_models_it_holds_with_stand_in_engines(make_worker):
+    async def main():
+        q = MemoryQueue()
+        w = make_worker(q)
+        job = ask("good", "hello")
+        await q.submit(job)
+        stop = asyncio.Event()
+        running = asyncio.create_task(w.run(stop))
+        assert (await q.wait_result(job.id, timeout=5)).ok
+        assert StandInEngine.calls[("unload", "good-model")] == 0
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        assert StandInEngine.calls[("unload", "good-model")] == 1
+        assert StandInEngine.calls[("unload", "broken-model")] == 0  # never loaded, so nothing to release
+
+    asyncio.run(main())

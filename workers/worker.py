@@ -29,7 +29,7 @@ from workers.engines.base import Engine, EngineOptions, EngineSpec
 from workers.jobs import ENGINE_ERROR, Job, JobResult
 from workers.load_failures import LoadFailures
 from workers.queue import JobQueue, QueueUnavailable
-from workers.scheduler import Group, Policy, Scheduler
+from workers.scheduler import Group, Policy, Scheduler, Tier
 
 log = logging.getLogger("coe.worker")
 
@@ -202,6 +202,19 @@ class Worker:
                 await self.queue.withdraw(self.device, self.name)
             except QueueUnavailable:
                 pass  # the announcement expires on its own
+            await self._release_engines()
+
+    async def _release_engines(self) -> None:
+        """Unload what is resident when the worker stops: a vLLM engine left to the interpreter's exit dies
+        with EngineDeadError in its background process instead of shutting down."""
+        for key, group in self.scheduler.groups.items():
+            if group.tier is Tier.COLD or key not in self.engines:
+                continue
+            try:
+                await asyncio.to_thread(self.engines[key].unload)
+                group.tier = Tier.COLD
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; say what could not be released
+                log.warning("could not unload %s at stop: %s", key, exc)
 
     async def _announce(self) -> None:
         while True:
