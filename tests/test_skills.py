@@ -95,10 +95,10 @@ def test_keyword_parsing():
 
 @pytest.fixture(scope="module")
 def embedder():
-    from coe.embedder import Embedder
+    from coe.embedder import make_embedder
     from coe.core.settings import get_settings
 
-    return Embedder(get_settings().encoder)
+    return make_embedder(get_settings())  # the encoder `coe serve` routes with (int8 ONNX, truncated)
 
 
 @pytest.fixture(scope="module")
