@@ -68,8 +68,9 @@ whole vocabulary (124 skills) again."""
 def vocabulary_key(vocab: dict[str, str], embedder: object) -> tuple | None:
     """The cache key of a vocabulary's vectors under an encoder: the encoder as coe's embedding cache names it
     (id: its weights; runtime_id: runtime and truncation; coe.data.embedding_cache), its class (a stand-in or a
-    subclass that encodes otherwise under the same names gets its own entry) and batch size (int8 activations are
-    quantised per batch), and a hash of the exact texts embedded. None for an encoder without an id."""
+    subclass that encodes otherwise under the same names gets its own entry) and batch size (the int8 runtime embeds
+    each text alone, but torch and fp32 ONNX pad a batch, which can move a vector's last bits), and a hash of the
+    exact texts embedded. None for an encoder without an id."""
     encoder_id = getattr(embedder, "id", None)
     if not encoder_id:
         return None
