@@ -149,10 +149,17 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
 
     results: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="coe-bench-"))
+    ood_vecs: dict[str, np.ndarray] = {}  # the OOD queries embedded once per encoder, not once per router
+
+    def ood_embeddings(key: str) -> np.ndarray:
+        if key not in ood_vecs:
+            ood_vecs[key] = encoders[key].encode(ood_texts)
+        return ood_vecs[key]
 
     def evaluate_router(name: str, router, enc_key: str, time_enc_key: str | None = None, notes: str = "",
                         options_gold: bool = False) -> dict:
-        emb = encoders[time_enc_key or enc_key]
+        emb_key = time_enc_key or enc_key
+        emb = encoders[emb_key]
         test_vecs = vecs[enc_key][[row[q.id] for q in test_q]]
         t0 = time.perf_counter()
         decisions = router.route(test_texts, test_vecs)
@@ -161,7 +168,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         entry = {"router": name, "encoder": emb.runtime_id, "notes": notes,
                  **metrics(pred, truth, fb, labels17), "route_seconds_test": round(time.perf_counter() - t0, 3)}
         if not options_gold:
-            ood_dec = router.route(ood_texts, emb.encode(ood_texts))
+            ood_dec = router.route(ood_texts, ood_embeddings(emb_key))
             entry["ood_fallback_rate"] = round(float(np.mean([d.fallback for d in ood_dec])), 4)
             entry["ood_by_kind"] = {kind: round(float(np.mean([d.fallback for (k, _), d in zip(ood, ood_dec) if k == kind])), 4)
                                     for kind in sorted({k for k, _ in ood})}

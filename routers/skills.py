@@ -27,6 +27,7 @@ recruiting simulation (evals/sim_recruit.py) exercises.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -58,13 +59,41 @@ def load_vocabulary(path: Path | None = None) -> dict[str, str]:
     return {str(k): str(v) for k, v in skills.items()}
 
 
-class SkillIndex:
-    """The vocabulary's embeddings, for top-s lookup and nearest-skill mapping."""
+_VOCAB_VECTORS: dict[tuple, np.ndarray] = {}
+"""Embedded vocabularies shared by every router of the process: vocabulary_key -> read-only vectors. A server builds a new skills router for every registry version (its
+pipeline is rebuilt with the same encoder), the quality bench one per policy, and each would otherwise embed the
+whole vocabulary (124 skills) again."""
 
-    def __init__(self, vocab: dict[str, str], encode: Callable[[list[str]], np.ndarray]):
+
+def vocabulary_key(vocab: dict[str, str], embedder: object) -> tuple | None:
+    """The cache key of a vocabulary's vectors under an encoder: the encoder as coe's embedding cache names it
+    (id: its weights; runtime_id: runtime and truncation; coe.data.embedding_cache), its class (a stand-in or a
+    subclass that encodes otherwise under the same names gets its own entry) and batch size (the int8 runtime embeds
+    each text alone, but torch and fp32 ONNX pad a batch, which can move a vector's last bits), and a hash of the
+    exact texts embedded. None for an encoder without an id."""
+    encoder_id = getattr(embedder, "id", None)
+    if not encoder_id:
+        return None
+    digest = hashlib.sha256(json.dumps([f"{n}: {d}" for n, d in vocab.items()]).encode()).hexdigest()
+    return (type(embedder).__module__, type(embedder).__qualname__, encoder_id, getattr(embedder, "runtime_id", None),
+            getattr(embedder, "batch_size", None), digest)
+
+
+class SkillIndex:
+    """The vocabulary's embeddings, for top-s lookup and nearest-skill mapping. `key` (vocabulary_key) shares
+    the vectors with every other index of the same vocabulary and encoder in this process."""
+
+    def __init__(self, vocab: dict[str, str], encode: Callable[[list[str]], np.ndarray],
+                 key: tuple | None = None):
         self.names = list(vocab)
         self.encode = encode
-        self.vectors = np.asarray(encode([f"{n}: {d}" for n, d in vocab.items()]), dtype=np.float32)
+        vectors = _VOCAB_VECTORS.get(key) if key is not None else None
+        if vectors is None:
+            vectors = np.asarray(encode([f"{n}: {d}" for n, d in vocab.items()]), dtype=np.float32)
+            if key is not None:
+                vectors.flags.writeable = False
+                _VOCAB_VECTORS[key] = vectors
+        self.vectors = vectors
 
     def top(self, embeddings: np.ndarray, s: int) -> list[list[tuple[str, float]]]:
         sims = np.asarray(embeddings, dtype=np.float32) @ self.vectors.T
@@ -235,7 +264,8 @@ class SkillsRouter(Router):
         self.seed = int(ctx.seed)
         self.registry = ctx.registry
         self.embedder = ctx.embedder
-        self.index = SkillIndex(load_vocabulary(opts.get("vocab")), ctx.embedder.encode)
+        vocab = load_vocabulary(opts.get("vocab"))
+        self.index = SkillIndex(vocab, ctx.embedder.encode, vocabulary_key(vocab, ctx.embedder))
         self.keyword_expert = opts.get("keyword_expert") or (ctx.registry.fallback.name if ctx.registry.fallback else None)
         if self.skill_source == "keywords":
             if ctx.generate is None:

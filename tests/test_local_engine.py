@@ -149,6 +149,22 @@ def test_choice_logprobs_score_each_choice_as_a_continuation(engine):
     assert engine.choice_logprobs(reqs[:1], [" A", " B", " C", " D"])[0] == pytest.approx(scores[0][:4])
 
 
+def test_asking_only_for_the_logits_read_changes_no_result(engine):
+    """The engine asks the model for the last positions' logits only (logits_to_keep): the same scores (to float
+    rounding: a smaller matrix product) and the same tokens as with the logits of every position."""
+    reqs = [greedy("Which is a fruit? A) car B) apple C) stone D) cloud", 4)]
+    choices = [" A", " B) apple"]  # one token and several
+    assert engine._keeps_logits  # SmolLM2 (Llama) takes logits_to_keep in this transformers
+    kept = engine.choice_logprobs(reqs, choices), [c.text for c in engine.generate(reqs)]
+    engine._keeps_logits = False
+    try:
+        full = engine.choice_logprobs(reqs, choices), [c.text for c in engine.generate(reqs)]
+    finally:
+        engine._keeps_logits = True
+    assert kept[1] == full[1]
+    assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(kept[0], full[0]))
+
+
 def test_choice_logprobs_is_not_supported_by_default_with_stand_in_engine():
     from workers.engines.base import Engine
 

@@ -12,7 +12,7 @@ from coe.core.routes import load_routes
 from coe.core.settings import get_settings
 from coe.data.labelled import USER_REQUESTS, read_labelled
 from coe.data.mmlu import by_split, load_mmlu
-from coe.embedder import Embedder
+from coe.embedder import make_embedder
 from routers.two_stage.mixture import EXAM, EXAMPLE, REQUEST, RouteMixture
 from routers.two_stage.train import LabeledSet
 
@@ -25,7 +25,7 @@ CODING_REQUESTS = ["My python script says KeyError: 'id' when I read the json re
 
 @pytest.fixture(scope="module")
 def fitted():
-    embedder = Embedder(get_settings().encoder)
+    embedder = make_embedder(get_settings())  # the service's encoder (int8 ONNX, truncated), as `coe train` uses
     qs = load_mmlu(get_settings().cache_dir)
 
     def mmlu(split, n):

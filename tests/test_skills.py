@@ -8,7 +8,7 @@ import pytest
 from coe.data.letters import extract_letter
 from routers.skills import (
     choice_probabilities, choose, global_weights, load_vocabulary, local_scores, parse_keywords, prune_batch,
-    recruit_weights,
+    recruit_weights, vocabulary_key,
 )
 from routers.skills_profile import build_profile, load_profile, save_profile, skill_matrix, skill_values
 
@@ -95,10 +95,10 @@ def test_keyword_parsing():
 
 @pytest.fixture(scope="module")
 def embedder():
-    from coe.embedder import Embedder
+    from coe.embedder import make_embedder
     from coe.core.settings import get_settings
 
-    return Embedder(get_settings().encoder)
+    return make_embedder(get_settings())  # the encoder `coe serve` routes with (int8 ONNX, truncated)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,49 @@ def test_without_a_profile_it_uses_declared_skills(registry, embedder, tmp_path)
     assert "no profile at" in d.reason and "declared in experts.yaml" in d.reason
     assert d.experts == ["stem", "stem"]  # only stem is closer than average to maths: it answers twice
     assert d.aggregator is None
+
+
+def test_vocabulary_vectors_are_shared_per_encoder_and_vocabulary(registry, embedder, tmp_path):
+    """Routers of one process share the embedded vocabulary, keyed by the encoder (weights id, runtime and truncation,
+    class, batch size) and the vocabulary's text: an edited vocabulary or another encoder gets its own vectors, never
+    stale ones."""
+    import yaml
+
+    from coe.embedder import Embedder
+    from routers.skills import VOCAB_FILE
+
+    first = _router(registry, embedder, tmp_path / "a", None)
+    again = _router(registry, embedder, tmp_path / "b", None)
+    assert again.index.vectors is first.index.vectors and not first.index.vectors.flags.writeable
+    texts = [f"{n}: {d}" for n, d in load_vocabulary().items()]
+    assert np.array_equal(first.index.vectors, embedder.encode(texts))  # what embedding it now gives
+    # the same names, one description edited: new vectors, and the edited skill's row is the edited text's
+    vocab = load_vocabulary()
+    name = first.index.names[0]
+    vocab[name] = "the mathematics of cooking pasta"
+    edited = tmp_path / "vocab.yaml"
+    edited.write_text(yaml.safe_dump({"skills": vocab}, sort_keys=False))
+    other = _router(registry, embedder, tmp_path / "c", None, vocab=str(edited))
+    assert other.index.names == first.index.names and other.index.vectors is not first.index.vectors
+    assert np.array_equal(other.index.vectors, embedder.encode([f"{n}: {d}" for n, d in vocab.items()]))
+    assert float(other.index.vectors[0] @ first.index.vectors[0]) < 0.9  # the edited skill moved
+    assert vocabulary_key(vocab, embedder) != vocabulary_key(load_vocabulary(VOCAB_FILE), embedder)
+    # the same weights under another runtime or truncation is another encoder
+    full = Embedder(embedder.ref, runtime=embedder.runtime, cache_dir=embedder.cache_dir)  # no truncation
+    assert full.id == embedder.id and full.runtime_id != embedder.runtime_id
+    assert vocabulary_key(vocab, full) != vocabulary_key(vocab, embedder)
+    untruncated = _router(registry, full, tmp_path / "d", None)
+    assert untruncated.index.vectors is not first.index.vectors
+    assert np.array_equal(untruncated.index.vectors, full.encode(texts))
+
+    class StandIn:  # the same names under another class: its own entry
+        id, runtime_id, batch_size = embedder.id, embedder.runtime_id, embedder.batch_size
+
+        def encode(self, texts):
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    assert vocabulary_key(vocab, StandIn()) != vocabulary_key(vocab, embedder)
+    assert vocabulary_key(vocab, object()) is None  # no id: not shared
 
 
 def test_keyword_llm_skills_map_to_the_vocabulary_with_mock_llm(registry, embedder, tmp_path):

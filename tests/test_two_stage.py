@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coe.embedder import Embedder
+from coe.embedder import Embedder, make_embedder
 from coe.core.registry import load_registry, parse_registry
 from coe.core.settings import get_settings
 from coe.data.mmlu import by_split, load_mmlu
@@ -26,7 +26,8 @@ SUBCATS = ["math", "law", "health", "history"]
 
 @pytest.fixture(scope="module")
 def embedder():
-    return Embedder(get_settings().encoder)
+    """The encoder `coe serve` and `coe train` build (int8 ONNX, truncated), so the artifacts are the service's."""
+    return make_embedder(get_settings())
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def data(embedder):
 def artifacts(tmp_path_factory, data, embedder):
     out = tmp_path_factory.mktemp("artifacts")
     train, val = data
-    train_two_stage(train, val, artifacts_dir=out, encoder={"ref": embedder.ref, "id": embedder.id, "runtime": "torch"},
+    train_two_stage(train, val, artifacts_dir=out, encoder={"ref": embedder.ref, "id": embedder.id, "runtime": embedder.runtime_id},
                     level="subcategory", data={"name": "mmlu-slice", "hash": "test"}, tau_target="accuracy:0.9")
     return out
 
@@ -203,14 +204,15 @@ def test_stage2_reads_a_profile(tmp_path):
     assert build_map(table, reg, cost_weight=0.1).assignment["math"] == "small"  # 0.98 - 0.1/70 > 1.0 - 0.1
 
 
-def test_other_encoder_runtime_is_refused_with_the_fix(artifacts, registry):
-    class Int8Short(Embedder):
-        @property
-        def runtime_id(self) -> str:
-            return "onnx-int8-L32"
-
-    with pytest.raises(ArtifactError, match="COE_ENCODER_RUNTIME=torch COE_ENCODER_MAX_SEQ_LENGTH=.*coe train"):
-        build_router("two_stage", RouterContext(registry, Int8Short(get_settings().encoder), artifacts))
+def test_other_encoder_runtime_is_refused_with_the_fix(artifacts, registry, embedder):
+    """Trained on the service's runtime (int8 ONNX, truncated); served with full-length torch it is refused, and the
+    message names the settings that select the trained one."""
+    settings = get_settings()
+    assert embedder.runtime_id == f"{settings.encoder_runtime}-L{settings.encoder_max_seq_length}"
+    torch_full = Embedder(settings.encoder, runtime="torch")  # runtime_id only: no model is loaded
+    fix = f"COE_ENCODER_RUNTIME={settings.encoder_runtime} COE_ENCODER_MAX_SEQ_LENGTH={settings.encoder_max_seq_length}"
+    with pytest.raises(ArtifactError, match=f"'{embedder.runtime_id}'.*'torch'.*{fix}.*coe train"):
+        build_router("two_stage", RouterContext(registry, torch_full, artifacts))
 
 
 def test_artifact_without_routes_is_refused_when_a_routes_file_exists(artifacts, registry, embedder):

@@ -13,6 +13,7 @@ strings) and its own stream of text. Rows that finish leave the batch; a row who
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import secrets
 import threading
@@ -72,6 +73,7 @@ class LocalEngine(Engine):
         self.pad_id = 0
         self.max_context = 2048
         self.load_s = 0.0
+        self._keeps_logits = False
         self._lock = threading.Lock()
 
     @property
@@ -108,6 +110,7 @@ class LocalEngine(Engine):
             self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
             self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
             self.model, self.tokenizer, self.weights_path = model, tokenizer, folder
+            self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
             self.load_s = time.perf_counter() - t0
             log.info("local engine %s loaded from %s in %.1fs", self.spec.key, folder, self.load_s)
 
@@ -175,7 +178,8 @@ class LocalEngine(Engine):
             input_ids[b, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[b, width - len(r.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **self._last_logits(1))
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         while True:
@@ -200,6 +204,11 @@ class LocalEngine(Engine):
             out = self.model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
+
+    def _last_logits(self, n: int) -> dict:
+        """Ask the model for the logits of the last n positions only (transformers' `logits_to_keep`), where its
+        forward takes it: the LM head over a whole prompt is most of a short prompt's compute and memory."""
+        return {"logits_to_keep": n} if self._keeps_logits and n > 0 else {}
 
     def _pick(self, row: _Row, logits: "torch.Tensor") -> int:
         import torch
@@ -262,7 +271,9 @@ class LocalEngine(Engine):
         import torch
 
         token_budget(row, len(ids), 1, self.max_context)
-        logits = self.model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0, start:]
+        n = len(ids) - start
+        out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), **self._last_logits(n))
+        logits = out.logits[0, out.logits.shape[1] - n:]  # positions start.. (all of them, or the n kept)
         return log_softmax(logits.float().numpy())
 
 
