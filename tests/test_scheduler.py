@@ -225,4 +225,6 @@ def test_worker_grouped_batches_each_expert_and_switches_less_with_mock_engine(t
     served = [(m, k) for what, m, k in FakeEngine.log if what == "generate"]
     assert sorted(served) == [("m0", 3), ("m1", 2), ("m2", 1)]
     assert w.scheduler.stats.switches == 3 and w.scheduler.stats.loads == 3
-    assert [what for what, m, _ in FakeEngine.log if what in ("sleep", "unload")] == ["unload", "unload"]
+    # without sleep support a switch unloads (two switches), and the stopped worker unloads the last resident one
+    assert [(what, m) for what, m, _ in FakeEngine.log if what in ("sleep", "unload")] == [
+        ("unload", "m0"), ("unload", "m1"), ("unload", "m2")]
