@@ -89,3 +89,22 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     for p in replayed:
         same = live[p["policy"].removesuffix(" [predicted + shrinkage]")]
         assert (p["overall"], p["share"]) == (same["overall"], same["share"])
+
+
+def test_the_domain_split_bound_scores_every_assignment_of_one_expert_per_domain():
+    """evals/quality_domain_split.py reads a stored run's per-item answers: quality and compute (params x tokens)
+    of every expert-per-domain assignment, as shares of the best single expert's."""
+    from coe_evals.quality_domain_split import domain_split
+
+    def answer(correct: bool, tokens: int) -> dict:
+        return {"correct": correct, "prompt_tokens": tokens, "completion_tokens": 0}
+
+    run = {"experts": {"big": {"params_b": 2.0}, "small": {"params_b": 0.5}},
+           "test_records": [  # big: right on both; small: right on the code item only
+               {"domain": "mmlu", "answers": {"big": answer(True, 100), "small": answer(False, 100)}},
+               {"domain": "humaneval", "answers": {"big": answer(True, 300), "small": answer(True, 300)}}]}
+    rows = {(r["assignment"]["mmlu"], r["assignment"]["humaneval"]): r for r in domain_split(run)}
+    assert len(rows) == 4 and all(r["best_single"] == "big" for r in rows.values())
+    split = rows[("big", "small")]  # big on MMLU, small on code: all right, at (200 + 150) / 2 of big's (200 + 600) / 2
+    assert split["quality_share"] == 1.0 and split["compute"] == 175.0 and split["compute_share"] == 0.4375
+    assert rows[("small", "small")]["quality"] == 0.5
