@@ -151,3 +151,31 @@ def test_a_stopped_worker_unloads_the_models_it_holds_with_stand_in_engines(make
         assert StandInEngine.calls[("unload", "broken-model")] == 0  # never loaded, so nothing to release
 
     asyncio.run(main())
+
+
+def test_a_waiter_whose_queue_fails_as_it_is_cancelled_has_its_error_read_with_stand_in_outage():
+    """Seen with Redis: the worker cancels its wait-for-work task as the connection closes, the task ends with
+    QueueUnavailable that nobody awaits, and asyncio reports 'Task exception was never retrieved' at exit.
+    watch_for_work reads every waiter's outcome; a plain task is shown for contrast."""
+    from workers.queue import QueueUnavailable, watch_for_work
+
+    class Dropping(MemoryQueue):
+        async def wait_for_work(self, experts, timeout):
+            try:
+                await asyncio.sleep(timeout)
+            except asyncio.CancelledError:
+                raise QueueUnavailable("redis is unreachable: Connection closed by server") from None
+
+    async def cancelled_as_it_fails(make_task):
+        queue = Dropping()
+        task = make_task(queue)
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.wait({task})
+        await asyncio.sleep(0)  # done callbacks run
+        return task
+
+    watched = asyncio.run(cancelled_as_it_fails(lambda q: watch_for_work(q, ["good"], timeout=10)))
+    plain = asyncio.run(cancelled_as_it_fails(lambda q: asyncio.create_task(q.wait_for_work(["good"], timeout=10))))
+    assert plain._log_traceback and not watched._log_traceback  # asyncio's own "not retrieved" flag
+    assert isinstance(watched.exception(), QueueUnavailable) and isinstance(plain.exception(), QueueUnavailable)

@@ -32,7 +32,7 @@ from typing import Any
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.engines.base import CANCELLED
 from workers.jobs import Job, JobResult
-from workers.queue import PendingStats, QueueUnavailable
+from workers.queue import PendingStats, QueueUnavailable, watch_for_work
 from workers.scheduler import Action, Tier
 
 log = logging.getLogger("coe.worker")
@@ -252,11 +252,8 @@ class ContinuousLoop:
             self._changed.clear()
             return
         if self._waiter is None or self._waiter.done():
-            if self._waiter is not None and not self._waiter.cancelled() and self._waiter.exception():
-                log.debug("waiting for work failed: %s", self._waiter.exception())
             watched = self._watched()
-            self._waiter = (asyncio.create_task(self.worker.queue.wait_for_work(watched, timeout=RECHECK_S))
-                            if watched else None)
+            self._waiter = watch_for_work(self.worker.queue, watched, timeout=RECHECK_S) if watched else None
         stopper = asyncio.create_task(stop.wait())
         changed = asyncio.create_task(self._changed.wait())
         waits = {stopper, changed} | ({self._waiter} if self._waiter is not None else set())

@@ -11,11 +11,15 @@ Workers announce the devices they serve, so the API can refuse work nobody would
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from workers.jobs import Job, JobResult
+
+log = logging.getLogger(__name__)
 
 
 class QueueUnavailable(RuntimeError):
@@ -119,3 +123,17 @@ class JobQueue(ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+def watch_for_work(queue: JobQueue, experts: list[str], timeout: float) -> asyncio.Task:
+    """queue.wait_for_work as a task whose outcome is always read. A waiter cancelled while its Redis connection
+    goes away ends with QueueUnavailable after the cancel, and nobody awaits it: asyncio would then report
+    'Task exception was never retrieved' at exit. The next step meets the same outage and handles it."""
+    task = asyncio.create_task(queue.wait_for_work(experts, timeout=timeout))
+    task.add_done_callback(_read_outcome)
+    return task
+
+
+def _read_outcome(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("waiting for work ended: %s", task.exception())

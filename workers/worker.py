@@ -28,7 +28,7 @@ from workers.batch import run_batch
 from workers.engines.base import Engine, EngineOptions, EngineSpec
 from workers.jobs import ENGINE_ERROR, Job, JobResult
 from workers.load_failures import LoadFailures
-from workers.queue import JobQueue, QueueUnavailable
+from workers.queue import JobQueue, QueueUnavailable, watch_for_work
 from workers.scheduler import Group, Policy, Scheduler, Tier
 
 log = logging.getLogger("coe.worker")
@@ -225,7 +225,7 @@ class Worker:
             await asyncio.sleep(self.announce_s)
 
     async def wait_or_reclaim(self, stop: asyncio.Event) -> None:
-        waiter = asyncio.create_task(self.queue.wait_for_work(self.experts, timeout=1.0))
+        waiter = watch_for_work(self.queue, self.experts, timeout=1.0)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for t in (waiter, stopper):
