@@ -91,7 +91,7 @@ class Runner:
         self.queue = MemoryQueue(max_depth=s.max_queue_depth)
         # One worker per device the experts use, as the embedded service starts them (CPU, gpu:0, ...).
         self.workers = [Worker(self.registry, self.queue, device=d, engine_options=engine_options(s))
-                        for d in sorted({e.device for e in self.registry.experts.values()})]
+                        for d in self.registry.devices]
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(w.run(self._stop), name=f"runner-worker-{w.device}") for w in self.workers]
         self.pipeline = await Pipeline.create(self.registry, self.embedder, self.queue, s, "skills")

@@ -90,7 +90,7 @@ class Service:
         self.queue = make_queue(settings)
         self._embedded = embedded_worker and not settings.redis_url
         if self._embedded:
-            for device in sorted({e.device for e in self.registry.experts.values()}):
+            for device in self.registry.devices:
                 self._start_worker(self.registry, device)
         self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name)
         if self.store.shared:
@@ -122,7 +122,7 @@ class Service:
         for worker in self.workers:
             worker.refresh(registry)
         served = {w.device for w in self.workers}
-        for device in sorted({e.device for e in registry.experts.values()} - served):
+        for device in [d for d in registry.devices if d not in served]:
             self._start_worker(registry, device)
 
     async def stop(self) -> None:

@@ -137,6 +137,11 @@ class Registry:
     def aggregator(self) -> ExpertConfig | None:
         return next((e for e in self.experts.values() if e.aggregator), None)
 
+    @property
+    def devices(self) -> list[str]:
+        """The devices the experts run on (cpu, gpu:0, ...), sorted: one embedded worker each."""
+        return sorted({e.device for e in self.experts.values()})
+
     def model_path(self, expert: ExpertConfig, cache_dir: Path | None = None) -> Path:
         """The expert's weights on disk; a split (`parts:`) model is assembled into `cache_dir` first."""
         return resolve_model_path(expert.model, self.path.parent, cache_dir)
