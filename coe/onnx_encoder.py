@@ -121,10 +121,9 @@ class OnnxEncoder:
         if self._lanes is None:
             self._lanes = [self._session(1) for _ in range(self.threads)]
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="coe-encoder")
-        shares = np.array_split(np.arange(len(encs)), len(self._lanes))
-        done = self._pool.map(lambda lane, idx: np.vstack([self._run([encs[i]], lane) for i in idx]) if len(idx) else None,
-                              self._lanes, shares)
-        return np.vstack([part for part in done if part is not None])
+        shares = [idx for idx in np.array_split(np.arange(len(encs)), len(self._lanes)) if len(idx)]
+        done = self._pool.map(lambda lane, idx: np.vstack([self._run([encs[i]], lane) for i in idx]), self._lanes, shares)
+        return np.vstack(list(done))
 
     def _run(self, encs, session=None) -> np.ndarray:
         n, width = len(encs), max(len(e.ids) for e in encs)
