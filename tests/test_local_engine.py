@@ -146,7 +146,8 @@ def test_choice_logprobs_score_each_choice_as_a_continuation(engine):
     assert len(scores) == 2 and all(len(row) == 5 for row in scores)
     assert all(math.isfinite(x) and x < 0 for row in scores for x in row)
     assert scores[0][4] < scores[0][1]  # " B) apple" is " B" and then more (negative) log-probabilities
-    assert engine.choice_logprobs(reqs[:1], [" A", " B", " C", " D"])[0] == pytest.approx(scores[0][:4])
+    # alone, the first request runs unpadded: the same scores to float rounding
+    assert engine.choice_logprobs(reqs[:1], [" A", " B", " C", " D"])[0] == pytest.approx(scores[0][:4], abs=1e-4)
 
 
 def test_asking_only_for_the_logits_read_changes_no_result(engine):
@@ -163,6 +164,28 @@ def test_asking_only_for_the_logits_read_changes_no_result(engine):
         engine._keeps_logits = True
     assert kept[1] == full[1]
     assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(kept[0], full[0]))
+
+
+def test_choice_scores_in_padded_batches_equal_one_sequence_per_pass(engine):
+    """choice_logprobs runs all requests' sequences in left-padded batches; scoring each (request, choice) in a
+    call of its own runs one unpadded sequence per pass. Prompts of clearly different lengths, one-token and
+    several-token choices: the same scores (to float rounding) and the same best choice."""
+    questions = [
+        "2+2? A) 3 B) 4 C) 5 D) 6",
+        "Which is a fruit? A) car B) apple C) stone D) cloud",
+        "Read the passage and answer. " + "The river rose after weeks of rain and the town moved to the hills. " * 6
+        + "Why did the town move? A) a fire B) a flood C) a war D) a drought",
+        "Which planet is known as the red planet? A) Venus B) Jupiter C) Mars D) Saturn",
+    ]
+    reqs = [greedy(q) for q in questions]
+    lengths = [len(engine.prompt_ids(r.messages)) for r in reqs]
+    assert max(lengths) > 3 * min(lengths)
+    choices = [" A", " B", " C", " D", " B) apple", " C) Mars"]
+    batched = engine.choice_logprobs(reqs, choices)
+    alone = [[engine.choice_logprobs([r], [c])[0][0] for c in choices] for r in reqs]
+    for got, want in zip(batched, alone):
+        assert got == pytest.approx(want, abs=1e-4)
+        assert got.index(max(got)) == want.index(max(want))
 
 
 def test_choice_logprobs_is_not_supported_by_default_with_stand_in_engine():
