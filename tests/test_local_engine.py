@@ -226,3 +226,16 @@ def test_a_tokenizer_that_cuts_english_into_pieces_is_refused_before_conversion(
 
     with pytest.raises(AssetError, match="read the tokenizer of gemma.gguf wrongly"):
         check_tokenizer(PiecesTokenizer(), "gemma.gguf")
+
+
+def test_choice_batches_hold_rows_of_similar_length_within_the_token_budget():
+    """Longest first, each batch at most `budget` padded tokens; a row over the budget runs alone, and a budget
+    of 1 (a model that cannot trim its logits) gives one row per pass."""
+    from workers.engines.local import _choice_batches
+
+    lengths = [10, 300, 12, 290, 11, 5000]
+    batches = _choice_batches(lengths, budget=1024)
+    assert batches == [[5], [1, 3, 2], [4, 0]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 1024 for b in batches if len(b) > 1)
+    assert _choice_batches(lengths, budget=1) == [[5], [1], [3], [2], [4], [0]]

@@ -283,7 +283,9 @@ class LocalEngine(Engine):
         Left padding aligns the ends of a batch's rows, so the logits of its last n positions (n: the most any
         of its rows needs) hold every row's: only those are asked for (_last_logits)."""
         out: list[Any] = [None] * len(seqs)
-        for batch in _choice_batches([len(ids) for ids, _ in seqs]):
+        # a model that cannot trim its logits returns rows x width x vocabulary floats: one row per pass, as before
+        budget = CHOICE_BATCH_TOKENS if self._keeps_logits else 1
+        for batch in _choice_batches([len(ids) for ids, _ in seqs], budget):
             input_ids, mask, positions = _left_pad([seqs[i][0] for i in batch], self.pad_id)
             need = [len(seqs[i][0]) - seqs[i][1] for i in batch]
             logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
