@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-CHOICE_BATCH_TOKENS = 4096
-"""Most padded tokens (rows x longest row) in one choice-scoring pass: bounds a pass's activations (and the
-attention scores, rows x width^2 per head) to what a CPU holds comfortably, while a batch of short prompts
-is still dozens of rows."""
+CHOICE_BATCH_TOKENS = 512
+"""Most padded tokens (rows x longest row) in one choice-scoring pass. Swept with `evals/bench_local_engine.py
+--choices` (SmolLM2, 2 cores, quiet machine; batched / one pass per question): 128 tokens 0.80, 256 0.84,
+512 0.68-0.81, 1024 0.86, 4096 0.99-1.13: larger passes lose to padding and to the CPU's caches."""
 
 
 @dataclass
@@ -257,9 +257,9 @@ class LocalEngine(Engine):
         """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan).
 
         The sequences of all requests' plans run together in left-padded batches (see _choice_batches): one
-        forward pass per batch instead of one per sequence, because for short prompts the cost of a pass is
-        largely per call, not per token (16 MMLU-style questions on 2 cores: 0.57x the time of one pass each,
-        evals/bench_local_engine.py --choices). Each sequence is checked against the context before any runs.
+        forward pass per batch instead of one per sequence (16 MMLU-style questions on 2 cores: 0.68-0.81x the time
+        of one pass each, evals/results/local_engine_choices.md). Each sequence is checked against the context
+        before any runs.
         """
         import torch
 
