@@ -84,12 +84,19 @@ def chats() -> list[list[dict]]:
     return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in PROMPTS]
 
 
+def _local_engine(gguf: Path, threads: int, max_batch: int, cache_dir: Path):
+    """The service's `local` engine on the GGUF (not loaded), as both timings below use it."""
+    from workers.engines.base import EngineOptions, EngineSpec
+    from workers.engines.local import LocalEngine
+
+    return LocalEngine(EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu",
+                                  memory_gb=1, max_batch=max_batch, options=EngineOptions(cache_dir=cache_dir, threads=threads)))
+
+
 def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
     import torch
 
     from coe.core.weights import prepare_local_weights
-    from workers.engines.base import EngineOptions, EngineSpec
-    from workers.engines.local import LocalEngine
     from workers.jobs import GenerationRequest
 
     out: dict = {"engine": "transformers", "torch": torch.__version__}
@@ -103,9 +110,7 @@ def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
         prepare_local_weights(gguf, Path(cache))
         out["prepare_again_s"] = round(time.perf_counter() - t0, 3)
 
-        spec = EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1, max_batch=8,
-                          options=EngineOptions(cache_dir=Path(cache), threads=threads))
-        engine = LocalEngine(spec)
+        engine = _local_engine(gguf, threads, max_batch=8, cache_dir=Path(cache))
         t0 = time.perf_counter()
         engine.load()
         out["load_s"] = round(time.perf_counter() - t0, 2)
@@ -130,13 +135,10 @@ def bench_transformers(gguf: Path, max_tokens: int, threads: int) -> dict:
 def bench_choices(gguf: Path, threads: int, rounds: int) -> dict:
     """LocalEngine.choice_logprobs on QUESTIONS: one call with all of them (padded batches) against one call per
     question, the two alternating which goes first in each round, so load on the machine falls on both alike."""
-    from workers.engines.base import EngineOptions, EngineSpec
-    from workers.engines.local import LocalEngine
+    from coe.core.paths import default_cache_dir
     from workers.jobs import GenerationRequest
 
-    spec = EngineSpec(key="bench", engine="local", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1,
-                      max_batch=len(QUESTIONS), options=EngineOptions(threads=threads))
-    engine = LocalEngine(spec)
+    engine = _local_engine(gguf, threads, max_batch=len(QUESTIONS), cache_dir=default_cache_dir())
     engine.load()
     reqs = [GenerationRequest(messages=[{"role": "user", "content": q}], max_tokens=1, temperature=0.0) for q in QUESTIONS]
     letters = [" A", " B", " C", " D"]

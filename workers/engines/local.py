@@ -268,10 +268,11 @@ class LocalEngine(Engine):
                 raise EngineError(f"local engine {self.spec.key} is not loaded")
             choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
             plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
-            seqs = [(seq, plan.n_prompt - 1) for plan in plans for seq in plan.sequences]
+            seqs = []
             for p, plan in enumerate(plans):
                 for seq in plan.sequences:
                     token_budget(p, len(seq), 1, self.max_context)
+                    seqs.append((seq, plan.n_prompt - 1))
             with torch.inference_mode():
                 logprobs = self._logprobs(seqs)
         it = iter(logprobs)
