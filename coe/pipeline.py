@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from coe.embedder import Embedder
 from coe.core.registry import ExpertConfig, Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
+from coe.strategies import Ask, direct_confidence, get_strategy
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
 )
@@ -204,12 +206,47 @@ class Pipeline:
             decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
         else:
             raise UnknownModel(f"The model '{inp.model}' does not exist; use 'coe' or one of {self.registry.names}", "model")
-        jobs = []
+        jobs, asks = [], []
         for i, name in enumerate(decision.experts):
-            expert = self.registry.experts[name]
-            stream = inp.stream and len(decision.experts) == 1
-            jobs.append(Job(expert=name, request=self._request(expert, inp, inp.messages, seed_offset=i), stream=stream))
-        return Plan(decision, jobs, timings)
+            job, ask = self._strategy_job(name, inp, seed_offset=i)
+            job.stream = inp.stream and len(decision.experts) == 1 and ask is None and not decision.cascade
+            jobs.append(job)
+            asks.append(ask)
+        return Plan(decision, jobs, timings, asks)
+
+    def _strategy_job(self, name: str, inp: ChatInput, seed_offset: int = 0) -> tuple[Job, Ask | None]:
+        """Expert `name`'s first job for `inp`, as its strategy asks it (explicit `choices` are scored as they are)."""
+        expert = self.registry.experts[name]
+        ask = None if inp.choices is not None else get_strategy(expert.strategy).ask(inp.messages)
+        request = self._request(expert, inp, ask.messages if ask else inp.messages, seed_offset)
+        if ask is not None and ask.choices is not None:
+            request.choices = ask.choices
+        return Job(expert=name, request=request), ask
+
+    async def _settle(self, job: Job, ask: Ask | None, result: JobResult, inp: ChatInput, started: float,
+                      open_jobs: set[str]) -> JobResult | ExpertAnswer:
+        """The expert's answer as its strategy reads it; a strategy that finds no answer in its attempt falls back
+        to a direct answer from the same expert (both attempts are paid). A failed job comes back as it is."""
+        if not result.ok:
+            return result
+        answer = self._answer(result)
+        expert = self.registry.experts[job.expert]
+        if ask is None:
+            return answer
+        verdict = await get_strategy(expert.strategy).verdict(ask, result.completion)
+        if verdict.text is not None:
+            return replace(answer, text=verdict.text, strategy=expert.strategy, confidence=verdict.confidence,
+                           note=verdict.note)
+        retry = Job(expert=job.expert, request=self._request(expert, inp, inp.messages))
+        await self._submit(retry, open_jobs)
+        second = await self._result(retry, self._deadline_left(started), open_jobs)
+        if not second.ok:
+            return second
+        direct = self._answer(second)
+        return replace(direct, strategy=f"{expert.strategy}->direct", note=verdict.note,
+                       prompt_tokens=direct.prompt_tokens + answer.prompt_tokens,
+                       completion_tokens=direct.completion_tokens + answer.completion_tokens,
+                       queue_s=answer.queue_s + direct.queue_s, generate_s=answer.generate_s + direct.generate_s)
 
     async def _result(self, job: Job, timeout: float, open_jobs: set[str]) -> JobResult:
         try:
@@ -230,7 +267,7 @@ class Pipeline:
         metrics.TOKENS.labels(result.expert, "prompt").inc(c.prompt_tokens)
         metrics.TOKENS.labels(result.expert, "completion").inc(c.completion_tokens)
         return ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-                            result.queue_s, result.generate_s)
+                            result.queue_s, result.generate_s, confidence=direct_confidence(c))
 
     async def _answers(self, plan: Plan, inp: ChatInput, started: float,
                        open_jobs: set[str]) -> tuple[list[ExpertAnswer], dict[str, str], str | None]:
@@ -238,9 +275,13 @@ class Pipeline:
 
         If every routed expert failed, the fallback expert answers with its own request; a client that named
         the expert gets that expert or an error."""
-        results = await asyncio.gather(*(self._result(j, self._deadline_left(started), open_jobs) for j in plan.jobs))
-        answers = [self._answer(r) for r in results if r.ok]
-        failed = {r.expert: r.error or "failed" for r in results if not r.ok}
+        async def one(job: Job, ask: Ask | None) -> JobResult | ExpertAnswer:
+            result = await self._result(job, self._deadline_left(started), open_jobs)
+            return await self._settle(job, ask, result, inp, started, open_jobs)
+
+        settled = await asyncio.gather(*(one(j, a) for j, a in zip(plan.jobs, plan.asks or [None] * len(plan.jobs))))
+        answers = [a for a in settled if isinstance(a, ExpertAnswer)]
+        failed = {r.expert: r.error or "failed" for r in settled if isinstance(r, JobResult)}
         replaced = None
         retry = None if answers else self._fallback_job(plan, inp, failed, stream=False)
         if retry is not None:
@@ -295,8 +336,35 @@ class Pipeline:
     async def run(self, inp: ChatInput) -> Outcome:
         started = time.perf_counter()
         plan = await self.plan(inp)
+        return await self._run_plan(plan, inp, started)
+
+    async def _cascade(self, plan: Plan, inp: ChatInput, started: float, open_jobs: set[str]) -> Outcome:
+        """Experts tried in order: an answer is kept when its confidence reaches its step's threshold, else the next
+        expert answers; every attempt is paid and listed. An expert that fails hands over like a doubtful one."""
+        attempts: list[ExpertAnswer] = []
+        failed: dict[str, str] = {}
+        steps = plan.decision.cascade
+        for i, (name, need) in enumerate(steps):
+            job, ask = (plan.jobs[0], plan.asks[0]) if i == 0 else self._strategy_job(name, inp)
+            await self._submit(job, open_jobs)
+            settled = await self._settle(job, ask, await self._result(job, self._deadline_left(started), open_jobs),
+                                         inp, started, open_jobs)
+            if isinstance(settled, JobResult):
+                failed[name] = settled.error or "failed"
+                continue
+            attempts.append(settled)
+            if i == len(steps) - 1 or (settled.confidence is not None and settled.confidence >= need):
+                break
+        if not attempts:
+            expert, error = next(iter(failed.items()))
+            raise ExpertFailed(f"expert '{expert}' failed: {error}")
+        return self._outcome(plan, attempts, attempts[-1], None, started, None, failed)
+
+    async def _run_plan(self, plan: Plan, inp: ChatInput, started: float) -> Outcome:
         open_jobs: set[str] = set()
         try:
+            if plan.decision.cascade:
+                return await self._cascade(plan, inp, started, open_jobs)
             for job in plan.jobs:
                 await self._submit(job, open_jobs)
             answers, failed, replaced = await self._answers(plan, inp, started, open_jobs)
@@ -334,6 +402,12 @@ class Pipeline:
         """Yields the routing decision, then text deltas of the final answer, then the Outcome."""
         started = time.perf_counter()
         plan = await self.plan(inp)
+        if plan.buffered:  # the answer exists only once its attempt (or the cascade) is over: it comes in one piece
+            yield plan.decision
+            outcome = await self._run_plan(plan, inp, started)
+            yield outcome.text
+            yield outcome
+            return
         open_jobs: set[str] = set()
         try:
             for job in plan.jobs:

@@ -70,6 +70,9 @@ class ExpertAnswer:
     finish_reason: str
     queue_s: float
     generate_s: float
+    strategy: str = "direct"  # how it was answered (coe/strategies.py); "program->direct": the program failed
+    confidence: float | None = None  # in [0, 1], what a cascade acts on; None when the engine cannot tell
+    note: str = ""  # why a strategy fell back, or what it did
 
 
 @dataclass
@@ -92,3 +95,9 @@ class Plan:
     decision: RouteDecision
     jobs: list[Job]
     timings: dict[str, float]
+    asks: list = field(default_factory=list)  # per job: the strategy's Ask, or None for a direct answer
+
+    @property
+    def buffered(self) -> bool:
+        """True when the answer is known only once an attempt is over (a strategy that is not direct, a cascade)."""
+        return bool(self.decision.cascade) or any(a is not None for a in self.asks)

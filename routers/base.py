@@ -32,6 +32,9 @@ class RouteDecision:
     fallback: bool = False
     reason: str = ""
     aggregator: str | None = None  # the expert that merges k > 1 answers; None = the one marked in experts.yaml
+    cascade: list[tuple[str, float]] = field(default_factory=list)
+    """A cascade: experts tried in order, each answer kept when its confidence reaches the step's threshold (the last
+    step's answer is always kept); `experts` then names the first step."""
 
 
 @dataclass

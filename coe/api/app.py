@@ -18,7 +18,7 @@ from coe.api import admin
 from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
 )
 from coe.api.security import query_caller
@@ -60,7 +60,8 @@ def _chat_input(body: ChatCompletionRequest) -> ChatInput:
 
 def _decision_fields(d: RouteDecision) -> dict:
     return {"router": d.router, "category": d.category, "confidence": d.confidence, "top_categories": _top(d),
-            "fallback": d.fallback, "experts": d.experts, "reason": d.reason}
+            "fallback": d.fallback, "experts": d.experts, "reason": d.reason,
+            "cascade": [CascadeStep(expert=e, accept_at=round(t, 4)) for e, t in d.cascade]}
 
 
 def _coe_info(out: Outcome) -> CoeInfo:
@@ -68,7 +69,9 @@ def _coe_info(out: Outcome) -> CoeInfo:
         **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
         failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
-                                 finish_reason=a.finish_reason) for a in out.answers],
+                                 finish_reason=a.finish_reason, strategy=a.strategy,
+                                 confidence=None if a.confidence is None else round(a.confidence, 4), note=a.note)
+                 for a in out.answers],
         timings={k: round(v, 6) for k, v in out.timings.items()},
     )
 

@@ -69,6 +69,12 @@ class CategoryProbability(BaseModel):
     probability: float
 
 
+class CascadeStep(BaseModel):
+    expert: str
+    accept_at: float = Field(description="the confidence this expert's answer needs to be kept (the last step's "
+                                         "answer is always kept)")
+
+
 class DecisionOut(BaseModel):
     """A routing decision as clients see it, in /v1/route results and in a completion's `coe` object."""
 
@@ -79,6 +85,7 @@ class DecisionOut(BaseModel):
     fallback: bool
     experts: list[str]
     reason: str
+    cascade: list[CascadeStep] = Field(default_factory=list, description="a cascade's steps, in order; empty otherwise")
 
 
 class RouteResult(DecisionOut):
@@ -96,6 +103,10 @@ class ExpertAnswerOut(BaseModel):
     content: str
     completion_tokens: int
     finish_reason: str
+    strategy: str = Field("direct", description="how the expert answered: direct, program, choices, or "
+                                                "'<strategy>->direct' when the strategy fell back to a direct answer")
+    confidence: float | None = Field(None, description="the answer's confidence in [0, 1] (what a cascade acts on)")
+    note: str = ""
 
 
 class CoeInfo(DecisionOut):

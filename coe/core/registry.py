@@ -51,6 +51,9 @@ class ExpertConfig(BaseModel):
     description: str = ""
     categories: list[str] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list)
+    strategy: Literal["direct", "program", "choices"] = Field(
+        "direct", description="how the model is asked (coe/strategies.py): direct answer, program-of-thought run in the "
+                              "sandbox, or option scoring of lettered multiple choice")
     system_prompt: str | None = None
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     fallback: bool = False

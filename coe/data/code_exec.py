@@ -66,6 +66,7 @@ class ExecResult:
     status: Status  # failed: an assertion of the tests failed; error: any other exception or exit
     error: str = ""  # the end of the program's output (its traceback) when it did not pass
     elapsed_s: float = 0.0
+    output: str = ""  # the end of what the program printed (a program-of-thought answer is read from it)
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ def _result(tail: str, nonce: str, returncode: int, timed_out: bool, timeout_s: 
     if status is not None:
         word, _, reason = status[len(nonce) + 1:].partition(" ")
         if word == "passed":
-            return ExecResult(True, "passed", "", elapsed)
-        return ExecResult(False, "failed" if word == "failed" else "error", output or reason, elapsed)
+            return ExecResult(True, "passed", "", elapsed, output)
+        return ExecResult(False, "failed" if word == "failed" else "error", output or reason, elapsed, output)
     sig = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
     if timed_out:
         return ExecResult(False, "timeout", f"killed at the {timeout_s:g}s wall-time limit", elapsed)

@@ -226,6 +226,7 @@ class VllmEngine(LoopEngine):
         return SamplingParams(
             n=1, max_tokens=max(1, min(request.max_tokens, room)), temperature=request.temperature, top_p=request.top_p,
             repetition_penalty=request.repetition_penalty, seed=request.seed, stop=stops or None,
+            logprobs=0,  # the sampled token's own log-probability: a cascade's confidence (Completion.mean_logprob)
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
 
@@ -282,7 +283,7 @@ class VllmEngine(LoopEngine):
             raise EngineError(f"prompt of {len(ids)} tokens does not fit the {self.max_model_len}-token context")
         params = self.sampling_params(request, room, stream)
         rid = uuid.uuid4().hex
-        llm, parts, tokens, finish = self.llm, [], 0, None
+        llm, parts, tokens, finish, logprob = self.llm, [], 0, None, 0.0
         self.running.add(rid)
         try:
             async for out in llm.generate({"prompt_token_ids": ids}, params, rid):
@@ -291,6 +292,7 @@ class VllmEngine(LoopEngine):
                     emit(o.text, len(o.token_ids))
                     parts.append(o.text)
                     tokens += len(o.token_ids)
+                    logprob += sum(step[t].logprob for t, step in zip(o.token_ids, o.logprobs or []) if t in step)
                 finish = o.finish_reason or finish
         except asyncio.CancelledError:
             try:
@@ -303,7 +305,7 @@ class VllmEngine(LoopEngine):
         finally:
             self.running.discard(rid)
         return Completion(text="".join(parts), prompt_tokens=len(ids), completion_tokens=tokens,
-                          finish_reason=finish or "length")
+                          finish_reason=finish or "length", mean_logprob=logprob / tokens if tokens else None)
 
 
 ENGINE_CLASS = VllmEngine
