@@ -115,18 +115,21 @@ def money(cur: str, x: Fraction) -> str:
     return f"{cur}{whole:,}" if frac == 0 else f"{cur}{whole:,}.{frac:02d}"
 
 
+Make = Callable[[Draw], tuple[str, Fraction]]  # a template's draw: the question and its exact answer
+
+
 @dataclass(frozen=True)
 class Template:
     name: str
     steps: int
-    make: Callable[[Draw], tuple[str, Fraction]]  # the question and its exact answer
+    make: Make
 
 
 TEMPLATES: list[Template] = []
 
 
-def template(steps: int) -> Callable[[Callable[[Draw], tuple[str, Fraction]]], Callable[[Draw], tuple[str, Fraction]]]:
-    def register(make: Callable[[Draw], tuple[str, Fraction]]) -> Callable[[Draw], tuple[str, Fraction]]:
+def template(steps: int) -> Callable[[Make], Make]:
+    def register(make: Make) -> Make:
         TEMPLATES.append(Template(make.__name__, steps, make))
         return make
     return register
@@ -254,7 +257,8 @@ def percent_raise(d: Draw) -> tuple[str, Fraction]:
     name, cur = d.names(1)[0], d.pick(CURRENCIES)
     salary, rise = d.num("salary", 18000, 90000, 500), d.num("rise", 2, 12)
     q_text = d.pick([
-        f"{name} earns {money(cur, Fraction(salary))} a year and gets a {rise}% pay rise. What is the new yearly salary?",
+        f"{name} earns {money(cur, Fraction(salary))} a year and gets a {rise}% pay rise. What is the new yearly "
+        f"salary?",
         f"After a {rise}% raise, what will {name}'s salary be if it is {money(cur, Fraction(salary))} a year now?",
     ])
     return q_text, salary * Fraction(100 + rise, 100)
@@ -371,7 +375,8 @@ def ribbon_pieces(d: Draw) -> tuple[str, Fraction]:
     length = d.money("length", 150, 2000, 50)  # metres, in halves
     piece = d.num("piece", 5, 80, 5)  # centimetres
     q_text = d.pick([
-        f"{name} has {canonical(length)} m of {thing} and cuts it into pieces {piece} cm long. How many pieces are there?",
+        f"{name} has {canonical(length)} m of {thing} and cuts it into pieces {piece} cm long. How many pieces "
+        f"are there?",
         f"How many {piece} cm pieces can be cut from {canonical(length)} m of {thing} with nothing left over?",
     ])
     return q_text, Fraction(d.whole(length * 100 / piece))
@@ -399,8 +404,8 @@ def flour_needed(d: Draw) -> tuple[str, Fraction]:
     q_text = d.pick([
         f"One batch of cookies takes {grams} g of flour. {name} is baking {batches} batches for a fair and already "
         f"has {canonical(have)} kg of flour. How many more kilograms of flour are needed?",
-        f"{name} has {canonical(have)} kg of flour at home. A batch of bread rolls uses {grams} grams. How many kilograms "
-        f"of flour must {name} buy to bake {batches} batches?",
+        f"{name} has {canonical(have)} kg of flour at home. A batch of bread rolls uses {grams} grams. How many "
+        f"kilograms of flour must {name} buy to bake {batches} batches?",
     ])
     return q_text, need
 
@@ -439,9 +444,10 @@ def floor_tiles(d: Draw) -> tuple[str, Fraction]:
     side = d.one_of("side", [20, 25, 30, 40, 50])  # centimetres
     along, across = d.whole(length * 100 / side), d.whole(width * 100 / side)
     q_text = d.pick([
-        f"A room is {canonical(length)} m by {canonical(width)} m. How many square tiles of side {canonical(side)} cm cover the floor?",
-        f"Square tiles {canonical(side)} cm on a side are used to cover a {canonical(length)} m by {canonical(width)} m floor. "
-        f"How many tiles are needed?",
+        f"A room is {canonical(length)} m by {canonical(width)} m. How many square tiles of side {canonical(side)} cm "
+        f"cover the floor?",
+        f"Square tiles {canonical(side)} cm on a side are used to cover a {canonical(length)} m by "
+        f"{canonical(width)} m floor. How many tiles are needed?",
     ])
     return q_text, Fraction(along * across)
 
@@ -465,10 +471,10 @@ def paint_litres(d: Draw) -> tuple[str, Fraction]:
     length, height = d.money("length", 200, 800, 50), d.money("height", 200, 300, 50)
     coats, cover = d.num("coats", 2, 3), d.one_of("cover", [5, 8, 10, 12, 16])
     q_text = d.pick([
-        f"One litre of paint covers {cover} square metres. A wall is {canonical(length)} m wide and {canonical(height)} m high "
-        f"and needs {coats} coats. How many litres of paint are needed?",
-        f"How many litres of paint do {coats} coats on a {canonical(length)} m by {canonical(height)} m wall take, if each litre "
-        f"covers {cover} square metres?",
+        f"One litre of paint covers {cover} square metres. A wall is {canonical(length)} m wide and "
+        f"{canonical(height)} m high and needs {coats} coats. How many litres of paint are needed?",
+        f"How many litres of paint do {coats} coats on a {canonical(length)} m by {canonical(height)} m wall "
+        f"take, if each litre covers {cover} square metres?",
     ])
     return q_text, length * height * coats / cover
 
@@ -494,7 +500,8 @@ def painters_days(d: Draw) -> tuple[str, Fraction]:
     w1, days, w2 = d.num("w1", 2, 9), d.num("days", 2, 15), d.num("w2", 2, 9)
     d.need(w1 != w2)
     q_text = d.pick([
-        f"If {w1} painters take {days} days to paint a school, how many days would {w2} painters take at the same rate?",
+        f"If {w1} painters take {days} days to paint a school, how many days would {w2} painters take at the "
+        f"same rate?",
         f"{w1} workers can build a wall in {days} days. Working at the same pace, how long would {w2} workers take?",
     ])
     return q_text, Fraction(w1 * days, w2)
@@ -551,7 +558,7 @@ def leftover_slices(d: Draw) -> tuple[str, Fraction]:
 def buses_cost(d: Draw) -> tuple[str, Fraction]:
     cur = d.pick(CURRENCIES)
     people, seats, fare = d.num("people", 40, 400), d.one_of("seats", [30, 40, 45, 50, 52]), d.num("fare", 80, 400, 10)
-    d.need(people % int(seats) != 0)
+    d.need(people > 2 * seats and people % int(seats) != 0)
     buses = -(-people // int(seats))
     q_text = d.pick([
         f"{people} pupils are going on a school trip. Each coach holds {seats} pupils and costs "
@@ -643,7 +650,8 @@ def recipe_scale(d: Draw) -> tuple[str, Fraction]:
     serves, grams, people = d.num("serves", 2, 8), d.num("grams", 50, 800, 25), d.num("people", 3, 20)
     d.need(serves != people)
     q_text = d.pick([
-        f"A recipe that serves {serves} needs {grams} g of {ingredient}. How many grams are needed for {people} people?",
+        f"A recipe that serves {serves} needs {grams} g of {ingredient}. How many grams are needed for {people} "
+        f"people?",
         f"How much {ingredient}, in grams, do you need to feed {people} people if {grams} g is enough for {serves}?",
     ])
     return q_text, Fraction(grams * people, serves)
