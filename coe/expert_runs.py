@@ -2,8 +2,9 @@
 
 MMLU items (and a user's multiple-choice questions) are scoring jobs (the worker asks the engine for the
 log-probability of each answer letter); HumanEval items are generation jobs whose code then runs in the
-sandbox (coe/data/code_exec.py), never in this process; a user's exact-match question is a generation job
-graded by normalised exact match (coe/data/answered.py). Each answer keeps its tokens and its share of the
+sandbox (coe/data/code_exec.py), never in this process; maths items are generation jobs graded by the final
+number of the answer (coe/data/maths.py); a user's exact-match question is a generation job graded by
+normalised exact match (coe/data/answered.py). Each answer keeps its tokens and its share of the
 engine time of the batch it ran in, so quality can be set against compute. `coe profile --data mixed|FILE`
 and `coe bench quality` start here.
 """
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from coe.data.answered import exact_match
 from coe.data.code_exec import run_many
 from coe.data.code_extract import extract_completion
+from coe.data.maths import is_correct
 from coe.data.mixed import Item
 from coe.data.scoring import predicted_letter
 from coe.pipeline import ChatInput
@@ -68,7 +70,10 @@ def graded_answer(expert: str, item: Item, result: JobResult) -> Answer:
     if item.choices is not None:
         letter = predicted_letter(c.choice_logprobs or [])
         return Answer(expert, letter == item.gold, letter, c.prompt_tokens, c.completion_tokens, share)
-    right = item.problem is None and exact_match(c.text, item.gold)
+    if item.domain == "maths":
+        right = is_correct(c.text, item.gold)
+    else:
+        right = item.problem is None and exact_match(c.text, item.gold)
     return Answer(expert, right, c.text, c.prompt_tokens, c.completion_tokens, share)
 
 
