@@ -18,9 +18,11 @@ from coe.data.answered import exact_match
 from coe.data.code_exec import run_many
 from coe.data.code_extract import extract_completion
 from coe.data.maths import is_correct
+from coe.data.letters import extract_letter
 from coe.data.mixed import Item
 from coe.data.scoring import predicted_letter
 from coe.pipeline import ChatInput
+from coe.pipeline_types import PipelineError
 from coe.profiling import Runner
 from routers.skills_profile import build_profile
 from workers.jobs import JobResult
@@ -39,6 +41,8 @@ class Answer:
     completion_tokens: int = 0
     engine_s: float = 0.0  # this answer's share of its batch's engine time
     error: str = ""
+    confidence: float | None = None  # the answer's own confidence (coe/strategies.py): what a cascade acts on
+    strategy: str = "direct"  # how it was answered; "program->direct" when the program failed
 
     @property
     def tokens(self) -> int:
@@ -70,11 +74,7 @@ def graded_answer(expert: str, item: Item, result: JobResult) -> Answer:
     if item.choices is not None:
         letter = predicted_letter(c.choice_logprobs or [])
         return Answer(expert, letter == item.gold, letter, c.prompt_tokens, c.completion_tokens, share)
-    if item.domain == "maths":
-        right = is_correct(c.text, item.gold)
-    else:
-        right = item.problem is None and exact_match(c.text, item.gold)
-    return Answer(expert, right, c.text, c.prompt_tokens, c.completion_tokens, share)
+    return Answer(expert, graded_text(item, c.text), c.text, c.prompt_tokens, c.completion_tokens, share)
 
 
 async def ask(runner: Runner, expert: str, item: Item, messages: list[dict] | None = None) -> JobResult:
@@ -85,6 +85,31 @@ async def ask(runner: Runner, expert: str, item: Item, messages: list[dict] | No
     job = plan.jobs[0]
     await runner.queue.submit(job)
     return await runner.queue.wait_result(job.id, runner.settings.request_timeout_s)
+
+
+def graded_text(item: Item, text: str) -> bool:
+    """Whether a final answer's text is right: the letter read out of it (MMLU asked), its final number (maths),
+    exact match (a user's question); code is graded by running it (grade_code)."""
+    if item.question is not None:
+        return extract_letter(text, item.question.choices) == item.gold
+    if item.domain == "maths":
+        return is_correct(text, item.gold)
+    return item.problem is None and exact_match(text, item.gold)
+
+
+async def answer(runner: Runner, expert: str, item: Item) -> Answer:
+    """`expert`'s graded answer to `item` as a client gets it (pipeline.run: the expert's strategy, its fallback,
+    every attempt's tokens); a scored item (choices) is one scoring job."""
+    if item.choices is not None:
+        return graded_answer(expert, item, await ask(runner, expert, item))
+    inp = ChatInput(model=expert, messages=item.messages, max_tokens=item.max_tokens, temperature=0.0, seed=0)
+    try:
+        out = await runner.pipeline.run(inp)
+    except PipelineError as exc:
+        return Answer(expert, False, "", error=f"{type(exc).__name__}: {exc.message}")
+    final = out.answers[-1]
+    return Answer(expert, graded_text(item, out.text), out.text, out.prompt_tokens, out.completion_tokens,
+                  final.generate_s, confidence=final.confidence, strategy=final.strategy)
 
 
 async def grade_code(pairs: list[tuple[Item, Answer]], workers: int = 2) -> None:
@@ -104,11 +129,10 @@ async def run_experts(runner: Runner, items: list[Item], experts: list[str]) -> 
     the worker's batches hold one model and pad little."""
     records = {it.id: ItemRecord(it) for it in items}
     order = sorted(items, key=lambda it: len(it.text))
-    calls = [lambda it=it, e=e: ask(runner, e, it) for e in experts for it in order]
+    calls = [lambda it=it, e=e: answer(runner, e, it) for e in experts for it in order]
     results = await runner.bounded(calls, f"{len(experts)} experts x {len(items)} items")
     code: list[tuple[Item, Answer]] = []
-    for (e, it), r in zip(((e, it) for e in experts for it in order), results):
-        a = graded_answer(e, it, r)
+    for (e, it), a in zip(((e, it) for e in experts for it in order), results):
         records[it.id].answers[e] = a
         if it.problem is not None:
             code.append((it, a))
@@ -133,5 +157,5 @@ def mixed_profile(records: list[ItemRecord], experts: list[str], meta: dict) -> 
 
 
 def records_json(records: list[ItemRecord]) -> list[dict]:
-    return [{"id": r.item.id, "domain": r.item.domain, "label": r.item.label, "skills": r.skills,
+    return [{"id": r.item.id, "domain": r.item.domain, "label": r.item.label, "text": r.item.text, "skills": r.skills,
              "answers": {e: asdict(a) for e, a in r.answers.items()}} for r in records]

@@ -23,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from coe_evals import quality_policies as pol
@@ -65,6 +66,10 @@ def _route(runner, name: str, options: dict, texts: list[str], vecs, k: int) -> 
 async def evaluate(runner, val, test, experts: list[str], profile_path: Path, seed: int) -> tuple[list[pol.PolicyRun], dict]:
     """Every policy on the test items, and what stage 2 was fitted on (its table's source and notes, and
     stage 1's category and confidence per test item)."""
+    from coe.expert_runs import records_json
+    from coe_evals.quality_perquery import cascade_runs, choose_default, per_query_runs
+    from routers.outcomes import outcomes_from_records
+
     params = {e: runner.registry.experts[e].params_b for e in experts}
     texts = [r.item.text for r in test]
     vecs = await asyncio.to_thread(runner.embedder.encode, texts)
@@ -89,12 +94,19 @@ async def evaluate(runner, val, test, experts: list[str], profile_path: Path, se
     runs.append(pol.aggregated(f"skills k=3 + {aggregator}", test, candidates, merged, aggregator, params,
                                {"k": 3, "aggregator": aggregator}))
     runs.append(pol.oracle(test, experts, params))
-    return runs, stage2
+    val_out = outcomes_from_records(records_json(val), params)
+    test_out = outcomes_from_records(records_json(test), params)
+    val_x = await asyncio.to_thread(runner.embedder.encode, [r.item.text for r in val])
+    pq_runs, predictors = per_query_runs(test, val_out, test_out, np.asarray(val_x), np.asarray(vecs), params)
+    cascades, _ = cascade_runs(test, val_out, test_out)
+    stage2["predictors"] = predictors
+    stage2["default_policy"] = await asyncio.to_thread(choose_default, val_out, np.asarray(val_x))
+    return runs + pq_runs + cascades, stage2
 
 
 async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
                         val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int,
-                        per_category: int | None = None) -> dict:
+                        per_category: int | None = None, n_maths: int = 0, val_maths: int = 0) -> dict:
     """The whole run as quality.json holds it; with `per_category` (the smoke run) MMLU is sampled by its 4
     categories instead of its 17 subcategories."""
     from coe.data.mixed import load_items
@@ -102,8 +114,10 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
     from coe.profiling import Runner, group_by_stage1
     from routers.skills_profile import save_profile
 
-    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens, per_category)
-    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens, per_category)
+    val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens, per_category,
+                           n_maths=val_maths, mmlu_scored=False)
+    test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens, per_category,
+                            n_maths=n_maths, mmlu_scored=False)
     runner = Runner(settings, batch=batch, progress=log)
     await runner.start()
     try:
@@ -134,12 +148,25 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
                 "validation_profile": {e: {k: v for k, v in p.items() if k != "skills"}
                                        for e, p in profile["experts"].items()},
                 "policies": [summarise(run, domains) for run in runs], "timings": timings,
-                "stage2": {**(profile.get("stage2") or {}), "table": stage2["table"], "notes": stage2["notes"]},
+                "stage2": {**(profile.get("stage2") or {}), "table": stage2["table"], "notes": stage2["notes"],
+                           "predictors": stage2["predictors"], "default_policy": stage2["default_policy"]},
+                "outcome_experts": {e: {"params_b": runner.registry.experts[e].params_b,
+                                        "strategy": runner.registry.experts[e].strategy} for e in experts},
                 "val_records": [{**rec, **{k: p[k] for k in ("predicted", "predicted_p") if k in p}}
                                 for rec, p in zip(records_json(val), profile["records"])],
                 "test_records": [{**rec, "routed": route} for rec, route in zip(records_json(test), stage2["test_routes"])]}
     finally:
         await runner.stop()
+
+
+def outcomes_file(res: dict) -> dict:
+    """The validation answers as the per-query routers read them (routers/outcomes.py): what the service serves
+    from when this file is its outcomes.json."""
+    return {"version": 1, "source": res["command"], "experts": res["outcome_experts"],
+            "default_policy": res["stage2"]["default_policy"]["chosen"],
+            "records": [{"id": r["id"], "domain": r["domain"], "text": r["text"],
+                         "answers": {e: {k: a[k] for k in ("correct", "prompt_tokens", "completion_tokens", "confidence")}
+                                     for e, a in r["answers"].items()}} for r in res["val_records"]]}
 
 
 def quality(
@@ -148,6 +175,8 @@ def quality(
                                            "problems"),
     per_subcategory: int = typer.Option(20, help="held-out MMLU questions per subcategory"),
     code: int = typer.Option(None, help="held-out HumanEval problems (default: all 98 of the test split)"),
+    maths: int = typer.Option(200, help="held-out maths word problems (coe/data/maths.py, generated with verified answers)"),
+    val_maths: int = typer.Option(200, help="validation maths word problems"),
     val_per_subcategory: int = typer.Option(10, help="validation MMLU questions per subcategory (profiles)"),
     val_code: int = typer.Option(None, help="validation HumanEval problems (default: all 66)"),
     batch: int = typer.Option(None, help="override every expert's max_batch"),
@@ -176,11 +205,12 @@ def quality(
         return
     per_category = None
     if quick:
-        per_category, code, val_code = 1, 2, 2
+        per_category, code, val_code, maths, val_maths = 1, 2, 2, 4, 4
     load_before = os.getloadavg()
     started = time.perf_counter()
     res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,
-                                    lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens, per_category))
+                                    lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens, per_category,
+                                    maths, val_maths))
     weight = settings.router_cost_weight if default_cost_weight is None else default_cost_weight
     res.update({"mode": "quick" if quick else "full", "default_cost_weight": weight,
                 "goals": goals(res["policies"], weight), "seconds": round(time.perf_counter() - started, 1),
@@ -189,6 +219,7 @@ def quality(
                 "load_avg": [round(x, 2) for x in (*load_before, *os.getloadavg())]})
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "outcomes.json").write_text(json.dumps(outcomes_file(res), indent=1) + "\n")
     (out / "quality.md").write_text(markdown(res))
     plot(res, out / "quality.png")
     typer.echo(markdown(res))

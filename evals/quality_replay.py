@@ -92,7 +92,10 @@ def replay(result_path: Path, settings, cost_weights: tuple[float, ...], log) ->
     ctx = RouterContext(registry, embedder, settings.artifacts_dir, options=dict(settings.router_options.get("two_stage", {})),
                         budget_b=settings.router_budget_b, routes=load_routes_if_present(settings.routes_path))
     stage1 = build_router("two_stage", replace(ctx, options={**ctx.options, "profile": ""}))
-    items = {it.id: it for split in ("validation", "test") for it in load_items(settings.cache_dir, split, 10**6, None)}
+    records = res["test_records"] + res.get("val_records", [])
+    maths = 1 + max((int(r["id"].rsplit("-", 1)[1]) for r in records if r["domain"] == "maths"), default=-1)
+    items = {it.id: it for split in ("validation", "test")
+             for it in load_items(settings.cache_dir, split, 10**6, None, n_maths=maths, mmlu_scored=False)}
 
     def categorised(records: list[dict]) -> np.ndarray:
         texts = [items[r["id"]].text for r in records]

@@ -78,6 +78,7 @@ def goals(summaries: list[dict], default_cost_weight: float) -> list[dict]:
             out.append({"goal": rule, "met": met,
                         "detail": {"policy": default["policy"], "score": mine, "best": best_dom["policy"],
                                    "best_score": best_dom[dom]["score"], "best_ci95": best_dom[dom]["ci95"]}})
+    out += composition_goals(summaries, best)
     k1 = next((s for s in summaries if s["policy"] == "skills k=1"), None)
     k3 = next((s for s in summaries if s["policy"].startswith("skills k=3")), None)
     if k1 and k3:
@@ -87,8 +88,48 @@ def goals(summaries: list[dict], default_cost_weight: float) -> list[dict]:
     return out
 
 
+ROUTED_KINDS = ("two_stage", "skills", "per_query", "cascade")
+CATEGORY_POLICY = "two-stage w=0"
+
+
+def gap_share(summaries: list[dict]) -> dict[str, float]:
+    """Per policy, the share of the gap from category routing (two-stage, w=0) to the oracle it closes."""
+    by_name = {s["policy"]: s["overall"]["score"] for s in summaries}
+    base, top = by_name.get(CATEGORY_POLICY), by_name.get("oracle")
+    if base is None or top is None or top <= base:
+        return {}
+    return {name: round((q - base) / (top - base), 3) for name, q in by_name.items()}
+
+
+def composition_goals(summaries: list[dict], best: dict) -> list[dict]:
+    """Issue 22's goals on the test items: (a) +5 points over the best single pair at <= its compute; (b) >= 95% of
+    its quality at <= 0.6x its compute; (c) the per-query router closes >= 30% of category routing's gap to the oracle."""
+    routed = [s for s in summaries if s["kind"] in ROUTED_KINDS]
+    q0, c0 = best["overall"]["score"], best["compute_per_query"]
+
+    def top(cands: list[dict]) -> dict | None:
+        return max(cands, key=lambda s: (s["overall"]["score"], -s["compute_per_query"])) if cands else None
+
+    a = top([s for s in routed if s["compute_per_query"] <= c0])
+    b = min((s for s in routed if s["overall"]["score"] >= 0.95 * q0), key=lambda s: s["compute_per_query"], default=None)
+    gaps = gap_share(summaries)
+    c = max((s for s in summaries if s["kind"] == "per_query"), key=lambda s: gaps.get(s["policy"], -9), default=None)
+    out = [{"goal": f"(a) a routed policy beats the best single pair ({best['policy']}, {q0:.3f}) by >= 5 points at "
+                    f"<= its compute", "met": bool(a and a["overall"]["score"] >= q0 + 0.05),
+            "detail": a and {"policy": a["policy"], "score": a["overall"]["score"], "points": round(100 * (a["overall"]["score"] - q0), 1),
+                             "compute_ratio": round(a["compute_per_query"] / c0, 3)}},
+           {"goal": "(b) a routed policy reaches >= 95% of the best single pair's quality at <= 0.6x its compute",
+            "met": bool(b and b["compute_per_query"] <= 0.6 * c0),
+            "detail": b and {"policy": b["policy"], "quality_ratio": round(b["overall"]["score"] / q0, 3),
+                             "compute_ratio": round(b["compute_per_query"] / c0, 3)}}]
+    if gaps and c is not None:
+        out.append({"goal": "(c) the per-query router closes >= 30% of the gap from category routing to the oracle",
+                    "met": gaps[c["policy"]] >= 0.30, "detail": {"policy": c["policy"], "share": gaps[c["policy"]]}})
+    return out
+
+
 def markdown(res: dict) -> str:
-    doms = [d for d in ("mmlu", "humaneval") if any(d in s for s in res["policies"])]
+    doms = [d for d in ("mmlu", "humaneval", "maths") if any(d in s for s in res["policies"])]
     head = "| policy | overall (95% CI) | " + " | ".join(doms) + " | compute / query (B·tok) | engine s / query | shares |"
     lines = [f"# Quality benchmark ({res['mode']})", "", f"Command: `{res['command']}`", "",
              f"Machine: {res['machine']}; load average before/after: {res['load_avg']}", "",
@@ -103,6 +144,20 @@ def markdown(res: dict) -> str:
         share = ", ".join(f"{e} {v:.0%}" for e, v in s["share"].items())
         lines.append(f"| {s['policy']} | {o['score']:.3f} ({o['ci95'][0]:.3f}-{o['ci95'][1]:.3f}) | "
                      + " | ".join(cells) + f" | {s['compute_per_query']:,.0f} | {s['engine_s_per_query']:.3f} | {share} |")
+    gaps = gap_share(res["policies"])
+    if gaps:
+        lines += ["", f"Share of the gap from category routing ({CATEGORY_POLICY}) to the oracle closed: "
+                  + ", ".join(f"{p} {g:+.2f}" for p, g in gaps.items() if p.startswith(("per-query", "cascade", "skills")))]
+    stage2 = res.get("stage2") or {}
+    if stage2.get("predictors"):
+        lines += ["", "Per-query predictors on the test items (AUC / Brier / base rate of a right answer):", "",
+                  "| pair | " + " | ".join(stage2["predictors"]) + " |", "|---|" + "---|" * len(stage2["predictors"])]
+        for e in next(iter(stage2["predictors"].values())):
+            cells = [f"{v[e]['auc']} / {v[e]['brier']} / {v[e]['base_rate']}" for v in stage2["predictors"].values()]
+            lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    if stage2.get("default_policy"):
+        d = stage2["default_policy"]
+        lines += ["", f"Default policy chosen on validation: `{d['chosen']}` (best single on validation: {d['best_single']})."]
     lines += ["", "## Goals", ""]
     for g in res["goals"]:
         mark = "report" if g["met"] is None else ("met" if g["met"] else "missed")
@@ -119,12 +174,20 @@ def plot(res: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"single": ("o", "tab:blue"), "random": ("x", "tab:gray"), "oracle": ("*", "tab:green"),
               "skills": ("s", "tab:purple")}
-    sweep = sorted((s for s in res["policies"] if s["kind"] == "two_stage"), key=lambda s: s["compute_per_query"])
-    if sweep:
-        ax.plot([s["compute_per_query"] for s in sweep], [s["overall"]["score"] for s in sweep], "-^",
-                color="tab:red", label="two-stage (cost weight swept)")
+    lines = {"two_stage": ("-^", "tab:red", "two-stage by category (cost weight swept)"),
+             "per_query": ("-D", "tab:orange", "per-query router (cost weight swept)"),
+             "cascade": ("-v", "tab:cyan", "cascade (target swept)")}
+    for kind, (fmt, colour, label) in lines.items():
+        groups: dict[str, list[dict]] = {}
+        for s in res["policies"]:
+            if s["kind"] == kind:
+                groups.setdefault(s["setting"].get("predictor", ""), []).append(s)
+        for sub, sweep in groups.items():
+            sweep.sort(key=lambda s: s["compute_per_query"])
+            ax.plot([s["compute_per_query"] for s in sweep], [s["overall"]["score"] for s in sweep], fmt,
+                    color=colour, alpha=1.0 if sub in ("", "logistic") else 0.5, label=f"{label} {sub}".strip())
     for s in res["policies"]:
-        if s["kind"] == "two_stage":
+        if s["kind"] in lines:
             continue
         marker, colour = styles.get(s["kind"], ("o", "black"))
         ax.scatter(s["compute_per_query"], s["overall"]["score"], marker=marker, color=colour, s=60)
@@ -133,7 +196,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("compute per query: active parameters (B) x tokens, log scale")
     ax.set_ylabel("quality on held-out mixed workload")
-    ax.set_title("coe: quality against compute (MMLU + HumanEval test items)")
+    ax.set_title("coe: quality against compute (MMLU + HumanEval + maths test items)")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -80,6 +80,8 @@ _LAZY = {
     "knn": "routers.baselines",
     "oracle": "routers.baselines",
     "skills": "routers.skills",
+    "quality": "routers.quality",
+    "cascade": "routers.quality",
 }
 
 

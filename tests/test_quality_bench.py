@@ -27,6 +27,10 @@ experts:
      system_prompt: Explain step by step., generation: {{max_tokens: 48, temperature: 0.0}}}}
   - {{name: merger, engine: {ENGINE}, model: "{SMOL}", params_b: 0.135, aggregator: true,
      generation: {{max_tokens: 48, temperature: 0.0}}}}
+  - {{name: picker, engine: {ENGINE}, model: "{SMOL}", params_b: 0.135, strategy: choices,
+     generation: {{max_tokens: 48, temperature: 0.0}}}}
+  - {{name: solver, engine: {ENGINE}, model: "{SMOL}", params_b: 0.135, strategy: program,
+     generation: {{max_tokens: 48, temperature: 0.0}}}}
 """
 
 
@@ -54,10 +58,17 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
                           text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
-    assert res["n_test"] == 4 + 2 and res["n_test_by_domain"] == {"humaneval": 2, "mmlu": 4}
+    assert res["n_test"] == 4 + 2 + 4 and res["n_test_by_domain"] == {"humaneval": 2, "maths": 4, "mmlu": 4}
     names = [p["policy"] for p in res["policies"]]
-    assert {"terse", "verbose", "merger", "random", "skills k=1", "oracle"} <= set(names)
+    assert {"terse", "verbose", "merger", "picker", "solver", "random", "skills k=1", "oracle"} <= set(names)
     assert sum(n.startswith("two-stage w=") for n in names) >= 3 and any(n.startswith("skills k=3") for n in names)
+    assert sum(n.startswith("per-query logistic w=") for n in names) >= 3 and any(n.startswith("cascade") for n in names)
+    strategies = {a["strategy"] for r in res["test_records"] for a in r["answers"].values()}
+    assert "choices" in strategies and strategies & {"program", "program->direct"}
+    assert {"logistic", "knn"} == set(res["stage2"]["predictors"])
+    assert res["stage2"]["default_policy"]["chosen"]["router"] in ("quality", "cascade")
+    outcomes = json.loads((tmp_path / "out" / "outcomes.json").read_text())
+    assert len(outcomes["records"]) == res["n_validation"] and outcomes["records"][0]["text"]
     oracle = next(p for p in res["policies"] if p["policy"] == "oracle")
     for p in res["policies"]:
         if p["kind"] != "skills" or p["policy"] == "skills k=1":  # a merge may be right where every expert was wrong
@@ -71,7 +82,7 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     # stage 2 was fitted on the categories stage 1 predicts for the validation items, which the result keeps
     assert res["stage2"]["grouping"] == "predicted" and "stage-1 predicted categories" in res["stage2"]["table"]
     assert len(res["val_records"]) == res["n_validation"] and all(r["predicted"] for r in res["val_records"])
-    assert all(set(r["answers"]) == {"terse", "verbose", "merger"} for r in res["val_records"])
+    assert all(set(r["answers"]) == {"terse", "verbose", "merger", "picker", "solver"} for r in res["val_records"])
     assert all(r["routed"]["category"] for r in res["test_records"])
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
     assert "| oracle |" in (tmp_path / "out" / "quality.md").read_text()

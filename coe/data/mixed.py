@@ -43,10 +43,16 @@ def _stable(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def mmlu_item(q: mmlu.Question) -> Item:
+def mmlu_item(q: mmlu.Question, scored: bool = True) -> Item:
+    """Scored: the letters' log-likelihoods (a profile's scoring job). Asked: the question as a user sends it,
+    answered as the expert's strategy answers it (a letter generated, or options scored) and graded by the letter
+    read out of the answer."""
     task = scoring.mmlu_scoring(q)
-    return Item(f"mmlu:{q.id[:16]}", "mmlu", q.subcategory, q.prompt, task.messages, task.choices,
-                q.answer_letter, 1, question=q)
+    if scored:
+        return Item(f"mmlu:{q.id[:16]}", "mmlu", q.subcategory, q.prompt, task.messages, task.choices,
+                    q.answer_letter, 1, question=q)
+    return Item(f"mmlu:{q.id[:16]}", "mmlu", q.subcategory, q.prompt, task.messages[:1], None, q.answer_letter,
+                scoring.MMLU_MAX_TOKENS, question=q)
 
 
 def code_item(p: humaneval.Problem, max_tokens: int) -> Item:
@@ -62,7 +68,7 @@ def maths_item(p: maths.Problem, max_tokens: int = maths.MAX_TOKENS) -> Item:
 
 def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | None,
                code_max_tokens: int = scoring.CODE_MAX_TOKENS, per_category: int | None = None,
-               n_maths: int = 0) -> list[Item]:
+               n_maths: int = 0, mmlu_scored: bool = True) -> list[Item]:
     """`per_subcategory` MMLU questions of each of the 17 subcategories (or, with `per_category`, that many of
     each of the 4 categories), `n_code` HumanEval problems (None: all of the split) and `n_maths` maths word
     problems from `split` ('validation' or 'test')."""
@@ -70,7 +76,7 @@ def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | 
     for q in mmlu.by_split(mmlu.load_mmlu(cache_dir), split):
         strata[q.subcategory if per_category is None else q.category].append(q)
     take = per_subcategory if per_category is None else per_category
-    items = [mmlu_item(q) for key in sorted(strata)
+    items = [mmlu_item(q, mmlu_scored) for key in sorted(strata)
              for q in sorted(strata[key], key=lambda q: _stable(q.id))[:take]]
     problems = sorted(humaneval.by_split(humaneval.load_humaneval(cache_dir), split),
                       key=lambda p: _stable(p.task_id))

@@ -24,6 +24,7 @@ ANSWER_PREFIX = "Answer:"
 LETTER_CHOICES = [" " + letter for letter in LETTERS]
 MMLU_INSTRUCTION = "Answer with the letter (A, B, C or D) of the correct option."
 CODE_MAX_TOKENS = 512
+MMLU_MAX_TOKENS = 48  # an asked (not scored) question: room for "The answer is B. <option>"
 
 
 @dataclass(frozen=True)
