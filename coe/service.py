@@ -11,6 +11,7 @@ model's load, so its jobs fail with that error instead of waiting for nobody.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from coe.registry_store import FeedStore, FileStore, make_store
 from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
+from routers.quality import OUTCOMES_FILE
 from workers.engines.base import EngineOptions
 from workers.queue import JobQueue
 from workers.queue_memory import MemoryQueue
@@ -30,10 +32,28 @@ from workers.worker import Worker
 log = logging.getLogger("coe.service")
 
 
-def choose_router(settings: Settings) -> str:
-    """'auto' means the trained two-stage router when its artifact exists, else nearest centroid."""
+def measured_policy(settings: Settings, registry: Registry) -> tuple[str, dict] | None:
+    """The routing policy chosen on validation (`default_policy` of the outcomes.json beside experts.yaml, which
+    `coe bench quality` writes), when at least two of the experts it measured are registered here."""
+    path = settings.experts_file.parent / OUTCOMES_FILE
+    try:
+        data = json.loads(path.read_text())
+        policy = data["default_policy"]
+        measured = set(data["experts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(measured & set(registry.names)) < 2:
+        return None
+    return policy["router"], dict(policy.get("options") or {})
+
+
+def choose_router(settings: Settings, registry: Registry | None = None) -> str:
+    """'auto' means the policy measured for these experts (outcomes.json), else the trained two-stage router when
+    its artifact exists, else nearest centroid."""
     if settings.router != "auto":
         return settings.router
+    if registry is not None and (policy := measured_policy(settings, registry)) is not None:
+        return policy[0]
     return "two_stage" if (settings.artifacts_dir / "two_stage").is_dir() else "centroid"
 
 
@@ -86,7 +106,11 @@ class Service:
         self.registry = await self.store.open(load_routes_if_present(settings.routes_path))
         embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
-        name = choose_router(settings)
+        name = choose_router(settings, self.registry)
+        policy = measured_policy(settings, self.registry) if settings.router == "auto" else None
+        if policy is not None and name not in settings.router_options:  # options the user set win
+            settings = self.settings = settings.model_copy(
+                update={"router_options": {**settings.router_options, name: policy[1]}})
         self.queue = make_queue(settings)
         self._embedded = embedded_worker and not settings.redis_url
         if self._embedded:
