@@ -49,9 +49,8 @@ def test_an_expert_may_bring_its_chat_template_or_be_a_completion_model_and_its_
     from workers.engines.base import EngineOptions
     from workers.worker import engine_spec
 
-    registry = parse_registry(registry_text(expert("base", completion="true"), expert("custom",
-                                                                                      chat_template="'{{ messages }}'")),
-                              Path("x.yaml"))
+    custom = expert("custom", chat_template="'{{ messages }}'").replace("engine: local", "engine: llamacpp")
+    registry = parse_registry(registry_text(expert("base", completion="true"), custom), Path("x.yaml"))
     base, custom = (engine_spec(registry, registry.experts[n], EngineOptions()) for n in ("base", "custom"))
     assert (base.completion, base.chat_template, base.experts) == (True, None, ("base",))
     assert (custom.completion, custom.chat_template, custom.experts) == (False, "{{ messages }}", ("custom",))
