@@ -19,6 +19,12 @@ A request whose caller is gone (`cancelled`, a cancelled task, `should_stop`) le
 step with finish_reason "cancelled", its sequence freed. Each completion carries `mean_logprob`, the mean
 log-probability of its generated tokens under the model's raw logits (before temperature), a confidence.
 
+Threads: options.threads (COE_TORCH_THREADS) or every core, as llama.cpp's server does. llama.cpp's threads
+wait for each other at every operation, so on cores another process keeps busy, fewer threads are faster:
+SmolLM2 at batch 1 on 2 cores, one of them taken by another job, gave 0.9 tokens/s with 2 threads and 33.5
+with 1. n_batch is 512 tokens (llama.cpp's n_ubatch): a long prompt is fed in chunks between which the
+running sequences keep generating.
+
 Prompts use the chat template stored in the GGUF, or the expert's `chat_template`. A model with neither is
 refused at load, unless the expert is marked `completion` (a base model such as Gemma-3-270M): it then gets
 a plain transcript (decoding.plain_prompt) and stops before it writes the next user turn.

@@ -107,6 +107,17 @@ class DecodeLoop:
     def _run(self) -> None:
         waiting: deque[Work] = deque()
         live: list[Work] = []
+        try:
+            self._serve(waiting, live)
+        except Exception as exc:  # a bug here must not leave callers waiting for ever
+            log.exception("the llamacpp decode thread failed")
+            with self._cond:
+                self._closed = True
+                waiting.extend(self._inbox)
+            for w in [*live, *waiting]:
+                self._release(w, live, EngineError(f"the llamacpp decode thread failed: {exc}"))
+
+    def _serve(self, waiting: deque[Work], live: list[Work]) -> None:
         while True:
             with self._cond:
                 while not (self._inbox or waiting or live or self._closed):
