@@ -1,4 +1,4 @@
-"""Local (CPU) engine benchmark: transformers vs llama-cpp-python on the same GGUF.
+"""Local (CPU) engine benchmark: transformers vs llama.cpp (cyllama) on the same GGUF.
 
     python evals/bench_local_engine.py [--max-tokens 64] [--threads 2]
 
@@ -168,15 +168,13 @@ def bench_choices(gguf: Path, threads: int, rounds: int) -> dict:
 
 
 def bench_llama_cpp(gguf: Path, max_tokens: int, threads: int) -> dict:
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        return {"engine": "llama.cpp", "error": f"llama-cpp-python not installed: {exc} (scripts/setup_llamacpp.sh)"}
+    import cyllama
+
     from workers.engines.base import EngineOptions, EngineSpec
     from workers.engines.llamacpp import LlamaCppEngine
     from workers.jobs import GenerationRequest
 
-    out: dict = {"engine": "llama.cpp", "llama_cpp_python": llama_cpp.__version__}
+    out: dict = {"engine": "llama.cpp", "cyllama": cyllama.__version__}
     spec = EngineSpec(key="bench", engine="llamacpp", model=str(gguf), model_path=str(gguf), device="cpu", memory_gb=1,
                       max_batch=len(PROMPTS), options=EngineOptions(threads=threads))
     engine = LlamaCppEngine(spec)

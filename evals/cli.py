@@ -51,5 +51,25 @@ from coe_evals.bench_quality import quality  # noqa: E402
 
 bench_app.command("quality")(quality)
 
+
+
+@bench_app.command("engine")
+def engine(
+    experts: Path = typer.Option(Path("experts.yaml"), help="the experts whose weights are measured"),
+    out: Path = typer.Option(Path("evals/results"), help="where engine.json and engine.md go"),
+    max_tokens: int = typer.Option(64, help="tokens generated per request (greedy)"),
+    prompts: int = typer.Option(3, help="prompts run one at a time for the batch-1 figures"),
+    engines: str = typer.Option("llamacpp,local", help="engines to compare, comma-separated"),
+    threads: int = typer.Option(None, help="CPU threads of both engines (default: every core)"),
+) -> None:
+    """llama.cpp (cyllama) vs transformers on each expert's weights: batch 1 and 8 concurrent streams, tokens/s and
+    time to first token, with the llama-cpp-python source build as the ceiling where one is installed."""
+    from coe_evals.bench_engine import bench_engine
+
+    bench_engine(experts, out, max_tokens=max_tokens, prompts=prompts, engines=tuple(filter(None, engines.split(","))),
+                 threads=threads, log=typer.echo)
+    typer.echo(f"wrote {out}/engine.json and engine.md")
+
+
 if __name__ == "__main__":
     bench_app()

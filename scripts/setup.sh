@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
-DEFAULT_MODELS="qwen2.5-coder-0.5b-instruct gemma-3-270m"  # experts.yaml; experts.large.yaml adds more (make large)
+DEFAULT_MODELS="qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct"  # experts.yaml; experts.large.yaml adds Gemma-3-270M (make large)
 stamp="$VENV/.coe-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/coe" ]; then

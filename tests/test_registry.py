@@ -36,12 +36,29 @@ def test_default_experts_file_is_valid_and_holds_different_models():
     registry = load_registry(ROOT / "experts.yaml")  # part packages are checked here, without assembling
     assert len({e.model for e in registry.experts.values()}) >= 3
     assert registry.fallback is not None and registry.aggregator is not None
-    assert all(e.engine == "local" for e in registry.experts.values())  # no compile step on a fresh machine
+    assert all(e.engine == "llamacpp" for e in registry.experts.values())  # the GGUFs as they are, a prebuilt llama.cpp
+    assert not any(e.completion for e in registry.experts.values())  # every default expert is an instruct model
 
 
 def test_experts_sharing_weights_share_a_key():
     registry = parse_registry(registry_text(expert("a"), expert("b", system_prompt="be brief")), Path("x.yaml"))
     assert registry.experts["a"].weights_key == registry.experts["b"].weights_key
+
+
+def test_an_expert_may_bring_its_chat_template_or_be_a_completion_model_and_its_engine_gets_them():
+    from workers.engines.base import EngineOptions
+    from workers.worker import engine_spec
+
+    custom = expert("custom", chat_template="'{{ messages }}'").replace("engine: local", "engine: llamacpp")
+    registry = parse_registry(registry_text(expert("base", completion="true"), custom), Path("x.yaml"))
+    base, custom = (engine_spec(registry, registry.experts[n], EngineOptions()) for n in ("base", "custom"))
+    assert (base.completion, base.chat_template, base.experts) == (True, None, ("base",))
+    assert (custom.completion, custom.chat_template, custom.experts) == (False, "{{ messages }}", ("custom",))
+
+
+def test_experts_sharing_weights_must_be_prompted_alike(tmp_path):
+    [problem] = problems(registry_text(expert("a"), expert("b", completion="true")), tmp_path)
+    assert "expert 'b'" in problem and "must match those of 'a'" in problem
 
 
 @pytest.mark.parametrize(

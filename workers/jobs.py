@@ -35,7 +35,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str = "stop"
     choice_logprobs: list[float] | None = None  # with request.choices: one per choice, in order
-    mean_logprob: float | None = None
+    mean_logprob: float | None = None  # mean log p(token) of the generated tokens under the raw logits: a confidence
 
 
 @dataclass

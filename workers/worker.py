@@ -47,7 +47,8 @@ def engine_spec(registry: Registry, expert: ExpertConfig, options: EngineOptions
     return EngineSpec(
         key=expert.weights_key, engine=expert.engine, model=expert.model, model_path=path, device=expert.device,
         memory_gb=expert.memory_gb, max_batch=expert.max_batch, api_base=expert.api_base, api_key_env=expert.api_key_env,
-        options=options,
+        options=options, chat_template=expert.chat_template, completion=expert.completion,
+        experts=tuple(e.name for e in registry.experts.values() if e.weights_key == expert.weights_key),
     )
 
 

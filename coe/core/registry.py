@@ -55,6 +55,8 @@ class ExpertConfig(BaseModel):
         "direct", description="how the model is asked (coe/strategies.py): direct answer, program-of-thought run in the "
                               "sandbox, or option scoring of lettered multiple choice")
     system_prompt: str | None = None
+    chat_template: str | None = Field(None, min_length=1, description="a Jinja chat template replacing the model's own (llamacpp)")
+    completion: bool = Field(False, description="a base model: answers through a plain completion prompt, no chat template")
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     fallback: bool = False
     aggregator: bool = False
@@ -104,6 +106,11 @@ class ExpertsFile(BaseModel):
             if e.name in seen:
                 raise ValueError(f"expert '{e.name}': duplicate name")
             seen.add(e.name)
+        for e in self.experts:  # one engine serves a weights group: its experts must agree on how it is prompted
+            first = next(x for x in self.experts if x.weights_key == e.weights_key)
+            if (e.chat_template, e.completion) != (first.chat_template, first.completion):
+                raise ValueError(f"expert '{e.name}': chat_template and completion must match those of '{first.name}', "
+                                 "which shares its weights (same engine, model and device)")
         for flag in ("fallback", "aggregator"):
             flagged = [e.name for e in self.experts if getattr(e, flag)]
             if len(flagged) > 1:

@@ -53,6 +53,9 @@ class EngineSpec:
     api_base: str | None = None
     api_key_env: str | None = None
     options: "EngineOptions" = field(default_factory=lambda: EngineOptions())
+    chat_template: str | None = None  # a Jinja chat template that replaces the model's own
+    completion: bool = False  # a base model: prompted with a plain transcript (decoding.plain_prompt), no template
+    experts: tuple[str, ...] = ()  # the experts these weights serve, for errors that name them
 
 
 @dataclass(frozen=True)

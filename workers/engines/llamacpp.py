@@ -1,147 +1,227 @@
 """The `llamacpp` engine: a GGUF file as it is (quantised, no conversion), on the CPU, through llama.cpp.
 
-It drives llama-cpp-python's low-level API so that a group of jobs decodes together: every request is
-one sequence of one KV cache (one stream per sequence), and each step puts the newest token of every
-generating sequence, then as many waiting prompt tokens as fit, into one `llama_batch`. A sequence
-that finishes frees its slot for the next waiting request. Each row has its own llama.cpp sampler
-chain (repetition penalty over prompt and output, temperature, top_p, a seeded draw; greedy below
-MIN_TEMPERATURE), its own stop conditions (the vocab's end-of-generation tokens, max_tokens, the
-context, stop strings) and its own stream of text. A row whose `should_stop` turns true (its caller is
-gone) leaves the batch at the next step, or never starts, with finish_reason "cancelled".
+The binding is cyllama 0.2.18 (MIT; a prebuilt cp311 manylinux wheel of llama.cpp b9190: nothing is compiled
+on the machine). Judged against llama-cpp-python, which builds from source only (4-26 minutes here), its
+low-level module `cyllama.llama.llama_cpp` covers what this engine needs: per-sequence KV removal
+(`memory_seq_rm`), a sampler chain with penalties, temperature, top_p and a seeded draw, thread counts,
+the Jinja chat template stored in the GGUF, multi-sequence `LlamaBatch`es and `llama_decode`. Its weak
+points: no stubs or signatures (learnt from its docstrings and its own Python callers), one maintainer,
+and in this version `LlamaContext.get_logits[_ith]` read a `model.n_vocab` that LlamaModel lacks (worked
+around by `_Model`) and copy the row into a Python list (under a millisecond for 49k tokens, a few for
+Qwen's 152k). Its high-level batching (`batch_generate`, `BatchGenerator`) is not used.
 
-Prompts use the chat template stored in the GGUF. A model without one (a base model such as
-Gemma-3-270M) gets a plain completion-style transcript (decoding.plain_prompt) and stops before it
-writes the next user turn.
+Continuous batching (`submit`, and `generate` and `choice_logprobs` through the same queue): one decode
+thread owns the context (llamacpp_batch.DecodeLoop). Every request is one KV-cache sequence with its own
+sampler chain (repetition penalty over prompt and output, temperature, top_p, a seeded draw; greedy below
+MIN_TEMPERATURE), its own stop conditions (the vocab's end-of-generation tokens, max_tokens, the context,
+stop strings) and its own stream of text (RowText: nothing that could still become a stop string is shown).
+A request whose caller is gone (`cancelled`, a cancelled task, `should_stop`) leaves the batch at the next
+step with finish_reason "cancelled", its sequence freed. Each completion carries `mean_logprob`, the mean
+log-probability of its generated tokens under the model's raw logits (before temperature), a confidence.
+
+Threads: options.threads (COE_TORCH_THREADS) or every core, as llama.cpp's server does. llama.cpp's threads
+wait for each other at every operation, so on cores another process keeps busy, fewer threads are faster:
+SmolLM2 at batch 1 on 2 cores, one of them taken by another job, gave 0.9 tokens/s with 2 threads and 33.5
+with 1. n_batch is 512 tokens (llama.cpp's n_ubatch): a long prompt is fed in chunks between which the
+running sequences keep generating; 128, 256, 512 and 2048 gave the same 25-26 tokens/s for the 0.5B at 8
+streams of short prompts (2 threads), so it matters only for long prompts.
+
+Prompts use the chat template stored in the GGUF, or the expert's `chat_template`. A model with neither is
+refused at load, unless the expert is marked `completion` (a base model such as Gemma-3-270M): it then gets
+a plain transcript (decoding.plain_prompt) and stops before it writes the next user turn.
 """
 
 from __future__ import annotations
 
-import codecs
-import ctypes
+import asyncio
 import logging
 import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from cyllama.llama import llama_cpp as cy
+
 from coe.core.assets import AssetError, resolve_model_path
-from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, ShouldStop
-from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_messages,
-                                      plain_prompt, token_budget)
+from workers.engines.base import CANCELLED, Engine, EngineError, EngineSpec, OnDelta, OnText, ShouldStop
+from workers.engines.chat_template import ChatTemplate
+from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_prompt,
+                                      token_budget)
+from workers.engines.llamacpp_batch import DecodeLoop, Seq, Work
 from workers.jobs import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
 
 CONTEXT_PER_SEQUENCE = 4096
 """Tokens (prompt + output) one request may use, at most the model's trained context. llama.cpp allocates
-the KV cache up front for max_batch sequences of this length."""
+the KV cache up front for every slot at this length."""
 MAX_SLOTS = 64
-"""Sequences decoded together at most; more requests in one call wait for a finished one's slot."""
+"""Sequences decoded together at most; more requests wait for a finished one's slot."""
 BATCH_TOKENS = 512
-"""Tokens per llama_decode call; longer prompts are fed over several steps."""
+"""Tokens per llama_decode call; a longer prompt is fed over several steps, between which the other
+sequences keep generating."""
 SEED_RANGE = 0xFFFFFFFF
 """llama.cpp seeds are 32-bit, and 0xFFFFFFFF itself means 'pick one at random'."""
+UTF8_HOLD = 4
+"""Tokens held back at most while they end inside a UTF-8 character (a character has at most 4 bytes)."""
 
 
-@dataclass
-class _Seq:
-    """Tokens bound for one KV-cache sequence; logits are wanted at positions >= want_from."""
-
-    tokens: list[int]
-    want_from: int
-    slot: int = -1
-    fed: int = 0
+class _Model(cy.LlamaModel):
+    """cyllama 0.2.18's LlamaContext.get_logits_ith reads `model.n_vocab`, which LlamaModel lacks."""
 
     @property
-    def pending(self) -> int:
-        return len(self.tokens) - self.fed
+    def n_vocab(self) -> int:
+        return self.get_vocab().n_vocab
 
 
-@dataclass
-class _Row:
-    """One request's decoding state."""
+def token_logprob(logits: list[float], token: int) -> float:
+    """log softmax(logits)[token], from the raw logits."""
+    x = np.asarray(logits, dtype=np.float32)
+    top = x.max()
+    return float(x[token] - top - np.log(np.exp(x - top).sum(dtype=np.float64)))
 
-    index: int
-    request: GenerationRequest
-    seq: _Seq
-    n_prompt: int
-    max_new: int
-    sampler: Any
-    out: RowText
-    utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-    n_new: int = 0
-    finish_reason: str | None = None
+
+class _Gen(Work):
+    """One request being generated: its sampler, stop conditions, text and confidence."""
+
+    def __init__(self, engine: "LlamaCppEngine", index: int, ids: list[int], max_new: int, sampler: Any,
+                 stops: list[str], on_delta: OnDelta | None, should_stop: ShouldStop | None):
+        super().__init__(Seq(ids, len(ids) - 1))
+        self.vocab, self.index, self.n_prompt, self.max_new = engine.vocab, index, len(ids), max_new
+        self.sampler, self.on_delta, self.should_stop = sampler, on_delta, should_stop
+        self.out = RowText(index, stops)
+        self.abort = threading.Event()
+        self.held: list[int] = []  # tokens whose bytes end inside a UTF-8 character
+        self.n_new = 0
+        self.logprob_sum = 0.0
+        self.finish_reason: str | None = "length" if max_new == 0 else None
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    def gone(self) -> bool:
+        return (self.abort.is_set() or self.future.cancelled()
+                or (self.should_stop is not None and self.should_stop(self.index)))
+
+    def cancel(self) -> None:
+        self.finish_reason = CANCELLED
+
+    def take(self, ctx: Any, idx: int) -> None:
+        token = self.sampler.sample(ctx, idx)
+        self.logprob_sum += token_logprob(ctx.get_logits_ith(idx), token)
+        self.n_new += 1  # an end token counts as a completion token, never shown as text
+        if self.vocab.is_eog(token):
+            self.finish_reason = "stop"
+        elif self.out.add(self._text(token)):
+            self.finish_reason = "stop"
+        elif self.n_new >= self.max_new:
+            self.finish_reason = "length"
+        self.out.flush(self.on_delta, self.done)
+        if not self.done:
+            self.seq.tokens.append(token)
+
+    def _text(self, token: int) -> str:
+        """The token's text, or '' while its bytes end inside a character (held until it is complete)."""
+        if not self.held:
+            piece = self.vocab.token_to_piece(token, 0, False)
+            if "\ufffd" not in piece:
+                return piece
+        self.held.append(token)
+        text = self.vocab.detokenize(self.held, remove_special=False, unparse_special=False)
+        if text.endswith("\ufffd") and len(self.held) < UTF8_HOLD:
+            return ""
+        self.held.clear()
+        return text
+
+    def result(self) -> Completion:
+        return Completion(text=self.out.text, prompt_tokens=self.n_prompt, completion_tokens=self.n_new,
+                          finish_reason=self.finish_reason or "length",
+                          mean_logprob=self.logprob_sum / self.n_new if self.n_new else None)
+
+
+class _Score(Work):
+    """One sequence of a multiple-choice plan: log-softmax rows at positions want_from onwards."""
+
+    def __init__(self, tokens: list[int], want_from: int):
+        super().__init__(Seq(tokens, want_from))
+        self.rows: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return self.seq.pending == 0
+
+    def take(self, ctx: Any, idx: int) -> None:
+        self.rows.append(log_softmax(np.asarray(ctx.get_logits_ith(idx), dtype=np.float32)))
+
+    def result(self) -> np.ndarray:
+        return np.stack(self.rows)
+
 
 class LlamaCppEngine(Engine):
-    """A GGUF model in llama.cpp on the CPU; one `generate` or `choice_logprobs` call at a time."""
+    """A GGUF model in llama.cpp on the CPU, decoding every request in flight in one batch."""
 
     supports_sleep = False
     supports_stop = True
+    supports_streaming_submit = True
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)
-        self.lc: Any = None
         self.model: Any = None
         self.ctx: Any = None
         self.vocab: Any = None
-        self.batch: Any = None
-        self.formatter: Any = None
+        self.template: ChatTemplate | None = None
+        self.decoder: DecodeLoop | None = None
         self.gguf: Path | None = None
+        self.threads = 1
         self.n_slots = 1
         self.max_context = CONTEXT_PER_SEQUENCE
-        self.n_vocab = 0
         self.load_s = 0.0
         self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
-        return self.ctx is not None
+        return self.decoder is not None
 
     # ---- lifecycle
 
     def load(self) -> None:
         with self._lock:
-            if self.ctx is not None:
+            if self.decoder is not None:
                 return
-            import llama_cpp as lc
-
-            if logging.getLogger("llama-cpp-python").level == logging.NOTSET:  # llama.cpp logs every tensor otherwise
-                logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
             t0 = time.perf_counter()
             gguf = self._gguf_path()
-            lc.llama_backend_init()
-            model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
-            if not model:
-                raise EngineError(f"llama.cpp cannot load {gguf}")
-            threads = self.spec.options.threads or os.cpu_count() or 1
+            if log.getEffectiveLevel() > logging.DEBUG:
+                cy.disable_logging()  # llama.cpp logs every tensor otherwise
+            try:
+                model = _Model(str(gguf), cy.LlamaModelParams(), verbose=False)
+            except Exception as exc:
+                raise EngineError(f"llama.cpp cannot load {gguf}: {exc}") from exc
+            template = self._chat_template(model, gguf)
+            self.threads = self.spec.options.threads or os.cpu_count() or 1
             self.n_slots = max(1, min(self.spec.max_batch, MAX_SLOTS))
-            params = lc.llama_context_default_params()
-            params.n_ctx = self.n_slots * min(CONTEXT_PER_SEQUENCE, lc.llama_model_n_ctx_train(model))
+            params = cy.LlamaContextParams()
+            params.n_ctx = self.n_slots * min(CONTEXT_PER_SEQUENCE, model.n_ctx_train)
             params.n_batch = params.n_ubatch = BATCH_TOKENS
             params.n_seq_max = self.n_slots
-            params.n_threads = params.n_threads_batch = threads
-            params.kv_unified = False  # one stream per sequence: rows never see each other's cells
-            ctx = lc.llama_init_from_model(model, params)
-            if not ctx:
-                lc.llama_model_free(model)
-                raise EngineError(f"llama.cpp cannot make a context for {gguf} ({self.n_slots} x {params.n_ctx // self.n_slots} tokens)")
-            self.lc, self.model, self.ctx, self.gguf = lc, model, ctx, gguf
-            self.vocab = lc.llama_model_get_vocab(model)
-            self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-            self.max_context = lc.llama_n_ctx_seq(ctx)
-            self.batch = lc.llama_batch_init(BATCH_TOKENS, 0, 1)
-            self.formatter = self._chat_formatter()
+            params.n_threads = params.n_threads_batch = self.threads
+            params.kv_unified = False  # one stream per sequence: sequences never attend to each other's cells
+            try:
+                ctx = cy.LlamaContext(model, params, verbose=False)
+            except Exception as exc:
+                raise EngineError(f"llama.cpp cannot make a context for {gguf} ({self.n_slots} x "
+                                  f"{params.n_ctx // self.n_slots} tokens): {exc}") from exc
+            self.model, self.ctx, self.vocab, self.template, self.gguf = model, ctx, model.get_vocab(), template, gguf
+            self.max_context = ctx.n_ctx_seq
+            batch = cy.LlamaBatch(n_tokens=BATCH_TOKENS, embd=0, n_seq_max=1)
+            self.decoder = DecodeLoop(ctx, batch, self.n_slots, BATCH_TOKENS, self.spec.key)
             self.load_s = time.perf_counter() - t0
-            log.info("llamacpp engine %s loaded %s in %.1fs (%d threads, %d x %d-token sequences, chat template: %s)",
-                     self.spec.key, gguf.name, self.load_s, threads, self.n_slots, self.max_context, self.formatter is not None)
+            log.info("llamacpp engine %s loaded %s in %.1fs (%d threads, %d x %d-token sequences, prompt: %s)",
+                     self.spec.key, gguf.name, self.load_s, self.threads, self.n_slots, self.max_context,
+                     "plain transcript" if template is None else "chat template")
 
     def _gguf_path(self) -> Path:
         try:
@@ -153,214 +233,115 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"the llamacpp engine reads a .gguf file; none at {path}")
         return ggufs[0]
 
-    def _chat_formatter(self) -> Any:
-        raw = self.lc.llama_model_chat_template(self.model, None)
-        if not raw:
+    def _chat_template(self, model: Any, gguf: Path) -> ChatTemplate | None:
+        """The expert's template, else the GGUF's; None for a completion model. A chat model needs one."""
+        if self.spec.completion:
             return None
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        return Jinja2ChatFormatter(template=raw.decode(), eos_token=self._special(self.lc.llama_vocab_eos(self.vocab)),
-                                   bos_token=self._special(self.lc.llama_vocab_bos(self.vocab)))
+        source = self.spec.chat_template or model.get_default_chat_template()
+        if not source:
+            who = ", ".join(f"'{e}'" for e in self.spec.experts) or f"for {self.spec.model}"
+            raise EngineError(f"expert {who}: {gguf.name} has no chat template (a base model cannot answer a chat); "
+                              "give the expert `chat_template: <jinja>` in experts.yaml, or `completion: true` "
+                              "to prompt it with a plain transcript")
+        vocab = model.get_vocab()
+        special = [vocab.token_to_piece(t, 0, True) if t >= 0 else "" for t in (vocab.token_bos(), vocab.token_eos())]
+        return ChatTemplate(source, bos_token=special[0], eos_token=special[1])
 
     def unload(self) -> None:
         with self._lock:
-            if self.ctx is None:
+            if self.decoder is None:
                 return
-            self.lc.llama_batch_free(self.batch)
-            self.lc.llama_free(self.ctx)
-            self.lc.llama_model_free(self.model)
-            self.ctx = self.model = self.vocab = self.batch = self.formatter = None
+            self.decoder.close()
+            self.ctx.close()
+            self.model.close()
+            self.decoder = self.ctx = self.model = self.vocab = self.template = None
 
     # ---- text and tokens
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The chat rendered with the model's own template (which writes any BOS itself), as token ids."""
-        if self.formatter is None:
-            return self.tokenize(plain_prompt(messages), add_special=True, parse_special=False)
-        text = self.formatter(messages=plain_messages(messages)).prompt
-        return self.tokenize(text, add_special=False, parse_special=True)
-
-    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode()
-        size = len(data) + 8
-        while True:
-            ids = (self.lc.llama_token * size)()
-            n = self.lc.llama_tokenize(self.vocab, data, len(data), ids, size, add_special, parse_special)
-            if n >= 0:
-                return list(ids[:n])
-            size = -n
-
-    def _piece(self, token: int) -> bytes:
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = self.lc.llama_token_to_piece(self.vocab, token, buf, size, 0, False)
-            if n >= 0:
-                return buf.raw[:n]
-            size = -n
-
-    def _special(self, token: int) -> str:
-        return "" if token < 0 else (self.lc.llama_vocab_get_text(self.vocab, token) or b"").decode(errors="replace")
+        """The chat rendered with the chat template (which writes any BOS itself), as token ids."""
+        if self.template is None:
+            return self.vocab.tokenize(plain_prompt(messages), True, False)
+        return self.vocab.tokenize(self.template.render(messages), False, True)
 
     # ---- generation
 
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
-                 should_stop: ShouldStop | None = None) -> list[Completion]:
-        if not requests:
-            return []
-        with self._lock:
-            if self.ctx is None:
-                raise EngineError(f"llamacpp engine {self.spec.key} is not loaded")
-            rows: list[_Row] = []
-            try:
-                for i, req in enumerate(requests):
-                    rows.append(self._row(i, req))
-                self._decode(rows, on_delta, should_stop)
-            finally:
-                for r in rows:
-                    self.lc.llama_sampler_free(r.sampler)
-        return [Completion(text=r.out.text, prompt_tokens=r.n_prompt, completion_tokens=r.n_new,
-                           finish_reason=r.finish_reason or "length") for r in rows]
+    def _decoder(self) -> DecodeLoop:
+        if self.decoder is None:
+            raise EngineError(f"llamacpp engine {self.spec.key} is not loaded")
+        return self.decoder
 
-    def _row(self, i: int, req: GenerationRequest) -> _Row:
+    def _gen(self, i: int, req: GenerationRequest, on_delta: OnDelta | None, should_stop: ShouldStop | None) -> _Gen:
         ids = self.prompt_ids(req.messages)
         max_new = token_budget(i, len(ids), req.max_tokens, self.max_context)
-        stops = [s for s in req.stop if s] + (PLAIN_STOPS if self.formatter is None else [])
-        return _Row(i, req, _Seq(ids, len(ids) - 1), len(ids), max_new, self._sampler(req, ids), RowText(i, stops))
+        stops = [s for s in req.stop if s] + (PLAIN_STOPS if self.template is None else [])
+        return _Gen(self, i, ids, max_new, self._sampler(req, ids), stops, on_delta, should_stop)
 
     def _sampler(self, req: GenerationRequest, prompt: list[int]) -> Any:
-        """The row's sampler chain: penalty (over prompt and output), then temperature, top_p and a seeded draw."""
-        lc = self.lc
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        """The request's sampler chain: penalty (over prompt and output), then temperature, top_p and a seeded draw."""
+        chain = cy.LlamaSampler(cy.LlamaSamplerChainParams())
         if req.repetition_penalty != 1.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(self.n_vocab, self.max_context, req.repetition_penalty, 0.0, 0.0))
+            chain.add_penalties(self.max_context, req.repetition_penalty, 0.0, 0.0)
         if req.temperature < MIN_TEMPERATURE:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            chain.add_greedy()
         else:
-            seed = (req.seed if req.seed is not None else secrets.randbits(32)) % SEED_RANGE
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
+            chain.add_temp(req.temperature)
             if req.top_p < 1.0:
-                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(req.top_p, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+                chain.add_top_p(req.top_p, 1)
+            chain.add_dist((req.seed if req.seed is not None else secrets.randbits(32)) % SEED_RANGE)
         if req.repetition_penalty != 1.0:
             for tok in prompt:  # the penalty counts the prompt's tokens too, as the local engine does
-                lc.llama_sampler_accept(chain, tok)
+                chain.accept(tok)
         return chain
 
-    def _decode(self, rows: list[_Row], on_delta: OnDelta | None, should_stop: ShouldStop | None = None) -> None:
-        for r in rows:
-            if r.max_new == 0:
-                r.finish_reason = "length"
-        waiting = [r for r in rows if not r.done]
-        live: list[_Row] = []
-        free = list(range(self.n_slots - 1, -1, -1))
-        self._clear()
-        try:
-            while waiting or live:
-                if should_stop is not None:
-                    waiting = [r for r in waiting if not self._stopped(r, should_stop)]
-                    for row in [r for r in live if self._stopped(r, should_stop)]:
-                        self._free(row, live, free)
-                while waiting and free:
-                    live.append(waiting.pop(0))
-                    live[-1].seq.slot = free.pop()
-                for row, idx in self._step([r.seq for r in live], live):
-                    token = self.lc.llama_sampler_sample(row.sampler, self.ctx, idx)
-                    self._advance(row, token, on_delta)
-                    if row.done:
-                        self._free(row, live, free)
-                    else:
-                        row.seq.tokens.append(token)
-        finally:
-            self._clear()
-
-    @staticmethod
-    def _stopped(row: _Row, should_stop: ShouldStop) -> bool:
-        """True (and the row finished as 'cancelled') once the row's caller is gone."""
-        if should_stop(row.index):
-            row.finish_reason = "cancelled"
-            return True
-        return False
-
-    def _free(self, row: _Row, live: list[_Row], free: list[int]) -> None:
-        """A finished row leaves the batch: its KV-cache sequence is cleared and its slot reused."""
-        self.lc.llama_memory_seq_rm(self._memory(), row.seq.slot, -1, -1)
-        free.append(row.seq.slot)
-        live.remove(row)
-
-    def _advance(self, row: _Row, token: int, on_delta: OnDelta | None) -> None:
-        """Add one sampled token to `row`: update its text, finish it if it should stop, stream what is safe."""
-        row.n_new += 1  # an end token counts as a completion token, never shown as text
-        if self.lc.llama_vocab_is_eog(self.vocab, token):
-            row.finish_reason = "stop"
-        elif row.out.add(row.utf8.decode(self._piece(token))):
-            row.finish_reason = "stop"
-        elif row.n_new >= row.max_new:
-            row.finish_reason = "length"
-        row.out.flush(on_delta, row.done)
-
-    def _step(self, seqs: list[_Seq], owners: list) -> list[tuple[Any, int]]:
-        """Decode one llama_batch: the single pending token of each generating sequence first, then prompt
-        tokens while they fit. Returns (owner, batch index) for every output with logits, in batch order."""
-        batch, n, outs = self.batch, 0, []
-        for seq, owner in sorted(zip(seqs, owners), key=lambda so: so[0].pending):
-            while seq.pending and n < BATCH_TOKENS:
-                pos = seq.fed
-                batch.token[n], batch.pos[n], batch.n_seq_id[n] = seq.tokens[pos], pos, 1
-                batch.seq_id[n][0] = seq.slot
-                batch.logits[n] = pos >= seq.want_from
-                if pos >= seq.want_from:
-                    outs.append((owner, n))
-                seq.fed += 1
-                n += 1
-        batch.n_tokens = n
-        if n == 0:
+    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
+                 should_stop: ShouldStop | None = None) -> list[Completion]:
+        """Every request joins the running batch; blocks until all are done. The first failure is raised
+        (after the others finished), as an EngineError."""
+        if not requests:
             return []
-        status = self.lc.llama_decode(self.ctx, batch)
-        if status == 1:
-            raise EngineError("llama.cpp found no room in its KV cache for this batch")
-        if status != 0:
-            raise EngineError(f"llama_decode failed (status {status})")
-        return outs
+        decoder = self._decoder()
+        gens = [self._gen(i, r, on_delta, should_stop) for i, r in enumerate(requests)]
+        decoder.put(gens)
+        return [g.future.result() for g in gens]
 
-    def _memory(self) -> Any:
-        return self.lc.llama_get_memory(self.ctx)
-
-    def _clear(self) -> None:
-        self.lc.llama_memory_clear(self._memory(), False)  # mark every cell free; no need to zero them
+    async def submit(self, request: GenerationRequest, on_text: OnText | None = None,
+                     cancelled: asyncio.Event | None = None) -> Completion:
+        loop = asyncio.get_running_loop()
+        emit = None if on_text is None else (lambda _row, text: loop.call_soon_threadsafe(on_text, text))
+        gen = self._gen(0, request, emit, None)
+        self._decoder().put([gen])
+        done = asyncio.wrap_future(gen.future)
+        watcher = asyncio.ensure_future(cancelled.wait()) if cancelled is not None else None
+        try:
+            if watcher is not None:
+                await asyncio.wait({done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not done.done():
+                    gen.abort.set()  # ends as 'cancelled' at the next step, its sequence freed first
+            return await done
+        except asyncio.CancelledError:
+            gen.abort.set()
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     # ---- multiple-choice scoring
 
     def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
-        """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan)."""
-        import numpy as np
-
-        with self._lock:
-            if self.ctx is None:
-                raise EngineError(f"llamacpp engine {self.spec.key} is not loaded")
-            choice_ids = [self.tokenize(c, add_special=False, parse_special=False) for c in choices]
-            plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
-            seqs, owners = [], []
-            for p, plan in enumerate(plans):
-                for s, tokens in enumerate(plan.sequences):
-                    token_budget(p, len(tokens), 1, self.max_context)
-                    seqs.append(_Seq(tokens, plan.n_prompt - 1))
-                    owners.append((p, s))
-            rows: dict[tuple[int, int], list] = {o: [] for o in owners}
-            self._clear()
-            try:
-                for start in range(0, len(seqs), self.n_slots):  # as many sequences at once as there are slots
-                    wave, wave_owners = seqs[start:start + self.n_slots], owners[start:start + self.n_slots]
-                    for slot, seq in enumerate(wave):
-                        seq.slot = slot
-                    while any(s.pending for s in wave):
-                        for owner, idx in self._step(wave, wave_owners):
-                            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
-                            rows[owner].append(log_softmax(logits))
-                    self._clear()
-            finally:
-                self._clear()
-        return [plan.scores([np.stack(rows[(p, s)]) for s in range(len(plan.sequences))]) for p, plan in enumerate(plans)]
+        """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan);
+        every plan's sequences join the running batch, one slot each."""
+        decoder = self._decoder()
+        choice_ids = [self.vocab.tokenize(c, False, False) for c in choices]
+        plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
+        works = []
+        for p, plan in enumerate(plans):
+            for tokens in plan.sequences:
+                token_budget(p, len(tokens), 1, self.max_context)
+                works.append(_Score(tokens, plan.n_prompt - 1))
+        decoder.put(works)
+        rows = iter([w.future.result() for w in works])
+        return [plan.scores([next(rows) for _ in plan.sequences]) for plan in plans]
 
 
 ENGINE_CLASS = LlamaCppEngine
