@@ -12,6 +12,7 @@ and `coe bench quality` start here.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import asdict, dataclass, field
 
 from coe.data.answered import exact_match
@@ -112,7 +113,7 @@ async def answer(runner: Runner, expert: str, item: Item) -> Answer:
                   final.generate_s, confidence=final.confidence, strategy=final.strategy)
 
 
-async def grade_code(pairs: list[tuple[Item, Answer]], workers: int = 2) -> None:
+async def grade_code(pairs: list[tuple[Item, Answer]], workers: int = max(2, (os.cpu_count() or 2) // 2)) -> None:
     """Run each generated solution sandboxed; an answer is correct when its program passes."""
     runnable = [(item, a) for item, a in pairs if not a.error]
     programs = [item.problem.program(extract_completion(a.text, item.problem.prompt, item.problem.entry_point))

@@ -106,7 +106,8 @@ async def evaluate(runner, val, test, experts: list[str], profile_path: Path, se
 
 async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_per_subcategory: int,
                         val_code: int | None, seed: int, batch: int | None, log, code_max_tokens: int,
-                        per_category: int | None = None, n_maths: int = 0, val_maths: int = 0) -> dict:
+                        per_category: int | None = None, n_maths: int = 0, val_maths: int = 0,
+                        concurrency: int = 64) -> dict:
     """The whole run as quality.json holds it; with `per_category` (the smoke run) MMLU is sampled by its 4
     categories instead of its 17 subcategories."""
     from coe.data.mixed import load_items
@@ -118,7 +119,7 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
                            n_maths=val_maths, mmlu_scored=False)
     test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens, per_category,
                             n_maths=n_maths, mmlu_scored=False)
-    runner = Runner(settings, batch=batch, progress=log)
+    runner = Runner(settings, batch=batch, progress=log, concurrency=concurrency)
     await runner.start()
     try:
         experts = runner.registry.names
@@ -180,6 +181,7 @@ def quality(
     val_per_subcategory: int = typer.Option(10, help="validation MMLU questions per subcategory (profiles)"),
     val_code: int = typer.Option(None, help="validation HumanEval problems (default: all 66)"),
     batch: int = typer.Option(None, help="override every expert's max_batch"),
+    concurrency: int = typer.Option(64, help="requests in flight at once (a GPU run takes more)"),
     code_max_tokens: int = typer.Option(384, help="tokens an expert may write for one HumanEval answer"),
     seed: int = typer.Option(0),
     default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
@@ -210,7 +212,7 @@ def quality(
     started = time.perf_counter()
     res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,
                                     lambda m: print(m, file=sys.stderr, flush=True), code_max_tokens, per_category,
-                                    maths, val_maths))
+                                    maths, val_maths, concurrency))
     weight = settings.router_cost_weight if default_cost_weight is None else default_cost_weight
     res.update({"mode": "quick" if quick else "full", "default_cost_weight": weight,
                 "goals": goals(res["policies"], weight), "seconds": round(time.perf_counter() - started, 1),
