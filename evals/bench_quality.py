@@ -116,9 +116,9 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
     from routers.skills_profile import save_profile
 
     val_items = load_items(settings.cache_dir, "validation", val_per_subcategory, val_code, code_max_tokens, per_category,
-                           n_maths=val_maths, mmlu_scored=False)
+                           n_maths=val_maths, mmlu_scored=False, maths_max_tokens=code_max_tokens)
     test_items = load_items(settings.cache_dir, "test", per_subcategory, n_code, code_max_tokens, per_category,
-                            n_maths=n_maths, mmlu_scored=False)
+                            n_maths=n_maths, mmlu_scored=False, maths_max_tokens=code_max_tokens)
     runner = Runner(settings, batch=batch, progress=log, concurrency=concurrency)
     await runner.start()
     try:
@@ -172,8 +172,8 @@ def outcomes_file(res: dict) -> dict:
 
 def quality(
     experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE)"),
-    quick: bool = typer.Option(False, help="the smoke run: on each split, 1 MMLU question per category (4) and 2 code "
-                                           "problems"),
+    quick: bool = typer.Option(False, help="the smoke run: on each split, 1 MMLU question per category (4), 1 code "
+                                           "problem and 2 maths problems, at most 192 tokens an answer"),
     per_subcategory: int = typer.Option(20, help="held-out MMLU questions per subcategory"),
     code: int = typer.Option(None, help="held-out HumanEval problems (default: all 98 of the test split)"),
     maths: int = typer.Option(200, help="held-out maths word problems (coe/data/maths.py, generated with verified answers)"),
@@ -182,7 +182,7 @@ def quality(
     val_code: int = typer.Option(None, help="validation HumanEval problems (default: all 66)"),
     batch: int = typer.Option(None, help="override every expert's max_batch"),
     concurrency: int = typer.Option(64, help="requests in flight at once (a GPU run takes more)"),
-    code_max_tokens: int = typer.Option(384, help="tokens an expert may write for one HumanEval answer"),
+    code_max_tokens: int = typer.Option(384, help="tokens an expert may write for one HumanEval or maths answer"),
     seed: int = typer.Option(0),
     default_cost_weight: float = typer.Option(None, help="the two-stage setting judged by the goals (default: COE_ROUTER_COST_WEIGHT)"),
     out: Path = typer.Option(DEFAULT_OUT, help="where quality.json/.md/.png go"),
@@ -207,7 +207,8 @@ def quality(
         return
     per_category = None
     if quick:
-        per_category, code, val_code, maths, val_maths = 1, 2, 2, 4, 4
+        per_category, code, val_code, maths, val_maths = 1, 1, 1, 2, 2
+        code_max_tokens = min(code_max_tokens, 192)  # 2 cores: a smoke run of every pair within minutes
     load_before = os.getloadavg()
     started = time.perf_counter()
     res = asyncio.run(run_benchmark(settings, per_subcategory, code, val_per_subcategory, val_code, seed, batch,

@@ -68,7 +68,7 @@ def maths_item(p: maths.Problem, max_tokens: int = maths.MAX_TOKENS) -> Item:
 
 def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | None,
                code_max_tokens: int = scoring.CODE_MAX_TOKENS, per_category: int | None = None,
-               n_maths: int = 0, mmlu_scored: bool = True) -> list[Item]:
+               n_maths: int = 0, mmlu_scored: bool = True, maths_max_tokens: int = maths.MAX_TOKENS) -> list[Item]:
     """`per_subcategory` MMLU questions of each of the 17 subcategories (or, with `per_category`, that many of
     each of the 4 categories), `n_code` HumanEval problems (None: all of the split) and `n_maths` maths word
     problems from `split` ('validation' or 'test')."""
@@ -81,5 +81,5 @@ def load_items(cache_dir: Path, split: str, per_subcategory: int, n_code: int | 
     problems = sorted(humaneval.by_split(humaneval.load_humaneval(cache_dir), split),
                       key=lambda p: _stable(p.task_id))
     items += [code_item(p, code_max_tokens) for p in problems[:n_code]]
-    items += [maths_item(p) for p in maths.load_maths(split, n_maths)]
+    items += [maths_item(p, maths_max_tokens) for p in maths.load_maths(split, n_maths)]
     return items

@@ -31,10 +31,10 @@ class SamplingParams:
     def __init__(self, n: int = 1, max_tokens: int = 16, temperature: float = 1.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
                  output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE, ignore_eos: bool = False,
-                 prompt_logprobs: int | None = None):
+                 prompt_logprobs: int | None = None, logprobs: int | None = None):
         self.n, self.max_tokens, self.temperature, self.top_p = n, max_tokens, temperature, top_p
         self.repetition_penalty, self.seed, self.stop, self.output_kind = repetition_penalty, seed, stop, output_kind
-        self.ignore_eos, self.prompt_logprobs = ignore_eos, prompt_logprobs
+        self.ignore_eos, self.prompt_logprobs, self.logprobs = ignore_eos, prompt_logprobs, logprobs
 
 
 class AsyncEngineArgs:
@@ -72,6 +72,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
+    logprobs: list[dict[int, Logprob]] | None = None  # with SamplingParams.logprobs: the sampled token's, per token
 
 
 @dataclass
@@ -140,11 +141,14 @@ class AsyncLLM:
                 if stop:
                     piece = piece[: max(0, len(piece) - (len(text) - text.index(stop)))]
                     text = text[: text.index(stop)]
+                wanted = sampling_params.logprobs is not None
                 if kind is RequestOutputKind.DELTA:
                     yield RequestOutput(request_id, ids if i == 0 else None,
-                                        [CompletionOutput(0, piece, [i], reason)], last)
+                                        [CompletionOutput(0, piece, [i], reason, [{i: Logprob(-0.5)}] if wanted else None)], last)
                 elif last or kind is RequestOutputKind.CUMULATIVE:
-                    yield RequestOutput(request_id, ids, [CompletionOutput(0, text, list(tokens), reason)], last, scores)
+                    yield RequestOutput(request_id, ids, [CompletionOutput(0, text, list(tokens), reason,
+                                                                           [{t: Logprob(-0.5)} for t in tokens] if wanted else None)],
+                                        last, scores)
                 if last:
                     return
         except (asyncio.CancelledError, GeneratorExit):
