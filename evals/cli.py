@@ -51,6 +51,10 @@ from coe_evals.bench_quality import quality  # noqa: E402
 
 bench_app.command("quality")(quality)
 
+from coe_evals.bench_answers import answers  # noqa: E402
+
+bench_app.command("answers")(answers)
+
 
 
 @bench_app.command("engine")
