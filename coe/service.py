@@ -34,7 +34,8 @@ log = logging.getLogger("coe.service")
 
 def measured_policy(settings: Settings, registry: Registry) -> tuple[str, dict] | None:
     """The routing policy chosen on validation (`default_policy` of the outcomes.json beside experts.yaml, which
-    `coe bench quality` writes), when at least two of the experts it measured are registered here."""
+    `coe bench quality` writes), when it measured every expert registered here: a policy chosen among other
+    experts says nothing about the ones it never saw."""
     path = settings.experts_file.parent / OUTCOMES_FILE
     try:
         data = json.loads(path.read_text())
@@ -42,7 +43,7 @@ def measured_policy(settings: Settings, registry: Registry) -> tuple[str, dict] 
         measured = set(data["experts"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if len(measured & set(registry.names)) < 2:
+    if not set(registry.names) <= measured:
         return None
     return policy["router"], dict(policy.get("options") or {})
 
