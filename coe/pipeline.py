@@ -1,7 +1,8 @@
 """The seam between the front doors (REST, CLI, benchmarks) and the machinery.
 
-embed -> route -> one job per chosen expert -> (aggregate if k > 1) -> answer.
-The API, the CLI and `coe bench` all go through here.
+embed -> route -> one job per chosen expert, as its strategy asks it -> (aggregate if k > 1) -> answer;
+or, for a cascade decision, experts in turn until one answers with enough confidence.
+The API, the CLI and `coe bench` all go through here; coe/dispatch.py carries each expert's jobs.
 
 A job is submitted only when a live worker serves its expert's device (else 503). With k > 1 the
 answers that succeeded are kept (the failed experts are named); if every expert failed, the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import numpy as np
 
@@ -23,17 +23,18 @@ from coe import metrics
 from coe.aggregation import aggregation_messages, last_user_text
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
-from coe.core.registry import ExpertConfig, Registry
+from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
-from coe.strategies import Ask, direct_confidence, get_strategy
+from coe.dispatch import Dispatch
+from coe.strategies import Ask
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
 )
 from routers import RouteDecision, Router, RouterContext, build_router
 from routers.base import get_router_class, serving_routers
 from workers.jobs import GenerationRequest, Job, JobResult
-from workers.queue import Delta, JobQueue, QueueFull, QueueUnavailable
+from workers.queue import Delta, JobQueue, QueueUnavailable
 
 ROUTED_MODEL = "coe"
 
@@ -51,7 +52,7 @@ class Pipeline:
         self.batcher = EmbedBatcher(embedder)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cancelling: set[asyncio.Task] = set()
+        self.dispatch = Dispatch(registry, queue, settings)
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
@@ -117,10 +118,10 @@ class Pipeline:
         open_jobs: set[str] = set()
         try:
             for job in jobs:
-                await self._submit(job, open_jobs)
-            results = await asyncio.gather(*(self._result(j, self._deadline_left(started), open_jobs) for j in jobs))
+                await self.dispatch.submit(job, open_jobs)
+            results = await asyncio.gather(*(self.dispatch.result(j, self.dispatch.deadline_left(started), open_jobs) for j in jobs))
         finally:
-            self._cancel(open_jobs)
+            self.dispatch.cancel(open_jobs)
         failed = [r for r in results if not r.ok]
         if failed:
             raise ExpertFailed(f"expert '{expert}' failed: {failed[0].error}")
@@ -146,54 +147,6 @@ class Pipeline:
         return decisions, {"embed": t1 - t0, "route": t2 - t1}
 
     # --- jobs -------------------------------------------------------------------
-    def _request(self, expert: ExpertConfig, inp: ChatInput, messages: list[dict], seed_offset: int = 0) -> GenerationRequest:
-        gen = expert.generation
-        if expert.system_prompt and not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": expert.system_prompt}, *messages]
-        max_tokens = min(inp.max_tokens or gen.max_tokens, self.settings.max_tokens_cap)
-        seed = None if inp.seed is None else inp.seed + seed_offset
-        return GenerationRequest(
-            messages=messages, max_tokens=max_tokens,
-            temperature=gen.temperature if inp.temperature is None else inp.temperature,
-            top_p=gen.top_p if inp.top_p is None else inp.top_p,
-            repetition_penalty=gen.repetition_penalty, seed=seed, stop=list(inp.stop), choices=inp.choices,
-        )
-
-    async def _submit(self, job: Job, open_jobs: set[str]) -> None:
-        """Queue `job` (and note it in `open_jobs` until answered); 503 when no live worker serves its device."""
-        expert = self.registry.experts.get(job.expert)
-        try:
-            if expert is not None and not await self.queue.consumers(expert.device):
-                raise Unavailable(f"no worker serves device '{expert.device}' (expert '{job.expert}') right now; "
-                                  f"start one (coe worker --device {expert.device}) or retry later", "model")
-            open_jobs.add(job.id)  # before the submit: a request cancelled meanwhile still cancels the job
-            await self.queue.submit(job)
-        except QueueFull as exc:
-            open_jobs.discard(job.id)
-            raise Unavailable(f"the service is at capacity ({exc}); retry later") from None
-        except QueueUnavailable as exc:
-            open_jobs.discard(job.id)
-            raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
-        try:
-            metrics.QUEUE_DEPTH.set(await self.queue.depth())
-        except QueueUnavailable:
-            pass  # the job is in; the gauge can wait
-
-    def _cancel(self, open_jobs: set[str]) -> None:
-        """Cancel the jobs a request leaves unanswered, without waiting (this may run inside a cancelled task)."""
-        if not open_jobs:
-            return
-        task = asyncio.get_running_loop().create_task(self._cancel_now(list(open_jobs)))
-        self._cancelling.add(task)
-        task.add_done_callback(self._cancelling.discard)
-
-    async def _cancel_now(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            try:
-                await self.queue.cancel(job_id)
-            except QueueUnavailable:
-                return  # the jobs run, and nobody reads their results
-
     async def plan(self, inp: ChatInput) -> Plan:
         if not inp.messages:
             raise BadRequest("messages must not be empty", "messages")
@@ -208,66 +161,11 @@ class Pipeline:
             raise UnknownModel(f"The model '{inp.model}' does not exist; use 'coe' or one of {self.registry.names}", "model")
         jobs, asks = [], []
         for i, name in enumerate(decision.experts):
-            job, ask = self._strategy_job(name, inp, seed_offset=i)
+            job, ask = self.dispatch.strategy_job(name, inp, seed_offset=i)
             job.stream = inp.stream and len(decision.experts) == 1 and ask is None and not decision.cascade
             jobs.append(job)
             asks.append(ask)
         return Plan(decision, jobs, timings, asks)
-
-    def _strategy_job(self, name: str, inp: ChatInput, seed_offset: int = 0) -> tuple[Job, Ask | None]:
-        """Expert `name`'s first job for `inp`, as its strategy asks it (explicit `choices` are scored as they are)."""
-        expert = self.registry.experts[name]
-        ask = None if inp.choices is not None else get_strategy(expert.strategy).ask(inp.messages)
-        request = self._request(expert, inp, ask.messages if ask else inp.messages, seed_offset)
-        if ask is not None and ask.choices is not None:
-            request.choices = ask.choices
-        return Job(expert=name, request=request), ask
-
-    async def _settle(self, job: Job, ask: Ask | None, result: JobResult, inp: ChatInput, started: float,
-                      open_jobs: set[str]) -> JobResult | ExpertAnswer:
-        """The expert's answer as its strategy reads it; a strategy that finds no answer in its attempt falls back
-        to a direct answer from the same expert (both attempts are paid). A failed job comes back as it is."""
-        if not result.ok:
-            return result
-        answer = self._answer(result)
-        expert = self.registry.experts[job.expert]
-        if ask is None:
-            return answer
-        verdict = await get_strategy(expert.strategy).verdict(ask, result.completion)
-        if verdict.text is not None:
-            return replace(answer, text=verdict.text, strategy=expert.strategy, confidence=verdict.confidence,
-                           note=verdict.note)
-        retry = Job(expert=job.expert, request=self._request(expert, inp, inp.messages))
-        await self._submit(retry, open_jobs)
-        second = await self._result(retry, self._deadline_left(started), open_jobs)
-        if not second.ok:
-            return second
-        direct = self._answer(second)
-        return replace(direct, strategy=f"{expert.strategy}->direct", note=verdict.note,
-                       prompt_tokens=direct.prompt_tokens + answer.prompt_tokens,
-                       completion_tokens=direct.completion_tokens + answer.completion_tokens,
-                       queue_s=answer.queue_s + direct.queue_s, generate_s=answer.generate_s + direct.generate_s)
-
-    async def _result(self, job: Job, timeout: float, open_jobs: set[str]) -> JobResult:
-        try:
-            result = await self.queue.wait_result(job.id, timeout)
-        except TimeoutError:
-            raise TimedOut(f"expert '{job.expert}' did not answer within {timeout:.0f}s") from None
-        except QueueUnavailable as exc:
-            raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
-        open_jobs.discard(job.id)
-        return result
-
-    def _deadline_left(self, started: float) -> float:
-        return max(0.1, self.settings.request_timeout_s - (time.perf_counter() - started))
-
-    @staticmethod
-    def _answer(result: JobResult) -> ExpertAnswer:
-        c = result.completion
-        metrics.TOKENS.labels(result.expert, "prompt").inc(c.prompt_tokens)
-        metrics.TOKENS.labels(result.expert, "completion").inc(c.completion_tokens)
-        return ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-                            result.queue_s, result.generate_s, confidence=direct_confidence(c))
 
     async def _answers(self, plan: Plan, inp: ChatInput, started: float,
                        open_jobs: set[str]) -> tuple[list[ExpertAnswer], dict[str, str], str | None]:
@@ -276,8 +174,8 @@ class Pipeline:
         If every routed expert failed, the fallback expert answers with its own request; a client that named
         the expert gets that expert or an error."""
         async def one(job: Job, ask: Ask | None) -> JobResult | ExpertAnswer:
-            result = await self._result(job, self._deadline_left(started), open_jobs)
-            return await self._settle(job, ask, result, inp, started, open_jobs)
+            result = await self.dispatch.result(job, self.dispatch.deadline_left(started), open_jobs)
+            return await self.dispatch.settle(job, ask, result, inp, started, open_jobs)
 
         settled = await asyncio.gather(*(one(j, a) for j, a in zip(plan.jobs, plan.asks or [None] * len(plan.jobs))))
         answers = [a for a in settled if isinstance(a, ExpertAnswer)]
@@ -286,10 +184,10 @@ class Pipeline:
         retry = None if answers else self._fallback_job(plan, inp, failed, stream=False)
         if retry is not None:
             replaced = plan.jobs[0].expert
-            await self._submit(retry, open_jobs)
-            result = await self._result(retry, self._deadline_left(started), open_jobs)
+            await self.dispatch.submit(retry, open_jobs)
+            result = await self.dispatch.result(retry, self.dispatch.deadline_left(started), open_jobs)
             if result.ok:
-                answers = [self._answer(result)]
+                answers = [self.dispatch.answer(result)]
             else:
                 failed[retry.expert] = result.error or "failed"
         if not answers:
@@ -303,7 +201,7 @@ class Pipeline:
         fallback = self.registry.fallback
         if plan.decision.router == "bypass" or fallback is None or fallback.name in failed:
             return None
-        return Job(expert=fallback.name, request=self._request(fallback, inp, inp.messages), stream=stream)
+        return Job(expert=fallback.name, request=self.dispatch.request(fallback, inp, inp.messages), stream=stream)
 
     def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer], decision: RouteDecision | None = None) -> Job | None:
         """The merge job: to the router's measured aggregator if it names one, else the expert marked `aggregator`."""
@@ -313,7 +211,7 @@ class Pipeline:
         if agg is None or len(answers) < 2:
             return None
         messages = aggregation_messages(inp.messages, [(a.expert, a.text) for a in answers])
-        return Job(expert=agg.name, request=self._request(agg, inp, messages), stream=inp.stream)
+        return Job(expert=agg.name, request=self.dispatch.request(agg, inp, messages), stream=inp.stream)
 
     def _outcome(self, plan: Plan, answers: list[ExpertAnswer], final: ExpertAnswer, aggregator: str | None,
                  started: float, replaced: str | None, failed: dict[str, str], aggregation_error: str | None = None) -> Outcome:
@@ -345,9 +243,9 @@ class Pipeline:
         failed: dict[str, str] = {}
         steps = plan.decision.cascade
         for i, (name, need) in enumerate(steps):
-            job, ask = (plan.jobs[0], plan.asks[0]) if i == 0 else self._strategy_job(name, inp)
-            await self._submit(job, open_jobs)
-            settled = await self._settle(job, ask, await self._result(job, self._deadline_left(started), open_jobs),
+            job, ask = (plan.jobs[0], plan.asks[0]) if i == 0 else self.dispatch.strategy_job(name, inp)
+            await self.dispatch.submit(job, open_jobs)
+            settled = await self.dispatch.settle(job, ask, await self.dispatch.result(job, self.dispatch.deadline_left(started), open_jobs),
                                          inp, started, open_jobs)
             if isinstance(settled, JobResult):
                 failed[name] = settled.error or "failed"
@@ -366,28 +264,28 @@ class Pipeline:
             if plan.decision.cascade:
                 return await self._cascade(plan, inp, started, open_jobs)
             for job in plan.jobs:
-                await self._submit(job, open_jobs)
+                await self.dispatch.submit(job, open_jobs)
             answers, failed, replaced = await self._answers(plan, inp, started, open_jobs)
             agg_job = self._aggregation_job(inp, answers, plan.decision)
             if agg_job is None:
                 return self._outcome(plan, answers, answers[0], None, started, replaced, failed)
             try:
-                await self._submit(agg_job, open_jobs)
-                result = await self._result(agg_job, self._deadline_left(started), open_jobs)
+                await self.dispatch.submit(agg_job, open_jobs)
+                result = await self.dispatch.result(agg_job, self.dispatch.deadline_left(started), open_jobs)
                 error = None if result.ok else result.error
             except Unavailable as exc:
                 error = exc.message
             if error is not None:  # k good answers are not thrown away: the first routed one is the answer
                 return self._outcome(plan, answers, answers[0], None, started, replaced, failed,
                                      f"aggregator '{agg_job.expert}' failed: {error}")
-            return self._outcome(plan, answers, self._answer(result), agg_job.expert, started, replaced, failed)
+            return self._outcome(plan, answers, self.dispatch.answer(result), agg_job.expert, started, replaced, failed)
         finally:
-            self._cancel(open_jobs)
+            self.dispatch.cancel(open_jobs)
 
     async def _relay(self, job: Job, started: float, open_jobs: set[str]) -> AsyncIterator[str | JobResult]:
         """A streaming job's text as it comes, then its result."""
         try:
-            async for event in self.queue.events(job.id, self._deadline_left(started)):
+            async for event in self.queue.events(job.id, self.dispatch.deadline_left(started)):
                 if isinstance(event, Delta):
                     yield event.text
                 else:
@@ -411,7 +309,7 @@ class Pipeline:
         open_jobs: set[str] = set()
         try:
             for job in plan.jobs:
-                await self._submit(job, open_jobs)
+                await self.dispatch.submit(job, open_jobs)
             yield plan.decision
             answers, failed, final_job, agg_error = [], {}, plan.jobs[0], None
             if len(plan.jobs) > 1:
@@ -419,7 +317,7 @@ class Pipeline:
                 final_job = self._aggregation_job(inp, answers, plan.decision)
                 try:
                     if final_job is not None:
-                        await self._submit(final_job, open_jobs)
+                        await self.dispatch.submit(final_job, open_jobs)
                 except Unavailable as exc:
                     final_job, agg_error = None, exc.message
                 if final_job is None:
@@ -441,7 +339,7 @@ class Pipeline:
                 if retry is None:
                     break
                 replaced, final_job = result.expert, retry
-                await self._submit(retry, open_jobs)
+                await self.dispatch.submit(retry, open_jobs)
             if not result.ok:
                 if answers and not sent:  # the aggregator failed before any text: the first routed answer stands
                     yield answers[0].text
@@ -450,10 +348,10 @@ class Pipeline:
                     return
                 expert, error = (result.expert, result.error) if sent else next(iter(failed.items()))
                 raise ExpertFailed(f"expert '{expert}' failed: {error}")
-            final = self._answer(result)
+            final = self.dispatch.answer(result)
             if answers:
                 yield self._outcome(plan, answers, final, final_job.expert, started, None, failed)
             else:
                 yield self._outcome(plan, [final], final, None, started, replaced, failed)
         finally:
-            self._cancel(open_jobs)
+            self.dispatch.cancel(open_jobs)
