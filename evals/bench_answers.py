@@ -152,7 +152,7 @@ def bench_answers(experts_file: Path, out_dir: Path, users: int = GOAL_USERS, ro
     log_dir = Path(tempfile.mkdtemp(prefix="coe-bench-answers-"))
     result["server_log_dir"] = str(log_dir)
     log(f"coe serve with {experts_file}; its log in {log_dir}")
-    fleet = Fleet("embedded", experts_file, 1, 0, 0.0, log_dir)
+    fleet = Fleet("embedded", experts_file, 1, 0, 0.0, log_dir, threads=None)  # one server: as a user runs it
     try:
         t0 = time.perf_counter()
         fleet.start(ready_timeout_s)

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from routers.quality import OUTCOMES_FILE
+
 ROOT = Path(__file__).resolve().parent.parent
 REF_PREFIXES = ("parts:", "package:")
 
@@ -64,7 +66,8 @@ class OwnRedis:
 
 
 def copy_experts(source: Path, folder: Path) -> Path:
-    """experts.yaml copied into `folder` (model paths made absolute, so they still resolve from there)."""
+    """experts.yaml copied into `folder` (model paths made absolute, so they still resolve from there), with the
+    measured outcomes beside it when the source has them (what `auto` routing serves: routers/quality.py)."""
     data = yaml.safe_load(source.read_text())
     for expert in data.get("experts", []):
         model = str(expert.get("model", ""))
@@ -72,6 +75,8 @@ def copy_experts(source: Path, folder: Path) -> Path:
             expert["model"] = str((source.parent / model).resolve())
     path = folder / "experts.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    if (source.parent / OUTCOMES_FILE).exists():
+        shutil.copy(source.parent / OUTCOMES_FILE, folder / OUTCOMES_FILE)
     return path
 
 
@@ -79,8 +84,8 @@ class Fleet:
     """`coe serve` replicas (and with Redis, `coe worker` processes and a redis-server) in a temp folder."""
 
     def __init__(self, mode: str, experts_file: Path, replicas: int, workers: int, reclaim_idle_s: float,
-                 log_dir: Path):
-        self.mode, self.log_dir, self.reclaim_idle_s = mode, log_dir, reclaim_idle_s
+                 log_dir: Path, threads: int | None = 1):
+        self.mode, self.log_dir, self.reclaim_idle_s, self.threads = mode, log_dir, reclaim_idle_s, threads
         self.n_workers = workers if mode == "redis" else 0
         self.experts_file = copy_experts(experts_file, log_dir)
         self.routes_file = experts_file.parent / "routes.yaml"
@@ -97,8 +102,9 @@ class Fleet:
 
     def _env(self) -> dict:
         env = {**os.environ, "COE_EXPERTS_FILE": str(self.experts_file), "COE_LOG_LEVEL": "warning",
-               "COE_TORCH_THREADS": "1", "COE_ADMIN_KEY": self.admin_key, "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
+               "COE_ADMIN_KEY": self.admin_key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if self.threads is not None:  # several processes on few cores: one thread each; None = the engines' default
+            env["COE_TORCH_THREADS"] = str(self.threads)
         if self.routes_file.exists():
             env["COE_ROUTES_FILE"] = str(self.routes_file)
         if self.redis is not None:
