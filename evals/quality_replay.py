@@ -10,7 +10,8 @@ the stored answer of the expert it is sent to. Fitted on:
     fold routed by a table fitted on the other folds only, so no item's own answers choose its expert.
 Variants side by side: cells by stage-1 predicted category with shrinkage (the service's stage 2), cells by
 gold label with shrinkage, cells by gold label with the smoothing used before, (correct + 1) / (total + 2),
-and the categories declared in experts.yaml.
+and the categories declared in experts.yaml. Where the stored records carry their texts (the composition
+benchmark's do), the per-query routers and cascades are refitted on the validation answers and judged too.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def _picks(ctx, artifact, variant: str, fit_records: list[dict], probs: np.ndarr
     return [d.experts[0] for d in router.decide(probs)], router.map.source.rpartition("profile.json: ")[2]
 
 
+def _per_query(val: list[dict], test: list[dict], test_items: list, params: dict[str, float],
+               embedder) -> tuple[list[pol.PolicyRun], dict]:
+    """The per-query routers and cascades refitted on the stored validation answers (their texts are stored since
+    the composition run), judged on the stored test answers: predictors can be improved without any model run."""
+    from coe_evals.quality_perquery import cascade_runs, per_query_runs
+    from routers.outcomes import outcomes_from_records
+
+    val_out, test_out = outcomes_from_records(val, params), outcomes_from_records(test, params)
+    val_x, test_x = np.asarray(embedder.encode(val_out.texts)), np.asarray(embedder.encode(test_out.texts))
+    runs, predictors = per_query_runs(test_items, val_out, test_out, val_x, test_x, params)
+    cascades, _ = cascade_runs(test_items, val_out, test_out)
+    return runs + cascades, predictors
+
+
 def replay(result_path: Path, settings, cost_weights: tuple[float, ...], log) -> dict:
     from coe.core.registry import load_registry
     from coe.core.routes import load_routes_if_present
@@ -133,8 +148,13 @@ def replay(result_path: Path, settings, cost_weights: tuple[float, ...], log) ->
                 run = pol.routed(f"two-stage w={w:g} [{variant}]", "two_stage", test_items, picks, params,
                                  {"cost_weight": w, "variant": variant})
                 summaries.append(summarise(run, domains))
+    predictors = {}
+    if res.get("val_records") and all(r.get("text") for r in test + res["val_records"]):
+        per_query, predictors = _per_query(res["val_records"], test, test_items, params, embedder)
+        summaries += [summarise(run, domains) for run in per_query]
     code = [c for c, d in zip(cats, domains) if d == "humaneval"]
     return {"source": str(result_path), "artifact": stage1.artifact.manifest["version"], "tau": stage1.tau,
+            "predictors": predictors,
             "fitted_on": fitted_on, "n_test": len(test), "stage2_tables": sources,
             "humaneval_categories": {c: code.count(c) for c in sorted(set(code))},
             "policies": summaries}
@@ -145,11 +165,13 @@ def replay_markdown(rep: dict, command: str) -> str:
              f"Stored answers: `{rep['source']}`, {rep['n_test']} test items. Stage 1: artifact {rep['artifact']} "
              f"(tau {rep['tau']:.3f}); stage 1's categories for the HumanEval items: {rep['humaneval_categories']}. "
              f"Stage 2 fitted on {rep['fitted_on']}.", "",
-             "| policy | overall (95% CI) | mmlu | humaneval | compute / query (B·tok) | shares |", "|---|---|---|---|---|---|"]
+             "| policy | overall (95% CI) | mmlu | humaneval | maths | compute / query (B·tok) | shares |",
+             "|---|---|---|---|---|---|---|"]
     for s in rep["policies"]:
         o = s["overall"]
         lo, hi = wilson(o["correct"], o["n"])
-        doms = " | ".join(f"{s[d]['score']:.3f} ({s[d]['correct']}/{s[d]['n']})" if d in s else "-" for d in ("mmlu", "humaneval"))
+        doms = " | ".join(f"{s[d]['score']:.3f} ({s[d]['correct']}/{s[d]['n']})" if d in s else "-"
+                          for d in ("mmlu", "humaneval", "maths"))
         share = ", ".join(f"{e} {v:.0%}" for e, v in s["share"].items())
         lines.append(f"| {s['policy']} | {o['score']:.3f} ({lo:.3f}-{hi:.3f}) | {doms} | {s['compute_per_query']:,.0f} | {share} |")
     lines += ["", "Stage 2 tables (last fold):", ""] + [f"- {v}: {src}" for v, src in rep["stage2_tables"].items()]

@@ -98,6 +98,11 @@ def test_quick_quality_benchmark_end_to_end(tmp_path, mmlu_slice_artifacts):
     for p in replayed:
         same = live[p["policy"].removesuffix(" [predicted + shrinkage]")]
         assert (p["overall"], p["share"]) == (same["overall"], same["share"])
+    # the per-query routers and cascades are refitted on the stored validation answers: the cascades (stored
+    # confidences only) come out as in the live run
+    live_cascades = {p["policy"]: p["overall"] for p in res["policies"] if p["kind"] == "cascade"}
+    assert {p["policy"]: p["overall"] for p in rep["policies"] if p["kind"] == "cascade"} == live_cascades
+    assert sum(p["kind"] == "per_query" for p in rep["policies"]) == 12 and set(rep["predictors"]) == {"logistic", "knn"}
 
 
 def test_the_domain_split_bound_scores_every_assignment_of_one_expert_per_domain():
