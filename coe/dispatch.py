@@ -76,7 +76,6 @@ class Dispatch:
             except QueueUnavailable:
                 return  # the jobs run, and nobody reads their results
 
-
     def strategy_job(self, name: str, inp: ChatInput, seed_offset: int = 0) -> tuple[Job, Ask | None]:
         """Expert `name`'s first job for `inp`, as its strategy asks it (explicit `choices` are scored as they are)."""
         expert = self.registry.experts[name]

@@ -245,8 +245,8 @@ class Pipeline:
         for i, (name, need) in enumerate(steps):
             job, ask = (plan.jobs[0], plan.asks[0]) if i == 0 else self.dispatch.strategy_job(name, inp)
             await self.dispatch.submit(job, open_jobs)
-            settled = await self.dispatch.settle(job, ask, await self.dispatch.result(job, self.dispatch.deadline_left(started), open_jobs),
-                                         inp, started, open_jobs)
+            result = await self.dispatch.result(job, self.dispatch.deadline_left(started), open_jobs)
+            settled = await self.dispatch.settle(job, ask, result, inp, started, open_jobs)
             if isinstance(settled, JobResult):
                 failed[name] = settled.error or "failed"
                 continue

@@ -48,12 +48,12 @@ def measured_policy(settings: Settings, registry: Registry) -> tuple[str, dict] 
     return policy["router"], dict(policy.get("options") or {})
 
 
-def choose_router(settings: Settings, registry: Registry | None = None) -> str:
-    """'auto' means the policy measured for these experts (outcomes.json), else the trained two-stage router when
-    its artifact exists, else nearest centroid."""
+def choose_router(settings: Settings, policy: tuple[str, dict] | None = None) -> str:
+    """'auto' means the policy measured for these experts (`measured_policy`), else the trained two-stage router
+    when its artifact exists, else nearest centroid."""
     if settings.router != "auto":
         return settings.router
-    if registry is not None and (policy := measured_policy(settings, registry)) is not None:
+    if policy is not None:
         return policy[0]
     return "two_stage" if (settings.artifacts_dir / "two_stage").is_dir() else "centroid"
 
@@ -107,8 +107,8 @@ class Service:
         self.registry = await self.store.open(load_routes_if_present(settings.routes_path))
         embedder = make_embedder(settings)
         await asyncio.to_thread(lambda: embedder.dim)
-        name = choose_router(settings, self.registry)
         policy = measured_policy(settings, self.registry) if settings.router == "auto" else None
+        name = choose_router(settings, policy)
         if policy is not None and name not in settings.router_options:  # options the user set win
             settings = self.settings = settings.model_copy(
                 update={"router_options": {**settings.router_options, name: policy[1]}})

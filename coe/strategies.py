@@ -33,9 +33,9 @@ from typing import ClassVar
 
 from coe.aggregation import last_user_text
 from coe.data.code_extract import code_blocks, defines
+from coe.data.scoring import ANSWER_PREFIX
 from workers.jobs import Completion
 
-ANSWER_PREFIX = "Answer:"
 PROGRAM_TIMEOUT_S = 5.0
 PROGRAM_INSTRUCTION = (
     "Solve the problem above by writing a Python program. Define a function `solution()` that computes the "

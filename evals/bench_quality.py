@@ -63,9 +63,10 @@ def _route(runner, name: str, options: dict, texts: list[str], vecs, k: int) -> 
     return router.route(texts, vecs, k), router
 
 
-async def evaluate(runner, val, test, experts: list[str], profile_path: Path, seed: int) -> tuple[list[pol.PolicyRun], dict]:
+async def evaluate(runner, val, val_vecs, test, experts: list[str], profile_path: Path,
+                   seed: int) -> tuple[list[pol.PolicyRun], dict]:
     """Every policy on the test items, and what stage 2 was fitted on (its table's source and notes, and
-    stage 1's category and confidence per test item)."""
+    stage 1's category and confidence per test item). `val_vecs`: the validation items' embeddings."""
     from coe.expert_runs import records_json
     from coe_evals.quality_perquery import cascade_runs, choose_default, per_query_runs
     from routers.outcomes import outcomes_from_records
@@ -96,11 +97,11 @@ async def evaluate(runner, val, test, experts: list[str], profile_path: Path, se
     runs.append(pol.oracle(test, experts, params))
     val_out = outcomes_from_records(records_json(val), params)
     test_out = outcomes_from_records(records_json(test), params)
-    val_x = await asyncio.to_thread(runner.embedder.encode, [r.item.text for r in val])
-    pq_runs, predictors = per_query_runs(test, val_out, test_out, np.asarray(val_x), np.asarray(vecs), params)
+    val_x = np.asarray(val_vecs)
+    pq_runs, predictors = per_query_runs(test, val_out, test_out, val_x, np.asarray(vecs), params)
     cascades, _ = cascade_runs(test, val_out, test_out)
     stage2["predictors"] = predictors
-    stage2["default_policy"] = await asyncio.to_thread(choose_default, val_out, np.asarray(val_x))
+    stage2["default_policy"] = await asyncio.to_thread(choose_default, val_out, val_x)
     return runs + pq_runs + cascades, stage2
 
 
@@ -138,7 +139,7 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
         test = await run_experts(runner, test_items, experts)
         timings["test_answers_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        runs, stage2 = await evaluate(runner, val, test, experts, profile_path, seed)
+        runs, stage2 = await evaluate(runner, val, vecs, test, experts, profile_path, seed)
         timings["policies_s"] = round(time.perf_counter() - t0, 1)
         domains = [r.item.domain for r in test]
         return {"experts": {e: {"params_b": runner.registry.experts[e].params_b,
