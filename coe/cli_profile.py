@@ -18,6 +18,8 @@ FILE_MAX_TOKENS = 48
 def profile(
     data: str = typer.Option("mmlu", help="mmlu (letters read from free text), mixed (MMLU by letter "
                                           "log-likelihood + HumanEval by running the code: the quality benchmark's workload), "
+                                          "outcomes (no model run: the graded answers `coe bench quality` stored in "
+                                          "outcomes.json beside the experts file), "
                                           "or a .jsonl/.csv file of your own questions: text, label, answer "
                                           "(+ choices for multiple choice) [, split]"),
     split: str = typer.Option(None, help="split to measure on (default: validation; for a file, every row but "
@@ -39,6 +41,9 @@ def profile(
     seed: int = typer.Option(0),
     per_subcategory: int = typer.Option(10, help="mixed: MMLU questions per subcategory"),
     code: int = typer.Option(None, help="mixed: HumanEval problems (default: all of the split)"),
+    if_stale: bool = typer.Option(False, "--if-stale", help="outcomes: only when the profile is missing or was "
+                                                             "built from other outcomes or for another stage 1 "
+                                                             "(a profile you measured is kept)"),
 ) -> None:
     """Run every expert on validation questions through the real dispatch path; write per-category,
     per-skill and global correctness, tokens and time per expert (the skills and two-stage routers read it)."""
@@ -50,6 +55,9 @@ def profile(
     if experts_file:
         settings = settings.model_copy(update={"experts_file": experts_file})
     out = out or settings.artifacts_dir / PROFILE_FILE
+    if data == "outcomes":
+        from_outcomes(settings, out, if_stale)
+        return
     if data not in ("mmlu", "mixed"):
         items = file_items(settings, Path(data), split, limit, max_tokens or FILE_MAX_TOKENS)
         meta = {"data": str(data), "split": split or "all but test", "limit": limit}
@@ -92,6 +100,41 @@ def profile(
             await runner.stop()
 
     finish(asyncio.run(go()), out)
+
+
+def from_outcomes(settings, out: Path, if_stale: bool) -> None:
+    """Stage 2's profile from the measured answers in outcomes.json, grouped by this machine's stage 1."""
+    from coe.core.registry import load_registry
+    from coe.core.routes import load_routes_if_present
+    from coe.embedder import make_embedder
+    from coe.profile_outcomes import is_current, profile_from_outcomes
+    from coe.profiling import group_by_stage1
+    from routers.base import RouterContext
+    from routers.quality import OUTCOMES_FILE
+    from routers.two_stage.artifact import ArtifactError, read_manifest, resolve_version
+
+    source = settings.experts_file.parent / OUTCOMES_FILE
+    if not source.is_file():
+        console.print(f"[yellow]no {source}: stage 2 keeps the declared categories (measure with coe bench quality "
+                      f"or coe profile --data mixed)[/yellow]")
+        return
+    try:
+        version = read_manifest(resolve_version(settings.artifacts_dir)).get("version")
+    except ArtifactError:
+        version = None
+    if if_stale and is_current(out, source, version):
+        return
+    registry = load_registry(settings.experts_file)
+    try:
+        prof, texts = profile_from_outcomes(source, registry.names)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        console.print(f"[red]{source}: not a usable outcomes file ({exc})[/red]")
+        raise typer.Exit(1) from None
+    ctx = RouterContext(registry, make_embedder(settings), settings.artifacts_dir,
+                        options=dict(settings.router_options.get("two_stage", {})),
+                        routes=load_routes_if_present(settings.routes_path))
+    asyncio.run(group_by_stage1(ctx, prof, texts))
+    finish(prof, out)
 
 
 def finish(prof: dict, out: Path) -> None:
@@ -169,7 +212,7 @@ async def profile_items(settings, items: list, meta: dict, batch: int | None, co
         meta = {**meta, "experts_file": str(settings.experts_file), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "wall_s": round(time.perf_counter() - started, 1)}
         profile = mixed_profile(records, runner.registry.names, meta)
-        await group_by_stage1(runner, profile, texts, vecs)
+        await group_by_stage1(runner.pipeline.router_context("two_stage"), profile, texts, vecs)
         return profile
     finally:
         await runner.stop()

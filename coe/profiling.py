@@ -30,6 +30,7 @@ from coe.core.registry import Registry, load_registry
 from coe.core.settings import Settings
 from coe.data.letters import extract_letter
 from coe.service import engine_options
+from routers.base import RouterContext
 from routers.skills import (
     SkillIndex, SkillsRouter, choose, global_weights, keyword_messages, keywords_to_skills, local_scores,
     parse_keywords, recruit_weights, text_seed,
@@ -135,7 +136,7 @@ class Runner:
         return await asyncio.gather(*(one(c) for c in calls))
 
 
-async def group_by_stage1(runner: Runner, profile: dict, texts: list[str], vecs: np.ndarray | None = None) -> None:
+async def group_by_stage1(ctx: RouterContext, profile: dict, texts: list[str], vecs: np.ndarray | None = None) -> None:
     """Give every record (in the order of `texts`) the category the service's stage 1 predicts for its text,
     count each expert per predicted category, and say in profile["stage2"] which grouping stage 2 may use:
     "predicted" (with the artifact's version) or "gold" (with the reason) when no trained router can be built."""
@@ -143,14 +144,13 @@ async def group_by_stage1(runner: Runner, profile: dict, texts: list[str], vecs:
     from routers.two_stage.artifact import ArtifactError
     from routers.two_stage.stage2 import Stage2Error
 
-    ctx = runner.pipeline.router_context("two_stage")
     try:
         router = await asyncio.to_thread(build_router, "two_stage", replace(ctx, options={**ctx.options, "profile": ""}))
     except (ArtifactError, Stage2Error) as exc:
         profile["stage2"] = {"grouping": "gold", "reason": f"no usable two-stage router when profiled: {exc}"}
         return
     if vecs is None:
-        vecs = await asyncio.to_thread(runner.embedder.encode, texts)
+        vecs = await asyncio.to_thread(ctx.embedder.encode, texts)
     decisions = await asyncio.to_thread(router.route, texts, vecs, 1)
     for rec, d in zip(profile["records"], decisions):
         rec["predicted"], rec["predicted_p"] = d.category, round(d.confidence, 4)
@@ -234,7 +234,7 @@ async def profile_experts(runner: Runner, questions: list, experts: list[str], *
     profile = build_profile(records, experts, info)
     for e in experts:
         profile["experts"][e].update(costs[e].as_dict())
-    await group_by_stage1(runner, profile, [q.prompt for q in questions])
+    await group_by_stage1(runner.pipeline.router_context("two_stage"), profile, [q.prompt for q in questions])
     return profile
 
 

@@ -7,15 +7,17 @@ strengths come from how a model is asked (experts.yaml `strategy:`, attachable t
   program  program-of-thought: the model writes `solution()`, which runs in the sandbox
            (coe/data/code_exec.py, the code runner's isolation) and what it returns is the answer. A program
            that does not run, or returns nothing usable, falls back to a direct answer from the same model;
-           both attempts are paid.
+           both attempts are paid. A question with lettered options is answered directly: a program cannot
+           compute a letter (measured: programs scored 0.24 on MMLU where direct answers scored 0.46).
   choices  option scoring: when the last user message lists lettered options ("A. ...", "B) ..."), the
            engine scores each letter as the continuation of "Answer:" (one pass over the prompt, nothing
            generated) and the likeliest letter is the answer. Other requests are answered directly.
 
 Each answer carries a confidence in [0, 1] that a cascade can act on: direct, the geometric mean of the
 generated tokens' probabilities (exp of the mean log-probability, where the engine reports it); program,
-1 for a program that ran and returned a number, else the direct fallback's; choices, the top option's
-share of the options' probability.
+the same measure over the program's tokens when it ran and returned a number (1 where the engine reports
+no log-probabilities), else the direct fallback's; choices, the top option's share of the options'
+probability.
 
 A strategy that is not `direct` buffers: its answer is known only once its attempt is over, so a streamed
 request gets the answer in one piece.
@@ -38,9 +40,8 @@ from workers.jobs import Completion
 
 PROGRAM_TIMEOUT_S = 5.0
 PROGRAM_INSTRUCTION = (
-    "Solve the problem above by writing a Python program. Define a function `solution()` that computes the "
-    "final answer step by step and returns it as a number. Use only the Python standard library and do not "
-    "read input. Reply with the code only, in one ```python block."
+    "Write a Python function `solution()` that computes the answer step by step and returns it as a number "
+    "(standard library only, no input). Reply with one ```python block."
 )
 _OPTION = re.compile(r"^\s*\(?([A-J])[.):]\s+\S", re.M)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
@@ -167,7 +168,7 @@ class Program(Strategy):
     name = "program"
 
     def ask(self, messages: list[dict]) -> Ask | None:
-        if not messages or messages[-1].get("role") != "user":
+        if not messages or messages[-1].get("role") != "user" or lettered_options(last_user_text(messages)):
             return None
         last = messages[-1]
         return Ask([*messages[:-1], {**last, "content": f"{last_user_text([last])}\n\n{PROGRAM_INSTRUCTION}"}])
@@ -186,7 +187,9 @@ class Program(Strategy):
         if value is None:
             return Verdict(None, None, f"program {result.status}: {(result.error or result.output)[-120:]}")
         code = source.rsplit("\n\nprint(", 1)[0]
-        return Verdict(f"```python\n{code}\n```\n\nThe program returns {value}.\nThe answer is {value}.", 1.0)
+        confidence = direct_confidence(completion)
+        return Verdict(f"```python\n{code}\n```\n\nThe program returns {value}.\nThe answer is {value}.",
+                       1.0 if confidence is None else confidence)
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Direct(), Program(), Choices())}

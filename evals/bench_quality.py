@@ -132,7 +132,7 @@ async def run_benchmark(settings, per_subcategory: int, n_code: int | None, val_
         for r, row in zip(val, runner.index.top(vecs, 3)):
             r.skills = [n for n, _ in row]
         profile = mixed_profile(val, experts, {"data": "mixed", "split": "validation"})
-        await group_by_stage1(runner, profile, [r.item.text for r in val], vecs)
+        await group_by_stage1(runner.pipeline.router_context("two_stage"), profile, [r.item.text for r in val], vecs)
         profile_path = Path(tempfile.mkdtemp(prefix="coe-quality-")) / "profile.json"
         save_profile(profile, profile_path)
         t0 = time.perf_counter()
@@ -166,8 +166,8 @@ def outcomes_file(res: dict) -> dict:
     from when this file is its outcomes.json."""
     return {"version": 1, "source": res["command"], "experts": res["outcome_experts"],
             "default_policy": res["stage2"]["default_policy"]["chosen"],
-            "records": [{"id": r["id"], "domain": r["domain"], "text": r["text"],
-                         "answers": {e: {k: a[k] for k in ("correct", "prompt_tokens", "completion_tokens", "confidence")}
+            "records": [{"id": r["id"], "domain": r["domain"], "label": r["label"], "text": r["text"],
+                         "skills": r.get("skills", []), "answers": {e: {k: a[k] for k in ("correct", "prompt_tokens", "completion_tokens", "confidence")}
                                      for e, a in r["answers"].items()}} for r in res["val_records"]]}
 
 

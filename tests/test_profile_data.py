@@ -113,3 +113,44 @@ def test_exact_match_is_normalised():
     assert normalise("  The Eiffel-Tower!  ") == "eiffeltower"
     assert exact_match("Paris.", "paris") and exact_match("the answer", "Answer")
     assert not exact_match("Paris is the capital", "Paris")
+
+
+def outcomes_experts(tmp_path: Path, answers: dict[str, list[bool]]) -> Path:
+    """An experts file with an outcomes.json beside it, as `coe bench quality` writes them, for two experts."""
+    experts = tmp_path / "experts.yaml"
+    shutil.copy(ROOT / "tests" / "fixtures" / "working-experts.yaml", experts)
+    texts = ["What is 7 times 8?", "Who wrote Hamlet?", "Write a function that reverses a string."]
+    domains = ["maths", "mmlu", "humaneval"]
+    records = [{"id": f"item-{i}", "domain": d, "label": d, "text": t, "skills": [],
+                "answers": {e: {"correct": ok[i], "prompt_tokens": 20, "completion_tokens": 10, "confidence": None}
+                            for e, ok in answers.items()}}
+               for i, (t, d) in enumerate(zip(texts, domains))]
+    (tmp_path / "outcomes.json").write_text(json.dumps(
+        {"version": 1, "source": "a test", "experts": {e: {"params_b": 0.1, "strategy": "direct"} for e in answers},
+         "default_policy": {"router": "two_stage", "options": {}}, "records": records}))
+    return experts
+
+
+def test_set_up_turns_the_measured_outcomes_into_stage_2s_profile_without_running_a_model(tmp_path, mmlu_slice_artifacts):
+    experts = outcomes_experts(tmp_path, {"stem": [True, False, True], "humanities": [False, True, False]})
+    out = tmp_path / "profile.json"
+    env = {**os.environ, "COE_EXPERTS_FILE": str(experts), "COE_ARTIFACTS_DIR": str(mmlu_slice_artifacts)}
+    cmd = [sys.executable, "-m", "coe.cli", "profile", "--data", "outcomes", "--if-stale", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prof = json.loads(out.read_text())
+    assert list(prof["experts"]) == ["stem", "humanities"]  # the registered experts the outcomes measured
+    assert (prof["experts"]["stem"]["correct"], prof["experts"]["humanities"]["correct"]) == (2, 1)
+    version = (mmlu_slice_artifacts / "two_stage" / "LATEST").read_text().strip()
+    assert prof["stage2"] == {**prof["stage2"], "grouping": "predicted", "artifact": version}
+    router = build_router("two_stage", RouterContext(load_registry(experts), make_embedder(get_settings()),
+                                                     mmlu_slice_artifacts, options={"profile": str(out)}))
+    assert "stage-1 predicted categories" in router.map.source
+
+    stamp = out.stat().st_mtime_ns  # a second set-up finds it current and leaves it
+    assert subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    assert out.stat().st_mtime_ns == stamp
+
+    out.write_text(json.dumps({"version": 1, "data": "mine.jsonl", "experts": {}}))  # a profile the user measured
+    assert subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    assert json.loads(out.read_text())["data"] == "mine.jsonl"

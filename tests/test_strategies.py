@@ -46,13 +46,19 @@ def test_number_of_reads_the_last_number_printed():
     assert number_of("None") is None
 
 
-def test_a_program_that_runs_in_the_sandbox_gives_its_value_with_full_confidence():
+def test_a_program_that_runs_in_the_sandbox_gives_its_value_with_the_programs_token_confidence():
     s = Program()
     ask = s.ask([{"role": "user", "content": "Tom has 3 bags of 4 apples and eats 2. How many are left?"}])
     assert "solution()" in ask.messages[-1]["content"]
     code = "```python\ndef solution():\n    bags, per_bag, eaten = 3, 4, 2\n    return bags * per_bag - eaten\n```"
-    verdict = asyncio.run(s.verdict(ask, Completion(code, 30, 20)))
-    assert verdict.text.endswith("The answer is 10.") and verdict.confidence == 1.0
+    verdict = asyncio.run(s.verdict(ask, Completion(code, 30, 20, mean_logprob=-0.5)))
+    assert verdict.text.endswith("The answer is 10.") and verdict.confidence == pytest.approx(0.6065, abs=1e-3)
+    unreported = asyncio.run(s.verdict(ask, Completion(code, 30, 20)))
+    assert unreported.confidence == 1.0  # an engine without log-probabilities: the program ran, that is all we know
+
+
+def test_a_question_with_lettered_options_is_not_turned_into_a_program():
+    assert Program().ask([{"role": "user", "content": QUESTION}]) is None
 
 
 def test_a_program_that_fails_asks_for_a_direct_answer_instead():
