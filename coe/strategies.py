@@ -40,8 +40,9 @@ from workers.jobs import Completion
 
 PROGRAM_TIMEOUT_S = 5.0
 PROGRAM_INSTRUCTION = (
-    "Write a Python function `solution()` that computes the answer step by step and returns it as a number "
-    "(standard library only, no input). Reply with one ```python block."
+    "Solve the problem above by writing a Python program. Define a function `solution()` that computes the "
+    "final answer step by step and returns it as a number. Use only the Python standard library and do not "
+    "read input. Reply with the code only, in one ```python block."
 )
 _OPTION = re.compile(r"^\s*\(?([A-J])[.):]\s+\S", re.M)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
