@@ -27,29 +27,6 @@ log = logging.getLogger("coe.worker")
 DEVICE_PATTERN = r"cpu|gpu:\d+|remote"
 
 
-async def serve_device(worker, stop: asyncio.Event, retry_s: float = 1.0) -> None:
-    """Run the worker until `stop`; while Redis is unreachable, wait and try again (redis-py reconnects)."""
-    from workers.queue import QueueUnavailable
-
-    while not stop.is_set():
-        try:
-            await worker.run(stop)
-            return
-        except QueueUnavailable as exc:
-            log.warning("queue unavailable, retrying every %.0fs: %s", retry_s, exc)
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), retry_s)
-            except TimeoutError:
-                pass
-            try:
-                await worker.queue.ping()
-            except QueueUnavailable:
-                continue
-            log.info("queue reachable again")
-            break
-
-
 def worker(
     device: str = typer.Option(..., "--device", "-d", help="the device whose experts to serve: cpu, gpu:N or remote"),
     policy: str = typer.Option("grouped", help="grouped (batch per expert group) or fcfs (one oldest job at a time)"),
@@ -132,7 +109,7 @@ async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, name
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s serving %s on %s (%s policy, registry version %d)", w.name, ", ".join(w.experts), device,
              policy, store.held.version)
-    runner = asyncio.create_task(serve_device(w, stop))  # announced from now on, while the models load too
+    runner = asyncio.create_task(w.run(stop))  # announced from now on, while the models load too; rides out outages
     follower = asyncio.create_task(store.follow(take_up, stop), name="registry-follower")
     ready = asyncio.create_task(w.ready.wait())
     await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)

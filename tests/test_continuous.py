@@ -135,6 +135,28 @@ def test_text_streams_to_the_client_before_the_job_ends_with_stand_in_vllm(tmp_p
     asyncio.run(go())
 
 
+class PublishBreaks(MemoryQueue):
+    """A queue whose text channel fails with an error that is not a lost connection (say Redis refuses a write)."""
+
+    async def publish_delta(self, job_id: str, text: str) -> None:
+        raise RuntimeError("OOM command not allowed when used memory > 'maxmemory'")
+
+
+def test_a_stream_whose_text_cannot_be_published_is_answered_with_an_error_with_stand_in_vllm(tmp_path) -> None:
+    async def go():
+        queue = PublishBreaks()
+        async with Running(make_worker(tmp_path, queue)):
+            broken, after = job(max_tokens=5, stream=True), job(max_tokens=3)
+            for j in (broken, after):
+                await queue.submit(j)
+            events = [e async for e in queue.events(broken.id, 5)]
+            assert (await queue.wait_result(after.id, 5)).ok  # the worker goes on
+        assert [type(e) for e in events] == [JobResult]
+        assert not events[0].ok and "could not be streamed" in events[0].error and "maxmemory" in events[0].error
+
+    asyncio.run(go())
+
+
 def test_max_batch_caps_the_jobs_inside_the_engine_with_stand_in_vllm(tmp_path) -> None:
     async def go():
         queue = MemoryQueue()

@@ -228,3 +228,31 @@ def test_finds_a_dead_workers_job_behind_many_live_ones(redis_run):
         assert found.id == orphan.id
 
     redis_run(scenario)
+
+
+def test_a_job_reclaimed_just_before_redis_went_away_goes_back_to_the_stream(redis_run):
+    """Redis fails after XAUTOCLAIM handed the job over and before reclaim_stale returned it: the job must not
+    stay held (and renewed by the heartbeat) by a worker that never got it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.queue import QueueUnavailable
+
+    async def scenario(make_queue):
+        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue(heartbeat_s=0.1)
+        j = job()
+        await api.submit(j)
+        await dead.claim("a", "dead-1", 1)
+        await asyncio.sleep(0.3)
+
+        async def redis_goes_away(expert):
+            raise RedisConnectionError("Connection reset by peer")
+
+        alive._forget_idle_consumers = redis_goes_away
+        with pytest.raises(QueueUnavailable):
+            await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8)
+        assert not alive.leases.held
+        assert (await api.pending(["a"]))["a"].count == 1  # waiting again, for any worker
+        [again] = await api.claim("a", "other-1", 1)
+        assert again.id == j.id
+
+    redis_run(scenario)

@@ -284,6 +284,9 @@ class RedisQueue(JobQueue):
                 if cursor == "0-0" or len(entries) >= max_jobs:
                     break
             jobs = await self._keep(expert, entries, consumer)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+        try:
             await self._forget_idle_consumers(expert)
             fresh = []
             for job in jobs:
@@ -296,8 +299,11 @@ class RedisQueue(JobQueue):
                     continue
                 fresh.append(job)
             return fresh
-        except CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
+        except BaseException as exc:  # held now, yet never handed to the worker: give them back
+            await self.release(jobs)
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise self._unavailable(exc) from None
+            raise
 
     async def _forget_idle_consumers(self, expert: str) -> None:
         """Now and then, drop consumers that hold nothing and have been quiet for an hour (workers long gone)."""

@@ -7,6 +7,8 @@ When every engine takes jobs one by one (vLLM's AsyncLLM, a remote server), the
 worker serves them continuously instead (workers/continuous.py).
 Every claimed job is completed or released, whatever fails. While it runs, the
 worker announces its device, so the API knows someone will serve its experts.
+When the queue cannot be reached, the worker keeps its models resident and tries
+again with backoff until it can: an outage of Redis costs no reload.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from workers.queue import JobQueue, QueueUnavailable, watch_for_work
 from workers.scheduler import Group, Policy, Scheduler, Tier
 
 log = logging.getLogger("coe.worker")
+
+OUTAGE_RETRY_MAX_S = 10.0
+"""Longest wait between two tries to reach the queue during an outage (the first is `Worker.outage_retry_s`)."""
 
 
 def engine_spec(registry: Registry, expert: ExpertConfig, options: EngineOptions) -> EngineSpec:
@@ -64,6 +69,7 @@ class Worker:
     engine_options: EngineOptions = field(default_factory=EngineOptions)
     load_retry_s: float = 5.0  # a model that failed to load is tried again after this, doubling up to 5 minutes
     announce_s: float = 5.0  # how often the worker tells the queue it is alive (it counts as gone after 3 times this)
+    outage_retry_s: float = 0.5  # first wait before trying the queue again after it failed; doubles while it stays down
 
     def __post_init__(self) -> None:
         experts = self.registry.on_device(self.device)
@@ -191,12 +197,10 @@ class Worker:
             if not self.ready.is_set():
                 await self.preload()
             while not stop.is_set():
-                if self.continuous.applies():
-                    await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
-                    continue
-                served = await self.step()
-                if not served:
-                    await self.wait_or_reclaim(stop)
+                try:
+                    await self._turn(stop)
+                except QueueUnavailable as exc:
+                    await self._wait_for_queue(stop, exc)
         finally:
             announcer.cancel()
             try:
@@ -204,6 +208,31 @@ class Worker:
             except QueueUnavailable:
                 pass  # the announcement expires on its own
             await self._release_engines()
+
+    async def _turn(self, stop: asyncio.Event) -> None:
+        if self.continuous.applies():
+            await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
+        elif not await self.step():
+            await self.wait_or_reclaim(stop)
+
+    async def _wait_for_queue(self, stop: asyncio.Event, exc: QueueUnavailable) -> None:
+        """The queue went away: wait, doubling the wait, until it answers again or `stop`. The models stay resident;
+        the jobs of the interrupted turn were completed or released, so none is held by nobody meanwhile."""
+        wait = self.outage_retry_s
+        log.warning("queue unavailable (%s); models stay loaded, trying again in %.1fs", exc, wait)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.queue.ping()
+            except QueueUnavailable:
+                wait = min(OUTAGE_RETRY_MAX_S, wait * 2)
+                continue
+            log.info("queue reachable again")
+            return
 
     async def _release_engines(self) -> None:
         """Unload what is resident when the worker stops: a vLLM engine left to the interpreter's exit dies
@@ -253,30 +282,39 @@ class Worker:
                 load_error = f"{type(exc).__name__}: {exc}"
                 wait = self.load_failures.failed(key, load_error)
                 log.exception("could not make %s resident (next try in %.0fs)", key, wait)
-        group = self.scheduler.groups[key]
-        limit = self.scheduler.batch_size(key)
-        if not jobs:
-            by_age = sorted(group.experts, key=lambda e: stats[e].oldest_enqueued_at or float("inf"))
-            for expert in by_age:
-                if len(jobs) >= limit:
-                    break
-                jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
-        if not jobs:
-            return False
-        try:
+        try:  # from the first claim on: e.g. Redis went away, what was not completed goes back for any worker
+            if not jobs:
+                await self._claim_batch(key, stats, jobs)
+            if not jobs:
+                return False
             if load_error:
                 await self._fail(jobs, f"model could not be loaded: {load_error}")
             else:
                 await self._serve_batch(key, jobs)
-        except BaseException:  # e.g. Redis went away: what was not completed goes back for any worker
+        except BaseException:
             await self.queue.release(jobs)
             raise
         return True
 
+    async def _claim_batch(self, key: str, stats, jobs: list[Job]) -> None:
+        """Claim into `jobs` (in place: what was claimed before a failure is there to release) up to a batch of the
+        group's oldest jobs, across its experts."""
+        limit = self.scheduler.batch_size(key)
+        by_age = sorted(self.scheduler.groups[key].experts, key=lambda e: stats[e].oldest_enqueued_at or float("inf"))
+        for expert in by_age:
+            if len(jobs) >= limit:
+                break
+            jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
+
     async def _fail(self, jobs: list[Job], error: str) -> None:
-        for job in jobs:
-            await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
-                                                     error_type=ENGINE_ERROR, worker=self.name))
+        """Answer every job with `error`; those not answered when the queue fails are released."""
+        for i, job in enumerate(jobs):
+            try:
+                await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
+                                                         error_type=ENGINE_ERROR, worker=self.name))
+            except BaseException:
+                await self.queue.release(jobs[i:])
+                raise
 
     async def _serve_batch(self, key: str, jobs: list[Job]) -> None:
         """Scoring jobs (request.choices) to the engine's choice_logprobs, the others to generate."""
