@@ -256,3 +256,30 @@ def test_a_job_reclaimed_just_before_redis_went_away_goes_back_to_the_stream(red
         assert again.id == j.id
 
     redis_run(scenario)
+
+
+def test_a_job_that_no_worker_survives_is_dead_lettered_and_its_caller_answered(redis_run):
+    """A poison job (each worker that takes it dies or hangs) is delivered at most `max_deliveries` (3) times, then
+    set aside in the dead-letter stream with its caller answered, instead of taking down workers for ever."""
+    async def scenario(make_queue):
+        api, first = make_queue(), make_queue(heartbeat_s=60)
+        takers = [make_queue(heartbeat_s=60) for _ in range(3)]
+        poison, fine = job(text="poison"), job(text="fine")
+        await api.submit(poison)
+        assert [j.id for j in await first.claim("a", "w0", 1)] == [poison.id]  # delivery 1; then w0 dies
+        for i, taker in enumerate(takers[:2], start=1):
+            await asyncio.sleep(0.25)
+            assert [j.id for j in await taker.reclaim_stale("a", f"w{i}", idle_s=0.2, max_jobs=8)] == [poison.id]
+        await api.submit(fine)
+        await asyncio.sleep(0.25)
+        assert await takers[2].reclaim_stale("a", "w3", idle_s=0.2, max_jobs=8) == []  # a fourth delivery: set aside
+        result = await api.wait_result(poison.id, timeout=2)
+        assert not result.ok and result.error_type == "poison" and "3 times" in result.error
+        counters = await api.counters()
+        assert (counters["poison"], counters["dead_letter"]) == (1, 0)
+        [(_, entry)] = await api.redis.xrange(f"{redis_run.prefix}:dead")
+        assert poison.id in entry[b"raw"].decode() and b"3 times" in entry[b"error"]
+        assert [j.id for j in await takers[2].claim("a", "w3", 8)] == [fine.id]  # the rest of the queue goes on
+        assert await api.depth() == 1
+
+    redis_run(scenario)
