@@ -326,3 +326,37 @@ def test_the_continuous_loop_over_redis_with_stand_in_vllm(tmp_path) -> None:
             await mine.close()
 
     asyncio.run(go())
+
+
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
+def test_a_device_auto_expert_is_served_through_redis_once_its_gpu_worker_is_up_with_stand_in_vllm(tmp_path) -> None:
+    """The API never places experts (it may have no GPU): a `device: auto` expert must still count as served when
+    the worker of the GPU its placement chose is alive, not wait for a worker of the device 'auto'."""
+    from coe.core.registry import load_registry
+    from coe.core.settings import Settings
+    from coe.dispatch import Dispatch
+    from workers.queue_redis import RedisQueue
+    from workers.worker import Worker
+
+    (tmp_path / "experts.yaml").write_text("version: 1\nexperts:\n  - {name: g, engine: vllm, model: org/m0, "
+                                           "device: auto, memory_gb: 1, max_batch: 4, params_b: 1}\n")
+    placed = load_registry(tmp_path / "experts.yaml")
+    placed.place([80.0])
+
+    async def go():
+        prefix = f"coetest:{uuid.uuid4().hex[:12]}"
+        api, mine = RedisQueue(REDIS_URL, prefix=prefix), RedisQueue(REDIS_URL, prefix=prefix)
+        dispatch = Dispatch(load_registry(tmp_path / "experts.yaml"), api, Settings())
+        w = Worker(placed, mine, device="gpu:0", name="gpu0")
+        w.ready.set()
+        try:
+            async with Running(w):
+                await asyncio.sleep(0.3)  # announced
+                j = job(expert="g")
+                await dispatch.submit(j, set())
+                assert (await api.wait_result(j.id, 10)).worker == "gpu0"
+        finally:
+            await api.close()
+            await mine.close()
+
+    asyncio.run(go())

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from coe.core.assets import AssetError, is_local_ref
 from coe.core.model_parts import is_parts_ref
-from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry
+from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry, served_as
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.continuous import ContinuousLoop
 from workers.engines import create_engine
@@ -204,9 +204,10 @@ class Worker:
         finally:
             announcer.cancel()
             try:
-                await self.queue.withdraw(self.device, self.name)
+                for served in self._served_as():
+                    await self.queue.withdraw(served, self.name)
             except QueueUnavailable:
-                pass  # the announcement expires on its own
+                pass  # the announcements expire on their own
             await self._release_engines()
 
     async def _turn(self, stop: asyncio.Event) -> None:
@@ -246,10 +247,16 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - stopping anyway; say what could not be released
                 log.warning("could not unload %s at stop: %s", key, exc)
 
+    def _served_as(self) -> list[str]:
+        """The device, and `auto:<name>` for each `device: auto` expert placed here (the API checks those)."""
+        experts = self.registry.experts
+        return [self.device, *sorted({served_as(experts[n]) for n in self.experts if n in experts} - {self.device})]
+
     async def _announce(self) -> None:
         while True:
             try:
-                await self.queue.announce(self.device, self.name, ttl_s=3 * self.announce_s)
+                for served in self._served_as():
+                    await self.queue.announce(served, self.name, ttl_s=3 * self.announce_s)
             except QueueUnavailable as exc:
                 log.debug("cannot announce %s: %s", self.device, exc)
             await asyncio.sleep(self.announce_s)
