@@ -33,6 +33,7 @@ from contextlib import aclosing
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
+from coe.core.redaction import redact_url
 from workers import redis_scripts as scripts
 from workers.jobs import CANCELLED, INTERRUPTED, Job, JobResult
 from workers.queue import COUNTERS, Delta, JobQueue, PendingStats, QueueFull, QueueUnavailable
@@ -55,7 +56,7 @@ class RedisQueue(JobQueue):
     def __init__(self, url: str, max_depth: int = 10_000, prefix: str = "coe", result_ttl_s: int = 3600,
                  heartbeat_s: float = 5.0, connect_timeout_s: float = 2.0, outage_grace_s: float = 30.0,
                  max_deliveries: int = 3):
-        self.url = url
+        self.url = redact_url(url)  # for messages: the password never leaves the connection
         self.max_depth = max_depth
         self.keys = Keys(prefix)
         self.result_ttl_s = result_ttl_s
