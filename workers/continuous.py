@@ -99,7 +99,7 @@ class ContinuousLoop:
         if self.running:  # callers that gave up (client gone, 504) or jobs taken over: abort them in the engine
             for job_id in await w.queue.stopped(list(self.running)):
                 self.cancel(job_id)
-        if w._leaving and not self.running:
+        if w.has_leftovers() and not self.running:
             await w._drop_idle_leavers(stats)
         key, reclaimed = await w._reclaim()
         if reclaimed:

@@ -129,7 +129,8 @@ class Worker:
         """Serve `registry`'s experts from the next turn on (never in the middle of a batch).
 
         New weights get an engine (loaded when first needed); an expert that left keeps being served
-        until its queued jobs are done, then its group is unloaded if no expert uses it any more. That
+        until its queued jobs are done, then its group is unloaded if no expert uses it any more (so is the old
+        group of an expert moved to other weights, at the next turn). That
         holds for an expert added and removed again while a batch ran: its jobs were accepted meanwhile.
         """
         self._next_registries.append(registry)
@@ -176,6 +177,10 @@ class Worker:
             self.scheduler.memory_budget_gb = max(self.scheduler.memory_budget_gb,
                                                   sum(g.memory_gb for g in groups.values()))
         self.registry = registries[-1]
+
+    def has_leftovers(self) -> bool:
+        """Experts that left, or weights groups no expert uses any more (an expert moved to another model)."""
+        return bool(self._leaving) or any(not g.experts for g in self.scheduler.groups.values())
 
     async def _drop_idle_leavers(self, stats) -> None:
         """Forget experts that left once nothing of theirs is queued; unload groups no expert uses."""
@@ -273,7 +278,7 @@ class Worker:
         if self._next_registries:
             self._adopt(self._next_registries)
         stats = await self.queue.pending(self.experts)
-        if self._leaving:
+        if self.has_leftovers():
             await self._drop_idle_leavers(stats)
         key, jobs = await self._reclaim()
         if key is None:
