@@ -27,34 +27,13 @@ log = logging.getLogger("coe.worker")
 DEVICE_PATTERN = r"cpu|gpu:\d+|remote"
 
 
-async def serve_device(worker, stop: asyncio.Event, retry_s: float = 1.0) -> None:
-    """Run the worker until `stop`; while Redis is unreachable, wait and try again (redis-py reconnects)."""
-    from workers.queue import QueueUnavailable
-
-    while not stop.is_set():
-        try:
-            await worker.run(stop)
-            return
-        except QueueUnavailable as exc:
-            log.warning("queue unavailable, retrying every %.0fs: %s", retry_s, exc)
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), retry_s)
-            except TimeoutError:
-                pass
-            try:
-                await worker.queue.ping()
-            except QueueUnavailable:
-                continue
-            log.info("queue reachable again")
-            break
-
-
 def worker(
     device: str = typer.Option(..., "--device", "-d", help="the device whose experts to serve: cpu, gpu:N or remote"),
     policy: str = typer.Option("grouped", help="grouped (batch per expert group) or fcfs (one oldest job at a time)"),
     memory_gb: float = typer.Option(None, "--memory-gb", help="memory budget for resident models (default: all fit)"),
     reclaim_idle_s: float = typer.Option(60.0, help="take over jobs another worker has held this long without progress"),
+    max_deliveries: int = typer.Option(3, min=1, help="a job this many workers took and none finished (a poison job) "
+                                       "is set aside in the dead-letter stream and its caller answered with an error"),
     name: str = typer.Option(None, help="consumer name (default: <host>-<pid>; must be unique per process)"),
     experts_file: Path = typer.Option(None, "--experts", "-e", help="experts file (default: $COE_EXPERTS_FILE or experts.yaml)"),
 ) -> None:
@@ -75,7 +54,7 @@ def worker(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if device.startswith("gpu:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before CUDA starts: this process sees its GPU only
-    asyncio.run(_run(settings, routes, device, policy, memory_gb, reclaim_idle_s, name))
+    asyncio.run(_run(settings, routes, device, policy, memory_gb, reclaim_idle_s, max_deliveries, name))
 
 
 async def _open_registry(store, settings, routes, device: str, memory_gb: float | None):
@@ -100,7 +79,7 @@ async def _open_registry(store, settings, routes, device: str, memory_gb: float 
     return registry, memory_gb
 
 
-async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, name) -> None:
+async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, max_deliveries, name) -> None:
     from coe.core.registry import parse_registry
     from coe.registry_store import FeedStore
     from coe.service import engine_options
@@ -111,7 +90,8 @@ async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, name
     store = FeedStore(RegistryFeed(settings.redis_url), settings.experts_file)
     registry, memory_gb = await _open_registry(store, settings, routes, device, memory_gb)
     # the heartbeat must beat well inside the reclaim timeout, or live workers' jobs would be taken over
-    queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth, heartbeat_s=min(5.0, reclaim_idle_s / 3))
+    queue = RedisQueue(settings.redis_url, max_depth=settings.max_queue_depth, heartbeat_s=min(5.0, reclaim_idle_s / 3),
+                       max_deliveries=max_deliveries)
     extra = {"name": name} if name else {}
     w = Worker(registry, queue, device=device, policy=policy, memory_budget_gb=memory_gb,
                reclaim_idle_s=reclaim_idle_s, engine_options=engine_options(settings), **extra)
@@ -132,7 +112,7 @@ async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, name
         loop.add_signal_handler(sig, stop.set)
     log.info("worker %s serving %s on %s (%s policy, registry version %d)", w.name, ", ".join(w.experts), device,
              policy, store.held.version)
-    runner = asyncio.create_task(serve_device(w, stop))  # announced from now on, while the models load too
+    runner = asyncio.create_task(w.run(stop))  # announced from now on, while the models load too; rides out outages
     follower = asyncio.create_task(store.follow(take_up, stop), name="registry-follower")
     ready = asyncio.create_task(w.ready.wait())
     await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,12 +11,20 @@ import time
 from dataclasses import replace
 
 from coe import metrics
-from coe.core.registry import ExpertConfig, Registry
+from coe.core.registry import ExpertConfig, Registry, served_as
 from coe.core.settings import Settings
 from coe.pipeline_types import ChatInput, ExpertAnswer, TimedOut, Unavailable
 from coe.strategies import Ask, direct_confidence, get_strategy
 from workers.jobs import GenerationRequest, Job, JobResult
 from workers.queue import JobQueue, QueueFull, QueueUnavailable
+
+
+def _nobody_serves(expert: ExpertConfig) -> str:
+    if expert.device == "auto":
+        return (f"no worker serves expert '{expert.name}' (device: auto) right now; start the GPU workers "
+                "(coe worker --device gpu:N) or retry later")
+    return (f"no worker serves device '{expert.device}' (expert '{expert.name}') right now; "
+            f"start one (coe worker --device {expert.device}) or retry later")
 
 
 class Dispatch:
@@ -45,9 +53,8 @@ class Dispatch:
         """Queue `job` (and note it in `open_jobs` until answered); 503 when no live worker serves its device."""
         expert = self.registry.experts.get(job.expert)
         try:
-            if expert is not None and not await self.queue.consumers(expert.device):
-                raise Unavailable(f"no worker serves device '{expert.device}' (expert '{job.expert}') right now; "
-                                  f"start one (coe worker --device {expert.device}) or retry later", "model")
+            if expert is not None and not await self.queue.consumers(served_as(expert)):
+                raise Unavailable(_nobody_serves(expert), "model")
             open_jobs.add(job.id)  # before the submit: a request cancelled meanwhile still cancels the job
             await self.queue.submit(job)
         except QueueFull as exc:

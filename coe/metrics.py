@@ -40,8 +40,11 @@ class QueueCounters(Collector):
         cancelled.add_metric(["queued"], self.values.get("cancelled_queued", 0))
         cancelled.add_metric(["running"], self.values.get("cancelled_running", 0))
         yield cancelled
-        yield CounterMetricFamily("coe_jobs_dead_lettered", "Queued jobs that could not be decoded, set aside unrun",
-                                  value=self.values.get("dead_letter", 0))
+        dead = CounterMetricFamily("coe_jobs_dead_lettered", "Queued jobs set aside unrun, with their caller answered: "
+                                   "entries that cannot be decoded, or poison jobs no worker survived", labels=["reason"])
+        dead.add_metric(["undecodable"], self.values.get("dead_letter", 0))
+        dead.add_metric(["poison"], self.values.get("poison", 0))
+        yield dead
 
 
 QUEUE_COUNTERS = QueueCounters()

@@ -65,7 +65,6 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(limit, window_s)
         import redis.asyncio as aioredis
 
-        self.url = url
         self.prefix = prefix
         self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
         self._script = self.redis.register_script(_HIT)

@@ -135,6 +135,28 @@ def test_text_streams_to_the_client_before_the_job_ends_with_stand_in_vllm(tmp_p
     asyncio.run(go())
 
 
+class PublishBreaks(MemoryQueue):
+    """A queue whose text channel fails with an error that is not a lost connection (say Redis refuses a write)."""
+
+    async def publish_delta(self, job_id: str, text: str) -> None:
+        raise RuntimeError("OOM command not allowed when used memory > 'maxmemory'")
+
+
+def test_a_stream_whose_text_cannot_be_published_is_answered_with_an_error_with_stand_in_vllm(tmp_path) -> None:
+    async def go():
+        queue = PublishBreaks()
+        async with Running(make_worker(tmp_path, queue)):
+            broken, after = job(max_tokens=5, stream=True), job(max_tokens=3)
+            for j in (broken, after):
+                await queue.submit(j)
+            events = [e async for e in queue.events(broken.id, 5)]
+            assert (await queue.wait_result(after.id, 5)).ok  # the worker goes on
+        assert [type(e) for e in events] == [JobResult]
+        assert not events[0].ok and "could not be streamed" in events[0].error and "maxmemory" in events[0].error
+
+    asyncio.run(go())
+
+
 def test_max_batch_caps_the_jobs_inside_the_engine_with_stand_in_vllm(tmp_path) -> None:
     async def go():
         queue = MemoryQueue()
@@ -299,6 +321,40 @@ def test_the_continuous_loop_over_redis_with_stand_in_vllm(tmp_path) -> None:
                 events = [e async for e in api.events(long.id, 10)]
             assert "".join(e.text for e in events if isinstance(e, Delta)) == events[-1].completion.text
             assert events[-1].worker == "continuous" and await api.depth() == 0
+        finally:
+            await api.close()
+            await mine.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
+def test_a_device_auto_expert_is_served_through_redis_once_its_gpu_worker_is_up_with_stand_in_vllm(tmp_path) -> None:
+    """The API never places experts (it may have no GPU): a `device: auto` expert must still count as served when
+    the worker of the GPU its placement chose is alive, not wait for a worker of the device 'auto'."""
+    from coe.core.registry import load_registry
+    from coe.core.settings import Settings
+    from coe.dispatch import Dispatch
+    from workers.queue_redis import RedisQueue
+    from workers.worker import Worker
+
+    (tmp_path / "experts.yaml").write_text("version: 1\nexperts:\n  - {name: g, engine: vllm, model: org/m0, "
+                                           "device: auto, memory_gb: 1, max_batch: 4, params_b: 1}\n")
+    placed = load_registry(tmp_path / "experts.yaml")
+    placed.place([80.0])
+
+    async def go():
+        prefix = f"coetest:{uuid.uuid4().hex[:12]}"
+        api, mine = RedisQueue(REDIS_URL, prefix=prefix), RedisQueue(REDIS_URL, prefix=prefix)
+        dispatch = Dispatch(load_registry(tmp_path / "experts.yaml"), api, Settings())
+        w = Worker(placed, mine, device="gpu:0", name="gpu0")
+        w.ready.set()
+        try:
+            async with Running(w):
+                await asyncio.sleep(0.3)  # announced
+                j = job(expert="g")
+                await dispatch.submit(j, set())
+                assert (await api.wait_result(j.id, 10)).worker == "gpu0"
         finally:
             await api.close()
             await mine.close()

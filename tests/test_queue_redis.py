@@ -228,3 +228,58 @@ def test_finds_a_dead_workers_job_behind_many_live_ones(redis_run):
         assert found.id == orphan.id
 
     redis_run(scenario)
+
+
+def test_a_job_reclaimed_just_before_redis_went_away_goes_back_to_the_stream(redis_run):
+    """Redis fails after XAUTOCLAIM handed the job over and before reclaim_stale returned it: the job must not
+    stay held (and renewed by the heartbeat) by a worker that never got it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.queue import QueueUnavailable
+
+    async def scenario(make_queue):
+        api, dead, alive = make_queue(), make_queue(heartbeat_s=60), make_queue(heartbeat_s=0.1)
+        j = job()
+        await api.submit(j)
+        await dead.claim("a", "dead-1", 1)
+        await asyncio.sleep(0.3)
+
+        async def redis_goes_away(expert):
+            raise RedisConnectionError("Connection reset by peer")
+
+        alive._forget_idle_consumers = redis_goes_away
+        with pytest.raises(QueueUnavailable):
+            await alive.reclaim_stale("a", "alive-1", idle_s=0.2, max_jobs=8)
+        assert not alive.leases.held
+        assert (await api.pending(["a"]))["a"].count == 1  # waiting again, for any worker
+        [again] = await api.claim("a", "other-1", 1)
+        assert again.id == j.id
+
+    redis_run(scenario)
+
+
+def test_a_job_that_no_worker_survives_is_dead_lettered_and_its_caller_answered(redis_run):
+    """A poison job (each worker that takes it dies or hangs) is delivered at most `max_deliveries` (3) times, then
+    set aside in the dead-letter stream with its caller answered, instead of taking down workers for ever."""
+    async def scenario(make_queue):
+        api, first = make_queue(), make_queue(heartbeat_s=60)
+        takers = [make_queue(heartbeat_s=60) for _ in range(3)]
+        poison, fine = job(text="poison"), job(text="fine")
+        await api.submit(poison)
+        assert [j.id for j in await first.claim("a", "w0", 1)] == [poison.id]  # delivery 1; then w0 dies
+        for i, taker in enumerate(takers[:2], start=1):
+            await asyncio.sleep(0.25)
+            assert [j.id for j in await taker.reclaim_stale("a", f"w{i}", idle_s=0.2, max_jobs=8)] == [poison.id]
+        await api.submit(fine)
+        await asyncio.sleep(0.25)
+        assert await takers[2].reclaim_stale("a", "w3", idle_s=0.2, max_jobs=8) == []  # a fourth delivery: set aside
+        result = await api.wait_result(poison.id, timeout=2)
+        assert not result.ok and result.error_type == "poison" and "3 times" in result.error
+        counters = await api.counters()
+        assert (counters["poison"], counters["dead_letter"]) == (1, 0)
+        [(_, entry)] = await api.redis.xrange(f"{redis_run.prefix}:dead")
+        assert poison.id in entry[b"raw"].decode() and b"3 times" in entry[b"error"]
+        assert [j.id for j in await takers[2].claim("a", "w3", 8)] == [fine.id]  # the rest of the queue goes on
+        assert await api.depth() == 1
+
+    redis_run(scenario)

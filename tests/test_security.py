@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -276,3 +278,45 @@ def test_in_process_rate_limiter_counts_per_caller_per_window():
     first, other, unlimited = asyncio.run(go())
     assert first[:2] == [None, None] and 1 <= first[2] <= 3600
     assert other is None and unlimited is None
+
+
+def test_a_redis_password_never_reaches_an_error_message_or_the_log(caplog):
+    """Errors of an unreachable Redis become 503 bodies, /readyz and log lines: they name the server, never its
+    password (in the URL's user part or as a query argument)."""
+    from coe.core.registry import parse_registry
+    from coe.core.settings import Settings
+    from coe.dispatch import Dispatch
+    from coe.pipeline_types import Unavailable
+    from tests.conftest import free_port
+    from workers.jobs import GenerationRequest, Job
+    from workers.queue import QueueUnavailable
+    from workers.queue_redis import RedisQueue
+    from workers.registry_feed import RegistryFeed
+
+    port = free_port()  # nothing listens there
+    registry = parse_registry("version: 1\nexperts:\n  - {name: a, engine: openai, model: m, "
+                              "api_base: 'http://127.0.0.1:9/v1', params_b: 1}\n", Path("experts.yaml"))
+
+    async def messages(url: str) -> list[str]:
+        queue, feed = RedisQueue(url, connect_timeout_s=0.5), RegistryFeed(url, connect_timeout_s=0.5)
+        said = []
+        try:
+            for attempt in (queue.ping(), feed.version()):
+                with pytest.raises(QueueUnavailable) as caught:
+                    await attempt
+                said.append(str(caught.value))
+            job = Job(expert="a", request=GenerationRequest(messages=[{"role": "user", "content": "hi"}]))
+            with pytest.raises(Unavailable) as refused:
+                await Dispatch(registry, queue, Settings()).submit(job, set())
+            said.append(refused.value.message)
+        finally:
+            await queue.close()
+            await feed.redis.aclose()
+        return said
+
+    for url in (f"redis://:s3cret-pw@127.0.0.1:{port}/0", f"redis://admin:s3cret-pw@127.0.0.1:{port}/0",
+                f"redis://127.0.0.1:{port}/0?password=s3cret-pw"):
+        said = asyncio.run(messages(url))
+        assert all(f"127.0.0.1:{port}" in m for m in said), said
+        assert not any("s3cret-pw" in m for m in said), said
+    assert "s3cret-pw" not in caplog.text

@@ -135,6 +135,28 @@ def test_an_expert_added_and_removed_between_two_turns_still_serves_its_jobs_wit
     asyncio.run(main())
 
 
+def test_an_expert_moved_to_another_model_unloads_the_old_one_with_stand_in_engines(make_worker, tmp_path):
+    from coe.core.registry import parse_registry
+
+    async def main():
+        q = MemoryQueue()
+        w = make_worker(q)
+        before = ask("good", "on the old model")
+        await q.submit(before)
+        assert await w.step()
+        assert StandInEngine.calls[("load", "good-model")] == 1
+        w.refresh(parse_registry(EXPERTS.replace("model: good-model", "model: better-model"), tmp_path / "experts.yaml"))
+        after = ask("good", "on the new model")
+        await q.submit(after)
+        assert await w.step()
+        assert (await q.wait_result(after.id, timeout=5)).ok
+        assert StandInEngine.calls[("load", "better-model")] == 1
+        assert StandInEngine.calls[("unload", "good-model")] == 1, "the old model stays loaded, used by nobody"
+        assert not any("good-model" in key for key in w.engines)
+
+    asyncio.run(main())
+
+
 def test_a_stopped_worker_unloads_the_models_it_holds_with_stand_in_engines(make_worker):
     async def main():
         q = MemoryQueue()

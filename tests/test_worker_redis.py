@@ -124,7 +124,6 @@ def test_jobs_of_a_dead_worker_are_served_while_new_work_keeps_coming(worker_env
 
 @needs_redis_server
 def test_a_batch_whose_results_cannot_be_stored_is_served_after_redis_returns(tmp_path, worker_env):
-    from coe.cli_worker import serve_device
     from workers.queue_redis import RedisQueue
 
     _, make_worker = worker_env
@@ -134,12 +133,12 @@ def test_a_batch_whose_results_cannot_be_stored_is_served_after_redis_returns(tm
 
     async def main():
         api = RedisQueue(rds.url)
-        w = make_worker(RedisQueue(rds.url, heartbeat_s=0.2), reclaim_idle_s=1.0, name="w")
+        w = make_worker(RedisQueue(rds.url, heartbeat_s=0.2), reclaim_idle_s=1.0, name="w", outage_retry_s=0.2)
         jobs = [ask("streamed", stream=True), ask("plain")]
         for j in jobs:  # queued before the worker starts: one batch of two
             await api.submit(j)
         stop = asyncio.Event()
-        runner = asyncio.create_task(serve_device(w, stop, retry_s=0.2))
+        runner = asyncio.create_task(w.run(stop))
         try:
             assert await asyncio.to_thread(SlowEngine.started.wait, 10)
             rds.stop()  # the batch ends while Redis is down: neither its text nor its results can be stored

@@ -17,7 +17,9 @@ A scoring job (request.choices: a log-probability per choice, no text) goes to t
 `choice_logprobs` instead, as the batch loop sends it (workers/choice_jobs.py); it joins the engine's
 batch like any job. A job is cancelled (aborted inside the engine, its slot freed, answered with
 error_type 'cancelled') when its deadline passes or when `cancel(job_id)` is called. On stop, nothing new is claimed and the
-jobs in flight are finished and answered.
+jobs in flight are finished and answered. Every job started is answered whatever fails on its way (a stream whose text
+could not all be published ends with an error, not with an answer missing a piece); jobs claimed or reclaimed but not
+started when the loop leaves (stop, an outage) are handed back.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.engines.base import CANCELLED
-from workers.jobs import Job, JobResult
+from workers.jobs import ENGINE_ERROR, Job, JobResult
 from workers.queue import PendingStats, QueueUnavailable, watch_for_work
 from workers.scheduler import Action, Tier
 
@@ -97,7 +99,7 @@ class ContinuousLoop:
         if self.running:  # callers that gave up (client gone, 504) or jobs taken over: abort them in the engine
             for job_id in await w.queue.stopped(list(self.running)):
                 self.cancel(job_id)
-        if w._leaving and not self.running:
+        if w.has_leftovers() and not self.running:
             await w._drop_idle_leavers(stats)
         key, reclaimed = await w._reclaim()
         if reclaimed:
@@ -138,10 +140,14 @@ class ContinuousLoop:
         if rest:
             self.backlog[key] = rest
         waiting = [e for e in w.scheduler.groups[key].experts if stats.get(e) and stats[e].count]
-        for expert in sorted(waiting, key=lambda e: stats[e].oldest_enqueued_at or float("inf")):
-            if len(jobs) >= room:
-                break
-            jobs += await w.queue.claim(expert, w.name, room - len(jobs))
+        try:
+            for expert in sorted(waiting, key=lambda e: stats[e].oldest_enqueued_at or float("inf")):
+                if len(jobs) >= room:
+                    break
+                jobs += await w.queue.claim(expert, w.name, room - len(jobs))
+        except BaseException:  # e.g. Redis went away after the first claim: what is held goes back for any worker
+            await w.queue.release(jobs)
+            raise
         for job in jobs:
             s = stats.get(job.expert)
             if s is not None and s.count:
@@ -180,18 +186,27 @@ class ContinuousLoop:
         self._changed.set()
 
     async def _serve(self, key: str, job: Job, cancelled: asyncio.Event, concurrency: int) -> None:
+        """Run the job and answer it, whatever fails on the way: a job in flight never stays held unanswered."""
+        try:
+            result = await self._result(key, job, cancelled, concurrency)
+        except Exception as exc:  # noqa: BLE001 - the job's caller hears of it; the worker goes on
+            log.exception("job %s failed outside its engine", job.id)
+            result = JobResult(job_id=job.id, expert=job.expert, error=f"{type(exc).__name__}: {exc}",
+                               error_type=ENGINE_ERROR, worker=self.worker.name, batch_size=concurrency)
+        await self._complete(job, result)
+
+    async def _result(self, key: str, job: Job, cancelled: asyncio.Event, concurrency: int) -> JobResult:
         w = self.worker
         if is_scoring(job):  # one short pass, nothing to stream or abort half-way
             result = (await score_jobs(w.engines[key], [job], w.name))[0]
-            await self._complete(job, replace(result, batch_size=concurrency))
-            return
+            return replace(result, batch_size=concurrency)
         started = time.time()
         timer = None
         if job.deadline is not None:
             timer = asyncio.get_running_loop().call_later(max(0.0, job.deadline - started), cancelled.set)
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
         publisher = asyncio.create_task(self._publish(job.id, deltas)) if job.stream else None
-        error = error_type = None
+        error = error_type = unsent = None
         try:
             completion = await w.engines[key].submit(job.request, deltas.put_nowait if job.stream else None, cancelled)
             if completion.finish_reason == CANCELLED:
@@ -205,11 +220,13 @@ class ContinuousLoop:
                 timer.cancel()
             if publisher is not None:
                 deltas.put_nowait(None)
-                await publisher
-        await self._complete(job, JobResult(job_id=job.id, expert=job.expert, completion=completion, error=error,
-                                            error_type=error_type, worker=w.name,
-                                            queue_s=max(0.0, started - job.enqueued_at),
-                                            generate_s=time.time() - started, batch_size=concurrency))
+                unsent = await publisher
+        if unsent is not None and error is None:  # the caller's stream lacks text: an ok answer would hide the gap
+            completion, error_type = None, ENGINE_ERROR
+            error = f"its text could not be streamed to the caller ({unsent})"
+        return JobResult(job_id=job.id, expert=job.expert, completion=completion, error=error, error_type=error_type,
+                         worker=w.name, queue_s=max(0.0, started - job.enqueued_at), generate_s=time.time() - started,
+                         batch_size=concurrency)
 
     async def _complete(self, job: Job, result: JobResult) -> None:
         try:
@@ -217,23 +234,27 @@ class ContinuousLoop:
         except QueueUnavailable:
             log.warning("could not store the result of job %s; it will be run again", job.id)
 
-    async def _publish(self, job_id: str, deltas: asyncio.Queue[str | None]) -> None:
-        """Publish a job's text in order; pieces that piled up during a publish go out as one."""
-        done = False
+    async def _publish(self, job_id: str, deltas: asyncio.Queue[str | None]) -> str | None:
+        """Publish a job's text in order; pieces that piled up during a publish go out as one, and text a publish
+        failed on goes out with the next piece. Returns why some text never went out, None when all of it did."""
+        unsent, failure, done = "", None, False
         while not done:
             text = await deltas.get()
-            if text is None:
-                return
-            while not deltas.empty():
+            done = text is None
+            unsent += text or ""
+            while not done and not deltas.empty():
                 more = deltas.get_nowait()
-                if more is None:
-                    done = True
-                    break
-                text += more
+                done = more is None
+                unsent += more or ""
+            if not unsent:
+                continue
             try:
-                await self.worker.queue.publish_delta(job_id, text)
-            except QueueUnavailable:
-                log.warning("could not publish text of job %s", job_id)
+                await self.worker.queue.publish_delta(job_id, unsent)
+                unsent, failure = "", None
+            except Exception as exc:  # noqa: BLE001 - whatever the queue raises, the job must still be answered
+                failure = f"{type(exc).__name__}: {exc}"
+                log.warning("could not publish text of job %s: %s", job_id, failure)
+        return failure
 
     # --- waiting ---------------------------------------------------------------------
     def _watched(self) -> list[str]:
@@ -263,8 +284,13 @@ class ContinuousLoop:
         self._changed.clear()
 
     async def _drain(self) -> None:
+        """Finish the jobs in flight and hand back the reclaimed ones not started: whoever serves next takes them
+        (this loop when it resumes after an outage, or the batch loop), none stays held by a loop that left."""
         if self._waiter is not None:
             self._waiter.cancel()
         tasks = [r.task for r in self.running.values()] + ([self.switching] if self.switching else [])
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        backlog = [job for jobs in self.backlog.values() for job in jobs]
+        self.backlog = {}
+        await self.worker.queue.release(backlog)

@@ -61,6 +61,7 @@ ENGINE_ERROR = "engine_error"  # the engine (or its model's load) failed
 CANCELLED = "cancelled"  # the caller gave up while the job ran; nobody reads this result
 INTERRUPTED = "interrupted"  # a streamed job lost its worker after text was sent; it cannot be continued
 BAD_JOB = "bad_job"  # the queued job could not be decoded (dead-lettered)
+POISON = "poison"  # every worker that took the job died or hung on it, `max_deliveries` times (dead-lettered)
 
 
 @dataclass

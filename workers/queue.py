@@ -30,8 +30,9 @@ class QueueFull(RuntimeError):
     """Too much work is waiting; callers should back off (HTTP 503)."""
 
 
-COUNTERS = ("dead_letter", "cancelled_queued", "cancelled_running")
-"""What `counters()` reports: jobs that could not be decoded, and cancellations before and during a run."""
+COUNTERS = ("dead_letter", "poison", "cancelled_queued", "cancelled_running")
+"""What `counters()` reports: jobs that could not be decoded, jobs set aside after too many deliveries (no worker
+survived them), and cancellations before and during a run."""
 
 
 @dataclass

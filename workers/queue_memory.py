@@ -1,7 +1,9 @@
 """The in-process queue: the embedded default, no server needed.
 
 Everything lives in one event loop, so nothing survives the process; a
-deployment that must survive a crash uses the Redis Streams queue.
+deployment that must survive a crash uses the Redis Streams queue. A cancel
+costs the same however many jobs wait, and a caller that gave up leaves
+nothing behind (its result, stream or cancel mark is dropped).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class MemoryQueue(JobQueue):
         self.max_depth = max_depth
         self._waiting: dict[str, deque[Job]] = defaultdict(deque)
         self._running: dict[str, Job] = {}
+        self._queued: set[str] = set()  # ids of the jobs in `_waiting`, for cancel
+        self._readers: set[str] = set()  # ids of the jobs whose result someone is waiting for now
         self._results: dict[str, asyncio.Future[JobResult]] = {}
         self._streams: dict[str, asyncio.Queue[Delta | JobResult]] = {}
         self._cancelled: set[str] = set()
@@ -39,13 +43,16 @@ class MemoryQueue(JobQueue):
         if job.stream:
             self._streams[job.id] = asyncio.Queue()
         self._waiting[job.expert].append(job)
+        self._queued.add(job.id)
         self._work.set()
 
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
         fut = self._future(job_id)
+        self._readers.add(job_id)
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
+            self._readers.discard(job_id)
             self._results.pop(job_id, None)
 
     async def events(self, job_id: str, timeout: float) -> AsyncIterator[Delta | JobResult]:
@@ -54,6 +61,7 @@ class MemoryQueue(JobQueue):
             yield await self.wait_result(job_id, timeout)
             return
         deadline = time.monotonic() + timeout
+        self._readers.add(job_id)
         try:
             while True:
                 item = await asyncio.wait_for(stream.get(), max(0.0, deadline - time.monotonic()))
@@ -61,6 +69,7 @@ class MemoryQueue(JobQueue):
                 if isinstance(item, JobResult):
                     return
         finally:
+            self._readers.discard(job_id)
             self._streams.pop(job_id, None)
             self._results.pop(job_id, None)
 
@@ -68,8 +77,10 @@ class MemoryQueue(JobQueue):
         return sum(len(q) for q in self._waiting.values()) + len(self._running)
 
     async def cancel(self, job_id: str) -> None:
-        if job_id in self._running or any(j.id == job_id for q in self._waiting.values() for j in q):
+        if job_id in self._running or job_id in self._queued:
             self._cancelled.add(job_id)
+        else:  # answered already (or unknown): nobody will read what is kept for it
+            self._forget(job_id)
 
     async def consumers(self, device: str) -> int:
         now = time.monotonic()
@@ -93,6 +104,7 @@ class MemoryQueue(JobQueue):
         jobs = []
         while q and len(jobs) < max_jobs:
             job = q.popleft()
+            self._queued.discard(job.id)
             if job.id in self._cancelled:  # its caller is gone: never started
                 self._cancelled.discard(job.id)
                 self._counters["cancelled_queued"] += 1
@@ -118,9 +130,13 @@ class MemoryQueue(JobQueue):
 
     async def complete(self, job: Job, result: JobResult) -> None:
         self._running.pop(job.id, None)
-        self._cancelled.discard(job.id)
         if result.error_type == CANCELLED:
             self._counters["cancelled_running"] += 1
+        if job.id in self._cancelled:
+            self._cancelled.discard(job.id)
+            if job.id not in self._readers:  # its caller is gone: nobody will read this result
+                self._forget(job.id)
+                return
         stream = self._streams.get(job.id)
         if stream is not None:
             stream.put_nowait(result)
@@ -133,6 +149,7 @@ class MemoryQueue(JobQueue):
         for job in reversed(jobs):  # back at the head of their queues, in their order
             if self._running.pop(job.id, None) is not None:
                 self._waiting[job.expert].appendleft(job)
+                self._queued.add(job.id)
         self._work.set()
 
     async def stopped(self, job_ids: list[str]) -> set[str]:

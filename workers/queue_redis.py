@@ -7,9 +7,11 @@ so the two are atomic); claim = XREADGROUP `>`, then one script acknowledges and
 answered or cancelled meanwhile (an entry that cannot be decoded is dead-lettered instead of stopping
 the worker); complete = one script: SET done NX, XADD the result to the job's out stream, XACK + XDEL,
 only while this consumer still owns the entry. A job whose worker dies stays in the group's pending
-list; `reclaim_stale` XAUTOCLAIMs it once it has been idle past the visibility timeout. A worker that
-cannot complete a batch (Redis went away) releases it: its jobs go back to the stream, or, if Redis
-cannot be reached, stop being renewed and are taken over after the timeout. Every job answers its
+list; `reclaim_stale` XAUTOCLAIMs it once it has been idle past the visibility timeout, unless it has
+been delivered `max_deliveries` times already: a job no worker survives is dead-lettered
+(workers/redis_dead_letters.py). A worker that cannot complete a batch (Redis went away) releases it:
+its jobs go back to the stream, or, if Redis cannot be reached, stop being renewed and are taken over
+after the timeout. Every job answers its
 caller once: results are stored with SET NX. A streamed job taken over after it had sent text is
 answered with an `interrupted` error (another generation cannot continue it); one taken over before
 any text was sent starts again, and the old worker's text is refused.
@@ -23,7 +25,6 @@ if Redis lost its data. A caller already waiting for a result rides out an outag
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,9 +33,11 @@ from contextlib import aclosing
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
+from coe.core.redaction import redact_url
 from workers import redis_scripts as scripts
-from workers.jobs import BAD_JOB, CANCELLED, INTERRUPTED, Job, JobResult
+from workers.jobs import CANCELLED, INTERRUPTED, Job, JobResult
 from workers.queue import COUNTERS, Delta, JobQueue, PendingStats, QueueFull, QueueUnavailable
+from workers.redis_dead_letters import DeadLetters
 from workers.redis_leases import CONNECTION_ERRORS, Held, Leases
 from workers.redis_leases import text as _s
 from workers.redis_scripts import GROUP, Keys
@@ -49,18 +52,11 @@ CONSUMER_CLEANUP_EVERY_S = 300.0
 CONSUMER_FORGET_IDLE_S = 3600.0
 
 
-def _readable_id(raw: bytes | str) -> str | None:
-    try:
-        job_id = json.loads(raw).get("id")
-    except (ValueError, AttributeError):
-        return None
-    return job_id if isinstance(job_id, str) and job_id else None
-
-
 class RedisQueue(JobQueue):
     def __init__(self, url: str, max_depth: int = 10_000, prefix: str = "coe", result_ttl_s: int = 3600,
-                 heartbeat_s: float = 5.0, connect_timeout_s: float = 2.0, outage_grace_s: float = 30.0):
-        self.url = url
+                 heartbeat_s: float = 5.0, connect_timeout_s: float = 2.0, outage_grace_s: float = 30.0,
+                 max_deliveries: int = 3):
+        self.url = redact_url(url)  # for messages: the password never leaves the connection
         self.max_depth = max_depth
         self.keys = Keys(prefix)
         self.result_ttl_s = result_ttl_s
@@ -71,9 +67,10 @@ class RedisQueue(JobQueue):
         )
         s = self.redis.register_script
         self._submit, self._complete, self._settle = s(scripts.SUBMIT), s(scripts.COMPLETE), s(scripts.SETTLE)
-        self._dead, self._requeue, self._publish = s(scripts.DEAD_LETTER), s(scripts.REQUEUE), s(scripts.PUBLISH)
+        self._requeue, self._publish = s(scripts.REQUEUE), s(scripts.PUBLISH)
         self._announce, self._consumers = s(scripts.ANNOUNCE), s(scripts.CONSUMERS)
         self.leases = Leases(s(scripts.RENEW), heartbeat_s)
+        self.dead_letters = DeadLetters(self.redis, self.keys, result_ttl_s, max_deliveries)
         self._last_cleanup: dict[str, float] = {}
 
     def _unavailable(self, exc: Exception) -> QueueUnavailable:
@@ -226,7 +223,7 @@ class RedisQueue(JobQueue):
             try:
                 decoded.append((_s(entry_id), Job.from_json(raw)))
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                await self._dead_letter(expert, _s(entry_id), raw, f"{type(exc).__name__}: {exc}")
+                await self.dead_letters.undecodable(expert, _s(entry_id), raw, f"{type(exc).__name__}: {exc}")
         if not decoded:
             return []
         verdicts = await self._settle(keys=[stream, self.keys.stats],
@@ -239,18 +236,6 @@ class RedisQueue(JobQueue):
             self.leases.hold(job.id, Held(stream, entry_id, consumer))
             kept.append(job)
         return kept
-
-    async def _dead_letter(self, expert: str, entry_id: str, raw: bytes | str, error: str) -> None:
-        """Set aside an entry that is not a job: its caller (if its id can be read) gets an error, not a timeout."""
-        log.error("entry %s of %s cannot be decoded (%s); dead-lettered to %s", entry_id, expert, error, self.keys.dead)
-        job_id = _readable_id(raw)
-        if job_id is not None:
-            result = JobResult(job_id=job_id, expert=expert, error_type=BAD_JOB,
-                               error=f"the queued job cannot be decoded ({error}); it was set aside, not run")
-            await self._complete(keys=[self.keys.done(job_id), self.keys.out(job_id), self.keys.jobs(expert),
-                                       self.keys.stats], args=[result.to_json(), self.result_ttl_s, GROUP, "", "", ""])
-        await self._dead(keys=[self.keys.jobs(expert), self.keys.stats, self.keys.dead],
-                         args=[GROUP, entry_id, raw, error])
 
     async def claim(self, expert: str, consumer: str, max_jobs: int) -> list[Job]:
         if max_jobs <= 0:
@@ -283,7 +268,11 @@ class RedisQueue(JobQueue):
                 entries += reply[1]
                 if cursor == "0-0" or len(entries) >= max_jobs:
                     break
+            entries = await self.dead_letters.without_poison(expert, entries)
             jobs = await self._keep(expert, entries, consumer)
+        except CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+        try:
             await self._forget_idle_consumers(expert)
             fresh = []
             for job in jobs:
@@ -296,8 +285,11 @@ class RedisQueue(JobQueue):
                     continue
                 fresh.append(job)
             return fresh
-        except CONNECTION_ERRORS as exc:
-            raise self._unavailable(exc) from None
+        except BaseException as exc:  # held now, yet never handed to the worker: give them back
+            await self.release(jobs)
+            if isinstance(exc, CONNECTION_ERRORS):
+                raise self._unavailable(exc) from None
+            raise
 
     async def _forget_idle_consumers(self, expert: str) -> None:
         """Now and then, drop consumers that hold nothing and have been quiet for an hour (workers long gone)."""

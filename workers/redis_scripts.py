@@ -7,8 +7,8 @@ Keys (all under one prefix, default `coe`):
   <p>:done:<job_id>   the stored result (with a TTL): a job is answered at most once
   <p>:cancel:<job_id> the caller gave up (with a TTL): skipped when claimed, stopped when running
   <p>:live:<device>   hash consumer -> expiry (ms, Redis clock) of the workers serving the device
-  <p>:stats           hash of counters (dead letters, cancellations) over every process
-  <p>:dead            stream of the raw entries that could not be decoded (capped)
+  <p>:stats           hash of counters (dead letters, poison jobs, cancellations) over every process
+  <p>:dead            stream of the raw entries set aside: not decodable, or poison (capped)
 
 Ownership is the consumer group's pending list: a worker may publish text for a job, complete it or
 renew it only while the pending entry names it as the consumer, so a worker that was paused and
@@ -114,11 +114,11 @@ KEYS: jobs stream, stats. ARGV: group, prefix, then (entry id, job id) pairs."""
 
 DEAD_LETTER = """
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'entry', ARGV[2], 'raw', ARGV[3], 'error', ARGV[4])
-redis.call('HINCRBY', KEYS[2], 'dead_letter', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 """
-"""KEYS: jobs stream, stats, dead stream. ARGV: group, entry id, raw payload, why it cannot be decoded."""
+"""KEYS: jobs stream, stats, dead stream. ARGV: group, entry id, raw payload, why it is set aside, counter to bump."""
 
 REQUEUE = _OWNS + """
 local n = 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from coe.core.redaction import redact_url
 from workers.queue import QueueUnavailable
 from workers.redis_leases import CONNECTION_ERRORS
 
@@ -84,7 +85,7 @@ class Snapshot:
 
 class RegistryFeed:
     def __init__(self, url: str, prefix: str = "coe", connect_timeout_s: float = 2.0):
-        self.url = url
+        self.url = redact_url(url)  # for messages: the password never leaves the connection
         self.key, self.channel = f"{prefix}:registry", f"{prefix}:registry:changes"
         self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=10,
                                              decode_responses=True)

@@ -7,6 +7,8 @@ When every engine takes jobs one by one (vLLM's AsyncLLM, a remote server), the
 worker serves them continuously instead (workers/continuous.py).
 Every claimed job is completed or released, whatever fails. While it runs, the
 worker announces its device, so the API knows someone will serve its experts.
+When the queue cannot be reached, the worker keeps its models resident and tries
+again with backoff until it can: an outage of Redis costs no reload.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 from coe.core.assets import AssetError, is_local_ref
 from coe.core.model_parts import is_parts_ref
-from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry
+from coe.core.registry import CPU_ENGINES, ExpertConfig, Registry, served_as
 from workers.choice_jobs import is_scoring, score_jobs
 from workers.continuous import ContinuousLoop
 from workers.engines import create_engine
@@ -32,6 +34,9 @@ from workers.queue import JobQueue, QueueUnavailable, watch_for_work
 from workers.scheduler import Group, Policy, Scheduler, Tier
 
 log = logging.getLogger("coe.worker")
+
+OUTAGE_RETRY_MAX_S = 10.0
+"""Longest wait between two tries to reach the queue during an outage (the first is `Worker.outage_retry_s`)."""
 
 
 def engine_spec(registry: Registry, expert: ExpertConfig, options: EngineOptions) -> EngineSpec:
@@ -64,6 +69,7 @@ class Worker:
     engine_options: EngineOptions = field(default_factory=EngineOptions)
     load_retry_s: float = 5.0  # a model that failed to load is tried again after this, doubling up to 5 minutes
     announce_s: float = 5.0  # how often the worker tells the queue it is alive (it counts as gone after 3 times this)
+    outage_retry_s: float = 0.5  # first wait before trying the queue again after it failed; doubles while it stays down
 
     def __post_init__(self) -> None:
         experts = self.registry.on_device(self.device)
@@ -123,7 +129,8 @@ class Worker:
         """Serve `registry`'s experts from the next turn on (never in the middle of a batch).
 
         New weights get an engine (loaded when first needed); an expert that left keeps being served
-        until its queued jobs are done, then its group is unloaded if no expert uses it any more. That
+        until its queued jobs are done, then its group is unloaded if no expert uses it any more (so is the old
+        group of an expert moved to other weights, at the next turn). That
         holds for an expert added and removed again while a batch ran: its jobs were accepted meanwhile.
         """
         self._next_registries.append(registry)
@@ -171,6 +178,10 @@ class Worker:
                                                   sum(g.memory_gb for g in groups.values()))
         self.registry = registries[-1]
 
+    def has_leftovers(self) -> bool:
+        """Experts that left, or weights groups no expert uses any more (an expert moved to another model)."""
+        return bool(self._leaving) or any(not g.experts for g in self.scheduler.groups.values())
+
     async def _drop_idle_leavers(self, stats) -> None:
         """Forget experts that left once nothing of theirs is queued; unload groups no expert uses."""
         for name in [n for n in self._leaving if not stats.get(n) or not stats[n].count]:
@@ -191,19 +202,43 @@ class Worker:
             if not self.ready.is_set():
                 await self.preload()
             while not stop.is_set():
-                if self.continuous.applies():
-                    await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
-                    continue
-                served = await self.step()
-                if not served:
-                    await self.wait_or_reclaim(stop)
+                try:
+                    await self._turn(stop)
+                except QueueUnavailable as exc:
+                    await self._wait_for_queue(stop, exc)
         finally:
             announcer.cancel()
             try:
-                await self.queue.withdraw(self.device, self.name)
+                for served in self._served_as():
+                    await self.queue.withdraw(served, self.name)
             except QueueUnavailable:
-                pass  # the announcement expires on its own
+                pass  # the announcements expire on their own
             await self._release_engines()
+
+    async def _turn(self, stop: asyncio.Event) -> None:
+        if self.continuous.applies():
+            await self.continuous.run(stop)  # returns at stop, or when an engine that serves batches joins
+        elif not await self.step():
+            await self.wait_or_reclaim(stop)
+
+    async def _wait_for_queue(self, stop: asyncio.Event, exc: QueueUnavailable) -> None:
+        """The queue went away: wait, doubling the wait, until it answers again or `stop`. The models stay resident;
+        the jobs of the interrupted turn were completed or released, so none is held by nobody meanwhile."""
+        wait = self.outage_retry_s
+        log.warning("queue unavailable (%s); models stay loaded, trying again in %.1fs", exc, wait)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.queue.ping()
+            except QueueUnavailable:
+                wait = min(OUTAGE_RETRY_MAX_S, wait * 2)
+                continue
+            log.info("queue reachable again")
+            return
 
     async def _release_engines(self) -> None:
         """Unload what is resident when the worker stops: a vLLM engine left to the interpreter's exit dies
@@ -217,10 +252,16 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - stopping anyway; say what could not be released
                 log.warning("could not unload %s at stop: %s", key, exc)
 
+    def _served_as(self) -> list[str]:
+        """The device, and `auto:<name>` for each `device: auto` expert placed here (the API checks those)."""
+        experts = self.registry.experts
+        return [self.device, *sorted({served_as(experts[n]) for n in self.experts if n in experts} - {self.device})]
+
     async def _announce(self) -> None:
         while True:
             try:
-                await self.queue.announce(self.device, self.name, ttl_s=3 * self.announce_s)
+                for served in self._served_as():
+                    await self.queue.announce(served, self.name, ttl_s=3 * self.announce_s)
             except QueueUnavailable as exc:
                 log.debug("cannot announce %s: %s", self.device, exc)
             await asyncio.sleep(self.announce_s)
@@ -237,7 +278,7 @@ class Worker:
         if self._next_registries:
             self._adopt(self._next_registries)
         stats = await self.queue.pending(self.experts)
-        if self._leaving:
+        if self.has_leftovers():
             await self._drop_idle_leavers(stats)
         key, jobs = await self._reclaim()
         if key is None:
@@ -253,30 +294,39 @@ class Worker:
                 load_error = f"{type(exc).__name__}: {exc}"
                 wait = self.load_failures.failed(key, load_error)
                 log.exception("could not make %s resident (next try in %.0fs)", key, wait)
-        group = self.scheduler.groups[key]
-        limit = self.scheduler.batch_size(key)
-        if not jobs:
-            by_age = sorted(group.experts, key=lambda e: stats[e].oldest_enqueued_at or float("inf"))
-            for expert in by_age:
-                if len(jobs) >= limit:
-                    break
-                jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
-        if not jobs:
-            return False
-        try:
+        try:  # from the first claim on: e.g. Redis went away, what was not completed goes back for any worker
+            if not jobs:
+                await self._claim_batch(key, stats, jobs)
+            if not jobs:
+                return False
             if load_error:
                 await self._fail(jobs, f"model could not be loaded: {load_error}")
             else:
                 await self._serve_batch(key, jobs)
-        except BaseException:  # e.g. Redis went away: what was not completed goes back for any worker
+        except BaseException:
             await self.queue.release(jobs)
             raise
         return True
 
+    async def _claim_batch(self, key: str, stats, jobs: list[Job]) -> None:
+        """Claim into `jobs` (in place: what was claimed before a failure is there to release) up to a batch of the
+        group's oldest jobs, across its experts."""
+        limit = self.scheduler.batch_size(key)
+        by_age = sorted(self.scheduler.groups[key].experts, key=lambda e: stats[e].oldest_enqueued_at or float("inf"))
+        for expert in by_age:
+            if len(jobs) >= limit:
+                break
+            jobs += await self.queue.claim(expert, self.name, limit - len(jobs))
+
     async def _fail(self, jobs: list[Job], error: str) -> None:
-        for job in jobs:
-            await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
-                                                     error_type=ENGINE_ERROR, worker=self.name))
+        """Answer every job with `error`; those not answered when the queue fails are released."""
+        for i, job in enumerate(jobs):
+            try:
+                await self.queue.complete(job, JobResult(job_id=job.id, expert=job.expert, error=error,
+                                                         error_type=ENGINE_ERROR, worker=self.name))
+            except BaseException:
+                await self.queue.release(jobs[i:])
+                raise
 
     async def _serve_batch(self, key: str, jobs: list[Job]) -> None:
         """Scoring jobs (request.choices) to the engine's choice_logprobs, the others to generate."""

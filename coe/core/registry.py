@@ -184,6 +184,12 @@ class Registry:
         return [r for e in self.experts.values() if e.device in (device, "auto") and (r := self.resolved(e)).device == device]
 
 
+def served_as(expert: ExpertConfig) -> str:
+    """What a live worker serving `expert` announces, and what the API checks before queueing its jobs: its device,
+    or `auto:<name>` for a `device: auto` expert, whose GPU only the workers' placement knows (the API may have none)."""
+    return f"auto:{expert.name}" if expert.device == "auto" else expert.device
+
+
 def category_problems(spec: ExpertsFile, path: Path, routes: "Routes") -> list[str]:
     """Categories that name no route: such an expert would never be chosen for them."""
     known = set(routes.names)
