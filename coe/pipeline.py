@@ -26,7 +26,7 @@ from coe.embedder import Embedder
 from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
-from coe.dispatch import Dispatch
+from coe.dispatch import Dispatch, refuse_too_long
 from coe.strategies import Ask
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
@@ -290,7 +290,7 @@ class Pipeline:
                     yield event.text
                 else:
                     open_jobs.discard(job.id)
-                    yield event
+                    yield refuse_too_long(event)
         except TimeoutError:
             raise TimedOut(f"expert '{job.expert}' did not answer within {self.settings.request_timeout_s:.0f}s") from None
         except QueueUnavailable as exc:

@@ -64,6 +64,37 @@ def test_body_over_the_cap_without_content_length_is_413(server):
     assert_openai_error(post(server, content=chunks(), headers={"content-type": "application/json"}), 413)
 
 
+TOO_LONG = [{"role": "user", "content": "9" * 18_000}]  # 18,000 tokens for SmolLM2 (8,192-token context), under the body cap
+
+
+def test_a_prompt_over_the_experts_context_is_400_and_spares_the_requests_batched_with_it(client):
+    """Sent together, the two may share one engine batch: only the over-long one is refused."""
+    import concurrent.futures
+
+    def ask(messages):
+        try:
+            return client.chat.completions.create(model="stem", messages=messages, max_tokens=4)
+        except openai.APIStatusError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(ask, [TOO_LONG, [{"role": "user", "content": "Name a prime number."}], TOO_LONG]))
+    refused, fine, _ = answers
+    assert fine.choices[0].message.content.strip()
+    assert isinstance(refused, openai.BadRequestError), refused
+    assert refused.body["code"] == "context_length_exceeded" and refused.body["param"] == "messages"
+    assert refused.body["type"] == "invalid_request_error"
+    assert "maximum context length is 8192 tokens" in refused.message
+
+
+def test_a_streamed_prompt_over_the_experts_context_ends_with_that_error(client):
+    stream = client.chat.completions.create(model="stem", messages=TOO_LONG, max_tokens=4, stream=True)
+    with pytest.raises(openai.APIError) as info:
+        for _ in stream:
+            pass
+    assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message
+
+
 def test_unknown_model_through_the_openai_client(client):
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "hi"}])

@@ -9,6 +9,7 @@ Each model loads once for the module; generations stay short (<= 16 tokens).
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -178,9 +179,19 @@ def test_the_chat_templates_end_token_stops_generation(engine):
     assert "<|im_end|>" not in out.text
 
 
-def test_an_over_long_prompt_is_an_engine_error(engine):
-    with pytest.raises(EngineError, match=r"request 1: prompt of \d+ tokens does not fit the 4096-token context"):
-        engine.generate([greedy("hi"), greedy("word " * 5000)])
+def test_an_over_long_prompt_fails_only_its_own_request_in_a_batch(engine):
+    fine, refused = engine.generate([greedy("hi"), greedy("word " * 5000)])
+    assert fine.text.strip() and fine.finish_reason in ("stop", "length")
+    assert isinstance(refused, EngineError)
+    assert re.fullmatch(r"This model's maximum context length is 4096 tokens; the messages take \d+ tokens\. "
+                        r"Shorten the messages\.", str(refused))
+    assert getattr(refused, "error_type", None) == "context_length_exceeded"
+
+
+def test_an_over_long_prompt_fails_only_its_own_scoring(engine):
+    fine, refused = engine.choice_logprobs([greedy("Pick a letter."), greedy("word " * 5000)], LETTERS)
+    assert len(fine) == 4 and all(math.isfinite(x) for x in fine)
+    assert isinstance(refused, EngineError) and getattr(refused, "error_type", None) == "context_length_exceeded"
 
 
 def test_generate_before_load_is_an_engine_error():
