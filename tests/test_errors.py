@@ -62,6 +62,22 @@ def test_an_empty_route_input_is_400(server):
     assert assert_openai_error(resp, 400, "input")["code"] == "invalid_value"
 
 
+@pytest.mark.parametrize("stop", [[f"s{i}" for i in range(5)], "x" * 257, ["ok", "y" * 257]],
+                         ids=["five-strings", "one-too-long", "one-of-two-too-long"])
+def test_more_than_four_stop_sequences_or_an_over_long_one_is_400(client, stop):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       stop=stop)
+    assert info.value.body["param"] == "stop" and info.value.body["code"] == "invalid_value"
+    assert "at most 4 stop sequences of at most 256 characters each" in info.value.message
+
+
+def test_four_stop_sequences_of_256_characters_are_accepted(client):
+    resp = client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                          stop=[c * 256 for c in "wxyz"])
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
 TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 
 

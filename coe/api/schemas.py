@@ -39,6 +39,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+MAX_STOPS = 4
+"""Stop sequences per request, as OpenAI allows: each is checked against the text after every token."""
+MAX_STOP_CHARS = 256
+"""Characters per stop sequence."""
+
 NO_TOOLS = "the experts here do not call tools"
 UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
     "tools": (([],), NO_TOOLS), "tool_choice": (("none",), NO_TOOLS),
@@ -78,6 +83,15 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = Field(None, description="not supported: only false is accepted")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported: only 0 is accepted")
     logit_bias: dict[str, float] | None = Field(None, description="not supported: only {} is accepted")
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise PydanticCustomError("too_many_stops", "at most {n} stop sequences of at most {chars} characters each",
+                                      {"n": MAX_STOPS, "chars": MAX_STOP_CHARS})
+        return stop
 
     @field_validator(*UNSUPPORTED)
     @classmethod
