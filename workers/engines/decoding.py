@@ -41,14 +41,16 @@ PLAIN_STOPS = ["\n\nUser:", "\nUser:"]
 
 
 def per_request(requests: list[R], admit: Callable[[int, R], T]) -> list[T | EngineError]:
-    """admit(i, request) for every request; one whose admission raises EngineError (its prompt does not fit) gets
-    the error in its place, so it fails alone."""
+    """admit(i, request) for every request; one whose admission fails (its prompt does not fit, its chat template or
+    sampler cannot be made) gets an EngineError in its place, so it fails alone."""
     out: list[T | EngineError] = []
     for i, request in enumerate(requests):
         try:
             out.append(admit(i, request))
         except EngineError as exc:
             out.append(exc)
+        except Exception as exc:
+            out.append(EngineError(f"{type(exc).__name__}: {exc}"))
     return out
 
 
