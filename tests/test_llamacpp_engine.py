@@ -106,6 +106,15 @@ def test_per_row_seeds(engine):
     assert engine.generate([story(2)])[0].text == c.text  # a row's seed, not its batch, fixes its text
 
 
+def test_a_repetition_penalty_reaches_the_sampler_and_breaks_a_greedy_loop(engine):
+    """The penalties link is built with the installed binding's arguments (llama.h: last_n, repeat, freq,
+    present): a request with repetition_penalty set is answered, and answered differently."""
+    ask = "Repeat the word 'apple' ten times, separated by spaces."
+    plain, penalised = engine.generate([greedy(ask, 16), greedy(ask, 16, repetition_penalty=1.3)])
+    assert plain.text.count("apple") >= 8
+    assert isinstance(penalised, Completion) and penalised.text.lower().count("apple") < plain.text.count("apple")
+
+
 def test_greedy_is_the_same_alone_and_in_a_batch(engine):
     reqs = [greedy(ESSAY, 10), greedy("What is the capital of France?", 10), greedy("Describe the sea.", 10)]
     batch = engine.generate(reqs)
