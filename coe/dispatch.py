@@ -1,7 +1,8 @@
 """One expert's jobs, from request to answer: the request as its settings and strategy ask it, submitted only
 where a live worker serves its device (else 503), awaited within the request's deadline, read as its strategy
 reads it (a strategy that finds no answer falls back to a direct answer, both attempts paid), and cancelled
-when the request leaves them unanswered. The pipeline composes these per plan; this module knows no routing.
+when the request leaves them unanswered. A prompt the worker found too long for the expert's context refuses
+the request (400), whichever expert it was. The pipeline composes these per plan; this module knows no routing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import replace
 from coe import metrics
 from coe.core.registry import ExpertConfig, Registry, served_as
 from coe.core.settings import Settings
-from coe.pipeline_types import ChatInput, ExpertAnswer, TimedOut, Unavailable
+from coe.pipeline_types import ChatInput, ExpertAnswer, PromptTooLong, TimedOut, Unavailable
 from coe.strategies import Ask, direct_confidence, get_strategy
-from workers.jobs import GenerationRequest, Job, JobResult
+from workers.jobs import CONTEXT_LENGTH_EXCEEDED, GenerationRequest, Job, JobResult
 from workers.queue import JobQueue, QueueFull, QueueUnavailable
 
 
@@ -125,7 +126,7 @@ class Dispatch:
         except QueueUnavailable as exc:
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
         open_jobs.discard(job.id)
-        return result
+        return refuse_too_long(result)
 
     def deadline_left(self, started: float) -> float:
         return max(0.1, self.settings.request_timeout_s - (time.perf_counter() - started))
@@ -137,3 +138,11 @@ class Dispatch:
         metrics.TOKENS.labels(result.expert, "completion").inc(c.completion_tokens)
         return ExpertAnswer(result.expert, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
                             result.queue_s, result.generate_s, confidence=direct_confidence(c))
+
+
+def refuse_too_long(result: JobResult) -> JobResult:
+    """The result as it is, unless its prompt did not fit the expert's context: that is the request's fault, not the
+    expert's, so the whole request is refused (400 context_length_exceeded) instead of failing over."""
+    if result.error_type == CONTEXT_LENGTH_EXCEEDED:
+        raise PromptTooLong(result.error or "the messages do not fit the model's context", "messages")
+    return result

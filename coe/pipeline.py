@@ -26,7 +26,7 @@ from coe.embedder import Embedder
 from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
-from coe.dispatch import Dispatch
+from coe.dispatch import Dispatch, refuse_too_long
 from coe.strategies import Ask
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
@@ -290,7 +290,7 @@ class Pipeline:
                     yield event.text
                 else:
                     open_jobs.discard(job.id)
-                    yield event
+                    yield refuse_too_long(event)
         except TimeoutError:
             raise TimedOut(f"expert '{job.expert}' did not answer within {self.settings.request_timeout_s:.0f}s") from None
         except QueueUnavailable as exc:
@@ -313,7 +313,7 @@ class Pipeline:
             yield plan.decision
             answers, failed, final_job, agg_error = [], {}, plan.jobs[0], None
             if len(plan.jobs) > 1:
-                answers, failed, _ = await self._answers(plan, inp, started, open_jobs)
+                answers, failed, replaced = await self._answers(plan, inp, started, open_jobs)
                 final_job = self._aggregation_job(inp, answers, plan.decision)
                 try:
                     if final_job is not None:
@@ -322,7 +322,7 @@ class Pipeline:
                     final_job, agg_error = None, exc.message
                 if final_job is None:
                     yield answers[0].text
-                    yield self._outcome(plan, answers, answers[0], None, started, None, failed, agg_error)
+                    yield self._outcome(plan, answers, answers[0], None, started, replaced, failed, agg_error)
                     return
             result, sent, replaced = None, False, None
             while True:

@@ -30,6 +30,12 @@ class BadRequest(PipelineError):
     status, type, code = 400, "invalid_request_error", None
 
 
+class PromptTooLong(BadRequest):
+    """The messages do not fit the context of the expert that was to answer (the worker's engine counted them)."""
+
+    code = "context_length_exceeded"
+
+
 class ExpertFailed(PipelineError):
     status, type, code = 502, "server_error", "expert_failed"
 

@@ -35,11 +35,11 @@ def invalid_request(rng: random.Random, experts: list[str]) -> tuple[str, dict |
     if kind == 1:
         return "bad-json", b'{"model": "coe", "messages": [', 400
     if kind == 2:
-        return "empty-messages", {"model": "coe", "messages": []}, 422
+        return "empty-messages", {"model": "coe", "messages": []}, 400
     if kind == 3:
         return "bad-temperature", {"model": rng.choice(experts), "temperature": 9,
-                                   "messages": [{"role": "user", "content": "hi"}]}, 422
-    return "bad-role", {"model": "coe", "messages": [{"role": "wizard", "content": "hi"}]}, 422
+                                   "messages": [{"role": "user", "content": "hi"}]}, 400
+    return "bad-role", {"model": "coe", "messages": [{"role": "wizard", "content": "hi"}]}, 400
 
 
 def retry_after(resp: httpx.Response) -> float | None:

@@ -26,22 +26,88 @@ def assert_openai_error(resp: httpx.Response, status: int, param: str | None = N
 @pytest.mark.parametrize(
     "body, status, param",
     [
-        ({**VALID, "messages": []}, 422, "messages"),
+        ({**VALID, "messages": []}, 400, "messages"),
         ({**VALID, "model": "no-such-model"}, 404, "model"),
-        ({k: v for k, v in VALID.items() if k != "messages"}, 422, "messages"),
-        ({**VALID, "temperature": 5}, 422, "temperature"),
-        ({**VALID, "max_tokens": 0}, 422, "max_tokens"),
-        ({**VALID, "n": 2}, 422, "n"),
-        ({**VALID, "messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
-        ({**VALID, "coe": {"k": 0}}, 422, "coe.k"),
+        ({k: v for k, v in VALID.items() if k != "messages"}, 400, "messages"),
+        ({**VALID, "temperature": 5}, 400, "temperature"),
+        ({**VALID, "max_tokens": 0}, 400, "max_tokens"),
+        ({**VALID, "n": 2}, 400, "n"),
+        ({**VALID, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+        ({**VALID, "coe": {"k": 0}}, 400, "coe.k"),
         ({**VALID, "coe": {"router": "no-such-router"}}, 400, "coe.router"),
-        ({**VALID, "seed": 2**64 + 1}, 422, "seed"),
+        ({**VALID, "seed": 2**64 + 1}, 400, "seed"),
     ],
     ids=["empty-messages", "unknown-model", "missing-messages", "temperature-range", "max-tokens-zero", "n-two",
          "bad-role", "bad-k", "unknown-router", "seed-over-64-bits"],
 )
 def test_bad_requests(server, body, status, param):
     assert_openai_error(post(server, body), status, param)
+
+
+def test_schema_errors_are_400_as_openai_answers_them_through_the_openai_client(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="coe", messages=[{"role": "user", "content": "hi"}], temperature=5)
+    assert info.value.body["param"] == "temperature" and info.value.body["code"] == "invalid_value"
+
+
+def test_the_schema_declares_400_for_schema_errors_and_no_422(server):
+    schema = httpx.get(f"{server.base_url}/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/route"):
+        assert "400" in schema["paths"][path]["post"]["responses"]
+        assert "422" not in schema["paths"][path]["post"]["responses"]
+
+
+def test_an_empty_route_input_is_400(server):
+    resp = httpx.post(f"{server.v1}/route", json={"input": []}, timeout=60)
+    assert assert_openai_error(resp, 400, "input")["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("stop", [[f"s{i}" for i in range(5)], "x" * 257, ["ok", "y" * 257]],
+                         ids=["five-strings", "one-too-long", "one-of-two-too-long"])
+def test_more_than_four_stop_sequences_or_an_over_long_one_is_400(client, stop):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       stop=stop)
+    assert info.value.body["param"] == "stop" and info.value.body["code"] == "invalid_value"
+    assert "at most 4 stop sequences of at most 256 characters each" in info.value.message
+
+
+def test_four_stop_sequences_of_256_characters_are_accepted(client):
+    resp = client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                          stop=[c * 256 for c in "wxyz"])
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tools", [TOOL]), ("tool_choice", "required"), ("functions", [TOOL["function"]]), ("function_call", "auto"),
+    ("response_format", {"type": "json_object"}), ("logprobs", True), ("top_logprobs", 2),
+    ("logit_bias", {"42": -100}),
+])
+def test_a_field_the_service_cannot_honour_is_400_naming_it(client, field, value):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body={field: value})
+    assert info.value.body["param"] == field and info.value.body["code"] == "unsupported_parameter"
+    assert info.value.body["message"].startswith(f"{field}: not supported")
+
+
+def test_those_fields_at_values_that_ask_for_nothing_are_accepted(client):
+    resp = client.chat.completions.create(model="stem", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                          response_format={"type": "text"}, logprobs=False, tool_choice="none",
+                                          logit_bias={})
+    assert resp.choices[0].message.content is not None
+
+
+def test_the_developer_role_is_read_as_the_system_role(client):
+    """A system message (so a developer message) replaces the expert's own system prompt: the same prompt tokens."""
+    def prompt_tokens(role: str) -> int:
+        messages = [{"role": role, "content": "Answer in French."}, {"role": "user", "content": "Name a colour."}]
+        return client.chat.completions.create(model="stem", messages=messages, max_tokens=1).usage.prompt_tokens
+
+    assert prompt_tokens("developer") == prompt_tokens("system")
 
 
 def test_malformed_json_is_400(server):
@@ -62,6 +128,37 @@ def test_body_over_the_cap_without_content_length_is_413(server):
         yield b'"}]}'
 
     assert_openai_error(post(server, content=chunks(), headers={"content-type": "application/json"}), 413)
+
+
+TOO_LONG = [{"role": "user", "content": "9" * 18_000}]  # 18,000 tokens for SmolLM2 (8,192-token context), under the body cap
+
+
+def test_a_prompt_over_the_experts_context_is_400_and_spares_the_requests_batched_with_it(client):
+    """Sent together, the two may share one engine batch: only the over-long one is refused."""
+    import concurrent.futures
+
+    def ask(messages):
+        try:
+            return client.chat.completions.create(model="stem", messages=messages, max_tokens=4)
+        except openai.APIStatusError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(ask, [TOO_LONG, [{"role": "user", "content": "Name a prime number."}], TOO_LONG]))
+    refused, fine, _ = answers
+    assert fine.choices[0].message.content.strip()
+    assert isinstance(refused, openai.BadRequestError), refused
+    assert refused.body["code"] == "context_length_exceeded" and refused.body["param"] == "messages"
+    assert refused.body["type"] == "invalid_request_error"
+    assert "maximum context length is 8192 tokens" in refused.message
+
+
+def test_a_streamed_prompt_over_the_experts_context_ends_with_that_error(client):
+    stream = client.chat.completions.create(model="stem", messages=TOO_LONG, max_tokens=4, stream=True)
+    with pytest.raises(openai.APIError) as info:
+        for _ in stream:
+            pass
+    assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message
 
 
 def test_unknown_model_through_the_openai_client(client):

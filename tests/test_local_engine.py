@@ -134,6 +134,20 @@ def test_on_delta_pieces_make_the_final_text(engine):
     assert stop not in "".join(pieces[0])
 
 
+def test_an_over_long_prompt_fails_only_its_own_request_in_a_batch(engine):
+    fine, refused = engine.generate([greedy("hi"), greedy("9" * (engine.max_context + 10))])
+    assert fine.text.strip() and fine.finish_reason in ("stop", "length")
+    assert isinstance(refused, EngineError) and getattr(refused, "error_type", None) == "context_length_exceeded"
+    assert f"maximum context length is {engine.max_context} tokens" in str(refused)
+
+
+def test_an_over_long_prompt_fails_only_its_own_scoring(engine):
+    fine, refused = engine.choice_logprobs([greedy("Pick a letter."), greedy("9" * (engine.max_context + 10))],
+                                           [" A", " B"])
+    assert len(fine) == 2 and all(math.isfinite(x) for x in fine)
+    assert isinstance(refused, EngineError) and getattr(refused, "error_type", None) == "context_length_exceeded"
+
+
 def test_generate_before_load_is_an_engine_error():
     eng = create_engine(spec())
     with pytest.raises(EngineError, match="not loaded"):

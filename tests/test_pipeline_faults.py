@@ -27,6 +27,7 @@ experts:
      generation: {max_tokens: 7, temperature: 0.1}}
   - {name: b, engine: openai, model: m-b, api_base: "http://x/v1", params_b: 1, system_prompt: "You are B."}
   - {name: broken, engine: openai, model: m-broken, api_base: "http://x/v1", params_b: 1, system_prompt: "You are broken."}
+  - {name: broken-too, engine: openai, model: m-broken, api_base: "http://x/v1", params_b: 1}
   - {name: generalist, engine: openai, model: m-g, api_base: "http://x/v1", params_b: 1, fallback: true,
      system_prompt: "You are G.", generation: {max_tokens: 9, temperature: 0.3, top_p: 0.8}}
   - {name: aggregator, engine: openai, model: AGGREGATOR_MODEL, api_base: "http://x/v1", params_b: 1, aggregator: true}
@@ -159,5 +160,19 @@ def test_the_fallback_answers_with_its_own_request_with_stand_in_engines(service
         assert (request.max_tokens, request.temperature, request.top_p) == (9, 0.3, 0.5)
         with pytest.raises(ExpertFailed, match="broken"):  # a client that names the expert gets it or an error
             await pipeline.run(ChatInput(model="broken", messages=[{"role": "user", "content": "hi"}]))
+
+    asyncio.run(main())
+
+
+def test_a_streamed_k2_request_whose_experts_all_failed_names_the_expert_the_fallback_replaced_with_stand_in_engines(
+        service):
+    async def main():
+        pipeline, _ = await service(["broken", "broken-too"])
+        events = [e async for e in pipeline.stream(ask(k=2, stream=True))]
+        streamed = events[-1]
+        assert "".join(e for e in events if isinstance(e, str)) == streamed.text == "m-g: You are G."
+        assert set(streamed.failed_experts) == {"broken", "broken-too"}
+        assert streamed.fallback_after_error == "broken"
+        assert (await pipeline.run(ask(k=2))).fallback_after_error == "broken"  # as without streaming
 
     asyncio.run(main())

@@ -27,7 +27,7 @@ from pydantic_settings import SettingsError
 from coe.core.settings import Settings
 from coe_evals.gpu import stand_in_vllm
 from workers.engines import create_engine
-from workers.engines.base import EngineError, EngineOptions, EngineSpec
+from workers.engines.base import ContextLengthExceeded, EngineError, EngineOptions, EngineSpec
 from workers.engines.decoding import PLAIN_STOPS, plain_prompt
 from workers.engines.vllm import is_gguf_ref
 from workers.jobs import GenerationRequest
@@ -125,8 +125,10 @@ def test_max_tokens_clamped_to_context_and_too_long_prompt_fails_with_stand_in_v
     msg = [{"role": "user", "content": "x" * 40}]  # 40 + 17 template characters = 57 tokens
     engine.generate([GenerationRequest(messages=msg, max_tokens=100)])
     assert llm().record.calls[-1][2].max_tokens == 64 - 57
-    with pytest.raises(EngineError, match="does not fit"):
-        engine.generate([GenerationRequest(messages=[{"role": "user", "content": "x" * 80}])])
+    fine, refused = engine.generate([GenerationRequest(messages=msg, max_tokens=2),
+                                     GenerationRequest(messages=[{"role": "user", "content": "x" * 80}])])
+    assert fine.completion_tokens == 2  # a batch with a prompt over the context still answers the others
+    assert isinstance(refused, ContextLengthExceeded) and "maximum context length is 64 tokens" in str(refused)
     engine.unload()
 
 
@@ -236,8 +238,9 @@ def test_choice_logprobs_sum_each_choices_prompt_logprobs_with_stand_in_vllm(eng
 def test_choice_logprobs_refuse_a_prompt_beyond_the_context_with_stand_in_vllm(fake_vllm) -> None:
     engine = create_engine(spec(max_model_len=32))
     engine.load()
-    with pytest.raises(EngineError, match="does not fit"):
-        engine.choice_logprobs([ask("x" * 40)], [" A"])
+    refused, fine = engine.choice_logprobs([ask("x" * 40), ask("x")], [" A"])
+    assert isinstance(refused, ContextLengthExceeded) and "maximum context length is 32 tokens" in str(refused)
+    assert len(fine) == 1
     engine.unload()
 
 

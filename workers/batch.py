@@ -1,4 +1,5 @@
 """One engine batch: run off the event loop, stream its text in order, stop the rows whose callers left.
+A row the engine failed alone (its prompt does not fit the context) fails alone; the others are answered.
 
 While the engine runs, the queue is asked every STOP_POLL_S which of the batch's jobs should stop
 (cancelled by their caller, or taken over by another worker); engines that can stop a row between
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from workers.engines.base import Engine
+from workers.engines.base import Engine, EngineError, job_error
 from workers.jobs import CANCELLED, ENGINE_ERROR, Job, JobResult
 from workers.queue import JobQueue, QueueUnavailable
 
@@ -66,7 +67,10 @@ async def run_batch(engine: Engine, jobs: list[Job], queue: JobQueue, worker: st
         result = JobResult(job_id=job.id, expert=job.expert, completion=completion, error=error,
                            error_type=ENGINE_ERROR if error else None, worker=worker,
                            queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(jobs))
-        if row in stop and error is None:
+        if isinstance(completion, EngineError):  # this row failed alone (e.g. its prompt does not fit)
+            result.completion = None
+            result.error, result.error_type = job_error(completion)
+        elif row in stop and error is None:
             tokens = completion.completion_tokens if completion else 0
             result.completion, result.error_type = None, CANCELLED
             result.error = f"cancelled by its caller after {tokens} tokens"

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from workers.engines.base import EngineError
+from workers.engines.base import EngineError, job_error
 from workers.jobs import Completion, Job, JobResult
 
 log = logging.getLogger("coe.worker")
@@ -37,7 +37,8 @@ def _score_and_count(engine, score, requests: list, choices: list[str]) -> tuple
     return rows, [len(count(r.messages)) if count is not None else 0 for r in requests]
 
 
-async def _score_group(engine, jobs: list[Job], choices: tuple[str, ...]) -> tuple[list[Completion | None], str | None]:
+async def _score_group(engine, jobs: list[Job],
+                       choices: tuple[str, ...]) -> tuple[list[Completion | EngineError | None], str | None]:
     score = getattr(engine, "choice_logprobs", None)
     try:
         if score is None:
@@ -45,10 +46,12 @@ async def _score_group(engine, jobs: list[Job], choices: tuple[str, ...]) -> tup
         if not choices:
             raise EngineError("a scoring job needs at least one choice")
         rows, tokens = await asyncio.to_thread(_score_and_count, engine, score, [j.request for j in jobs], list(choices))
-        if len(rows) != len(jobs) or any(len(row) != len(choices) for row in rows):
-            raise EngineError(f"choice_logprobs answered {len(rows)} rows of {sorted({len(r) for r in rows})} scores; "
-                              f"expected {len(jobs)} rows of {len(choices)}")
-        return [_completion(choices, row, n) for row, n in zip(rows, tokens)], None
+        scored = [r for r in rows if not isinstance(r, EngineError)]
+        if len(rows) != len(jobs) or any(len(row) != len(choices) for row in scored):
+            raise EngineError(f"choice_logprobs answered {len(rows)} rows of {sorted({len(r) for r in scored})} "
+                              f"scores; expected {len(jobs)} rows of {len(choices)}")
+        return [row if isinstance(row, EngineError) else _completion(choices, row, n)
+                for row, n in zip(rows, tokens)], None
     except Exception as exc:  # an engine failure fails its own jobs, never the worker
         if score is not None:
             log.exception("scoring failed on a batch of %d", len(jobs))
@@ -72,4 +75,7 @@ async def score_jobs(engine, jobs: list[Job], worker: str) -> list[JobResult]:
                 error_type="engine_error" if error else None, worker=worker,
                 queue_s=max(0.0, started - job.enqueued_at), generate_s=elapsed, batch_size=len(group),
             )
+            if isinstance(completion, EngineError):  # this job failed alone (e.g. its prompt does not fit)
+                results[i].completion = None
+                results[i].error, results[i].error_type = job_error(completion)
     return results

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from workers.choice_jobs import is_scoring, score_jobs
-from workers.engines.base import CANCELLED
+from workers.engines.base import CANCELLED, job_error
 from workers.jobs import ENGINE_ERROR, Job, JobResult
 from workers.queue import PendingStats, QueueUnavailable, watch_for_work
 from workers.scheduler import Action, Tier
@@ -214,7 +214,7 @@ class ContinuousLoop:
                 completion, error, error_type = None, f"job cancelled: {why}", "cancelled"
         except Exception as exc:  # an engine failure fails its own job, never the worker
             log.warning("engine %s failed on job %s: %s", key, job.id, exc)
-            completion, error, error_type = None, f"{type(exc).__name__}: {exc}", "engine_error"
+            completion, (error, error_type) = None, job_error(exc)
         finally:
             if timer is not None:
                 timer.cancel()

@@ -58,6 +58,7 @@ class Job:
 
 
 ENGINE_ERROR = "engine_error"  # the engine (or its model's load) failed
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the prompt does not fit the model's context: the client's error
 CANCELLED = "cancelled"  # the caller gave up while the job ran; nobody reads this result
 INTERRUPTED = "interrupted"  # a streamed job lost its worker after text was sent; it cannot be continued
 BAD_JOB = "bad_job"  # the queued job could not be decoded (dead-lettered)

@@ -15,7 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
 from coe.api import admin
-from coe.api.errors import BodyLimitMiddleware, error_body, error_response, install_error_handlers
+from coe.api.errors import (
+    BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
+)
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
     CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
@@ -34,7 +36,7 @@ from workers.queue import QueueUnavailable
 
 DISCONNECT_POLL_S = 0.25
 EVERYWHERE = {s: {"model": ErrorResponse} for s in (400, 413, 503)}  # bad JSON, body cap, shutting down
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 502, 503, 504)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429, 502, 503, 504)}
 SSE_EVENT = {  # each server-sent event: `data: <chat.completion.chunk JSON or error JSON>`, last `data: [DONE]`
     "type": "object", "required": ["data"],
     "properties": {"data": {"anyOf": [{"const": "[DONE]"},
@@ -49,9 +51,11 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
 
 
 def _chat_input(body: ChatCompletionRequest) -> ChatInput:
+    """The pipeline's input; OpenAI's `developer` role is the `system` role of the models' chat templates."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    roles = {"developer": "system"}
     return ChatInput(
-        model=body.model, messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+        model=body.model, messages=[{"role": roles.get(m.role, m.role), "content": m.text()} for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.editor = service.editor
     app.state.intake = intake = Intake()
     install_error_handlers(app)
+    declare_400_for_schema_errors(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(IntakeMiddleware, intake=intake)  # a draining server reads no bodies
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
@@ -168,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def route(body: RouteRequest) -> RouteResponse:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
-            return error_response(422, "input: must not be empty", param="input", code="invalid_value")
+            return error_response(400, "input: must not be empty", param="input", code="invalid_value")
         check_texts(texts, settings, "input texts", "input")
         k = min(body.k, settings.max_k)
         decisions, timings = await within_deadline(pipeline().route(texts, k=k, router=body.router))

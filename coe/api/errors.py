@@ -48,7 +48,27 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_response(422, message, param=param, code="invalid_value")
+    code = "unsupported_parameter" if first.get("type") == "unsupported_parameter" else "invalid_value"
+    return error_response(400, message, param=param, code=code)  # 400, as OpenAI answers a schema error
+
+
+def declare_400_for_schema_errors(app: FastAPI) -> None:
+    """Schema errors are answered 400 (`_validation`), so the 422 "Validation Error" FastAPI declares for every
+    operation with input would be a false promise: it is taken out of the generated OpenAPI schema."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema["paths"].values():
+                for op in operations.values():
+                    if op.get("responses", {}).get("422", {}).get("description") == "Validation Error":
+                        del op["responses"]["422"]
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def install_error_handlers(app: FastAPI) -> None:

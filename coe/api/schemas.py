@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class TextPart(BaseModel):
@@ -38,8 +39,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+MAX_STOPS = 4
+"""Stop sequences per request, as OpenAI allows: each is checked against the text after every token."""
+MAX_STOP_CHARS = 256
+"""Characters per stop sequence."""
+
+NO_TOOLS = "the experts here do not call tools"
+UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "tools": (([],), NO_TOOLS), "tool_choice": (("none",), NO_TOOLS),
+    "functions": (([],), NO_TOOLS), "function_call": (("none",), NO_TOOLS),
+    "response_format": (({"type": "text"},), "only {\"type\": \"text\"}: no expert here can be held to JSON"),
+    "logprobs": ((False,), "token log-probabilities are not returned"),
+    "top_logprobs": ((0,), "token log-probabilities are not returned"),
+    "logit_bias": (({},), "each expert has its own token ids, so a bias by token id means nothing to a routed request"),
+}
+"""OpenAI fields the service cannot honour: (the values that ask for nothing, and are accepted; why the others are
+refused with 400 unsupported_parameter rather than ignored)."""
+
+
 class ChatCompletionRequest(BaseModel):
-    # OpenAI clients send fields we do not use (logprobs, user, ...): accept and ignore them.
+    # Fields OpenAI clients send that change nothing here (user, store, metadata, ...) are accepted and ignored;
+    # those that would change the answer and cannot be honoured (UNSUPPORTED) are refused.
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
@@ -55,6 +75,31 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer, as in OpenAI's API")
     user: str | None = None
     coe: CoeOptions | None = None
+    tools: list[dict] | None = Field(None, description="not supported: only [] is accepted")
+    tool_choice: str | dict | None = Field(None, description="not supported: only 'none' is accepted")
+    functions: list[dict] | None = Field(None, description="not supported: only [] is accepted")
+    function_call: str | dict | None = Field(None, description="not supported: only 'none' is accepted")
+    response_format: dict | None = Field(None, description="only {\"type\": \"text\"} is accepted")
+    logprobs: bool | None = Field(None, description="not supported: only false is accepted")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported: only 0 is accepted")
+    logit_bias: dict[str, float] | None = Field(None, description="not supported: only {} is accepted")
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise PydanticCustomError("too_many_stops", "at most {n} stop sequences of at most {chars} characters each",
+                                      {"n": MAX_STOPS, "chars": MAX_STOP_CHARS})
+        return stop
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _refuse_what_cannot_be_honoured(cls, value: Any, info: ValidationInfo) -> Any:
+        accepted, why = UNSUPPORTED[info.field_name]
+        if value is None or value in accepted:
+            return value
+        raise PydanticCustomError("unsupported_parameter", "not supported: {why}", {"why": why})
 
 
 class RouteRequest(BaseModel):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from coe.core.paths import default_cache_dir  # not coe.core.settings: engines run where pydantic-settings is not installed
-from workers.jobs import Completion, GenerationRequest
+from workers.jobs import CONTEXT_LENGTH_EXCEEDED, ENGINE_ERROR, Completion, GenerationRequest
 
 OnDelta = Callable[[int, str], None]
 """on_delta(row, text): new text for row `row` of the batch, in order."""
@@ -36,7 +36,26 @@ ShouldStop = Callable[[int], bool]
 
 
 class EngineError(RuntimeError):
-    """The engine could not serve a batch; its jobs fail with this message."""
+    """The engine could not serve a batch, or one request of it; those jobs fail with this message."""
+
+
+class ContextLengthExceeded(EngineError):
+    """A request's prompt leaves no room for an answer in the model's context: the client's request is too long
+    (answered 400 context_length_exceeded), not the engine's failure."""
+
+    error_type: ClassVar[str] = CONTEXT_LENGTH_EXCEEDED
+
+    def __init__(self, n_prompt: int, context: int):
+        super().__init__(f"This model's maximum context length is {context} tokens; the messages take {n_prompt} "
+                         "tokens. Shorten the messages.")
+
+
+def job_error(exc: Exception) -> tuple[str, str]:
+    """(error, error_type) of a job its engine failed: a prompt too long for the context is the client's error and
+    reads as it is; anything else names its exception."""
+    if isinstance(exc, ContextLengthExceeded):
+        return str(exc), exc.error_type
+    return f"{type(exc).__name__}: {exc}", ENGINE_ERROR
 
 
 @dataclass
@@ -84,9 +103,10 @@ class Engine(ABC):
 
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
-                 should_stop: ShouldStop | None = None) -> list[Completion]:
-        """Complete every request; one Completion per request, in order. `should_stop` is passed only to
-        engines with `supports_stop`."""
+                 should_stop: ShouldStop | None = None) -> list[Completion | EngineError]:
+        """Complete every request; one Completion per request, in order, or the EngineError of a request that
+        failed alone (its prompt does not fit, its sequence failed): the others are not failed with it. Raise
+        only when the whole batch failed. `should_stop` is passed only to engines with `supports_stop`."""
 
     async def submit(self, request: GenerationRequest, on_text: OnText | None = None,
                      cancelled: asyncio.Event | None = None) -> Completion:
@@ -99,9 +119,11 @@ class Engine(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} serves batches only (supports_streaming_submit is False)")
 
-    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+    def choice_logprobs(self, requests: list[GenerationRequest],
+                        choices: list[str]) -> list[list[float] | EngineError]:
         """Log-probability of each choice string as the continuation of each request's chat prompt (after the
-        generation prompt), for multiple-choice scoring the lm-evaluation-harness way. Optional capability."""
+        generation prompt), for multiple-choice scoring the lm-evaluation-harness way; a request that fails
+        alone gets its EngineError in its place, as in `generate`. Optional capability."""
         raise EngineError(f"engine '{self.spec.engine}': choice_logprobs is not supported")
 
     def sleep(self) -> None:

@@ -3,13 +3,17 @@ stop strings, safe streaming, and multiple-choice scoring."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from workers.engines.base import EngineError
+from workers.engines.base import ContextLengthExceeded, EngineError
 
 if TYPE_CHECKING:
     import numpy as np
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 MIN_TEMPERATURE = 1e-4
 """Temperatures below this decode greedily: the limit they tend to, without overflow."""
@@ -36,11 +40,26 @@ def plain_prompt(messages: list[dict]) -> str:
 PLAIN_STOPS = ["\n\nUser:", "\nUser:"]
 
 
-def token_budget(row: int, n_prompt: int, max_tokens: int, context: int) -> int:
-    """How many tokens row `row` may generate: max_tokens, cut to what the context has left."""
+def per_request(requests: list[R], admit: Callable[[int, R], T]) -> list[T | EngineError]:
+    """admit(i, request) for every request; one whose admission fails (its prompt does not fit, its chat template or
+    sampler cannot be made) gets an EngineError in its place, so it fails alone."""
+    out: list[T | EngineError] = []
+    for i, request in enumerate(requests):
+        try:
+            out.append(admit(i, request))
+        except EngineError as exc:
+            out.append(exc)
+        except Exception as exc:
+            out.append(EngineError(f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def token_budget(n_prompt: int, max_tokens: int, context: int) -> int:
+    """How many tokens a request may generate: max_tokens, cut to what the context has left; a prompt that
+    leaves no room raises ContextLengthExceeded."""
     room = context - n_prompt
     if room < 1:
-        raise EngineError(f"request {row}: prompt of {n_prompt} tokens does not fit the {context}-token context")
+        raise ContextLengthExceeded(n_prompt, context)
     return max(0, min(max_tokens, room))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from workers.engines.base import CANCELLED, Engine, EngineSpec, OnDelta, OnText
+from workers.engines.base import CANCELLED, ContextLengthExceeded, Engine, EngineError, EngineSpec, OnDelta, OnText
 from workers.jobs import Completion, GenerationRequest
 
 T = TypeVar("T")
@@ -135,16 +135,22 @@ class LoopEngine(Engine):
             inner.cancel()
             raise
 
-    def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None) -> list[Completion]:
-        """A batch, all submitted at once to the engine's own loop (the backend batches them); blocks."""
+    def generate(self, requests: list[GenerationRequest],
+                 on_delta: OnDelta | None = None) -> list[Completion | EngineError]:
+        """A batch, all submitted at once to the engine's own loop (the backend batches them); blocks. A prompt
+        over the context gets its ContextLengthExceeded in its place; any other failure is raised."""
         if not requests:
             return []
 
         def emitter(row: int):
             return lambda text, tokens: on_delta(row, text) if on_delta is not None and text else None
 
-        async def batch() -> list[Completion]:
-            return list(await asyncio.gather(*(self.complete(r, emitter(i), stream=on_delta is not None)
-                                               for i, r in enumerate(requests))))
+        async def batch() -> list[Completion | EngineError]:
+            done = await asyncio.gather(*(self.complete(r, emitter(i), stream=on_delta is not None)
+                                          for i, r in enumerate(requests)), return_exceptions=True)
+            failed = [d for d in done if isinstance(d, BaseException) and not isinstance(d, ContextLengthExceeded)]
+            if failed:
+                raise failed[0]
+            return list(done)
 
         return self.runner.call(batch())

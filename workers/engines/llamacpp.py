@@ -48,8 +48,8 @@ from cyllama.llama import llama_cpp as cy
 from coe.core.assets import AssetError, resolve_model_path
 from workers.engines.base import CANCELLED, Engine, EngineError, EngineSpec, OnDelta, OnText, ShouldStop
 from workers.engines.chat_template import ChatTemplate
-from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_prompt,
-                                      token_budget)
+from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, per_request,
+                                      plain_prompt, token_budget)
 from workers.engines.llamacpp_batch import DecodeLoop, Seq, Work
 from workers.jobs import Completion, GenerationRequest
 
@@ -273,7 +273,7 @@ class LlamaCppEngine(Engine):
 
     def _gen(self, i: int, req: GenerationRequest, on_delta: OnDelta | None, should_stop: ShouldStop | None) -> _Gen:
         ids = self.prompt_ids(req.messages)
-        max_new = token_budget(i, len(ids), req.max_tokens, self.max_context)
+        max_new = token_budget(len(ids), req.max_tokens, self.max_context)
         stops = [s for s in req.stop if s] + (PLAIN_STOPS if self.template is None else [])
         return _Gen(self, i, ids, max_new, self._sampler(req, ids), stops, on_delta, should_stop)
 
@@ -295,15 +295,15 @@ class LlamaCppEngine(Engine):
         return chain
 
     def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
-                 should_stop: ShouldStop | None = None) -> list[Completion]:
-        """Every request joins the running batch; blocks until all are done. The first failure is raised
-        (after the others finished), as an EngineError."""
+                 should_stop: ShouldStop | None = None) -> list[Completion | EngineError]:
+        """Every request that fits the context joins the running batch; blocks until all are done. A request that
+        fails (too long, or its sequence failed) gets its EngineError in its place; the others are not failed."""
         if not requests:
             return []
         decoder = self._decoder()
-        gens = [self._gen(i, r, on_delta, should_stop) for i, r in enumerate(requests)]
-        decoder.put(gens)
-        return [g.future.result() for g in gens]
+        gens = per_request(requests, lambda i, r: self._gen(i, r, on_delta, should_stop))
+        decoder.put([g for g in gens if isinstance(g, _Gen)])
+        return [g if isinstance(g, EngineError) else _outcome(g) for g in gens]
 
     async def submit(self, request: GenerationRequest, on_text: OnText | None = None,
                      cancelled: asyncio.Event | None = None) -> Completion:
@@ -328,20 +328,37 @@ class LlamaCppEngine(Engine):
 
     # ---- multiple-choice scoring
 
-    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+    def choice_logprobs(self, requests: list[GenerationRequest],
+                        choices: list[str]) -> list[list[float] | EngineError]:
         """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan);
-        every plan's sequences join the running batch, one slot each."""
+        every plan's sequences join the running batch, one slot each. A request that fails (too long, or one of
+        its sequences failed) gets its EngineError in its place."""
         decoder = self._decoder()
         choice_ids = [self.vocab.tokenize(c, False, False) for c in choices]
-        plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
-        works = []
-        for p, plan in enumerate(plans):
+
+        def admit(_i: int, request: GenerationRequest) -> tuple[ChoicePlan, list[_Score]]:
+            plan = ChoicePlan.build(self.prompt_ids(request.messages), choice_ids)
             for tokens in plan.sequences:
-                token_budget(p, len(tokens), 1, self.max_context)
-                works.append(_Score(tokens, plan.n_prompt - 1))
-        decoder.put(works)
-        rows = iter([w.future.result() for w in works])
-        return [plan.scores([next(rows) for _ in plan.sequences]) for plan in plans]
+                token_budget(len(tokens), 1, self.max_context)
+            return plan, [_Score(tokens, plan.n_prompt - 1) for tokens in plan.sequences]
+
+        admitted = per_request(requests, admit)
+        decoder.put([w for a in admitted if not isinstance(a, EngineError) for w in a[1]])
+        return [a if isinstance(a, EngineError) else _scores(*a) for a in admitted]
+
+
+def _outcome(work: Work) -> Any:
+    """The work's result, or the EngineError that failed it alone."""
+    try:
+        return work.future.result()
+    except EngineError as exc:
+        return exc
+
+
+def _scores(plan: ChoicePlan, works: list[_Score]) -> list[float] | EngineError:
+    rows = [_outcome(w) for w in works]
+    failed = [r for r in rows if isinstance(r, EngineError)]
+    return failed[0] if failed else plan.scores(rows)
 
 
 ENGINE_CLASS = LlamaCppEngine

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from coe.core.weights import dtype_kw, generation_config, prepare_local_weights
 from workers.engines.base import Engine, EngineError, EngineSpec, OnDelta, ShouldStop
-from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, plain_messages,
-                                      plain_prompt, token_budget)
+from workers.engines.decoding import (MIN_TEMPERATURE, PLAIN_STOPS, ChoicePlan, RowText, log_softmax, per_request,
+                                      plain_messages, plain_prompt, token_budget)
 from workers.jobs import Completion, GenerationRequest
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class LocalEngine(Engine):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None = None,
-                 should_stop: ShouldStop | None = None) -> list[Completion]:
+                 should_stop: ShouldStop | None = None) -> list[Completion | EngineError]:
         if not requests:
             return []
         with self._lock:
@@ -149,30 +149,33 @@ class LocalEngine(Engine):
             return self._generate(requests, on_delta, should_stop)
 
     def _generate(self, requests: list[GenerationRequest], on_delta: OnDelta | None,
-                  should_stop: ShouldStop | None) -> list[Completion]:
+                  should_stop: ShouldStop | None) -> list[Completion | EngineError]:
+        """Rows whose prompt fits the context decode together; one that does not gets its EngineError alone."""
         import torch
 
-        rows = []
-        extra_stops = [] if self.has_template else PLAIN_STOPS
-        for i, req in enumerate(requests):
-            ids = self.prompt_ids(req.messages)
-            max_new = token_budget(i, len(ids), req.max_tokens, self.max_context)
-            gen = None
-            if req.temperature > 0:
-                gen = torch.Generator().manual_seed(req.seed if req.seed is not None else secrets.randbits(63))
-            rows.append(_Row(i, req, ids, max_new, gen, RowText(i, [s for s in req.stop if s] + extra_stops)))
-
-        active = [r for r in rows if r.max_new > 0]
+        rows = per_request(requests, self._row)
+        active = [r for r in rows if isinstance(r, _Row) and r.max_new > 0]
         for r in rows:
-            if r.max_new == 0:
+            if isinstance(r, _Row) and r.max_new == 0:
                 r.finish_reason = "length"
         if active:
             with torch.inference_mode():
                 self._decode(active, on_delta, should_stop)
-        return [
-            Completion(text=r.text, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.ids), finish_reason=r.finish_reason or "length")
-            for r in rows
-        ]
+        return [r if isinstance(r, EngineError) else
+                Completion(text=r.text, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.ids),
+                           finish_reason=r.finish_reason or "length")
+                for r in rows]
+
+    def _row(self, i: int, req: GenerationRequest) -> _Row:
+        import torch
+
+        ids = self.prompt_ids(req.messages)
+        max_new = token_budget(len(ids), req.max_tokens, self.max_context)
+        gen = None
+        if req.temperature > 0:
+            gen = torch.Generator().manual_seed(req.seed if req.seed is not None else secrets.randbits(63))
+        extra_stops = [] if self.has_template else PLAIN_STOPS
+        return _Row(i, req, ids, max_new, gen, RowText(i, [s for s in req.stop if s] + extra_stops))
 
     def _decode(self, active: list[_Row], on_delta: OnDelta | None, should_stop: ShouldStop | None) -> None:
         import torch
@@ -253,30 +256,33 @@ class LocalEngine(Engine):
 
     # ---- multiple-choice scoring
 
-    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+    def choice_logprobs(self, requests: list[GenerationRequest],
+                        choices: list[str]) -> list[list[float] | EngineError]:
         """Log-probability of each choice as the continuation of each request's chat prompt (see ChoicePlan).
 
         The sequences of all requests' plans run together in left-padded batches (see _choice_batches): one
         forward pass per batch instead of one per sequence (16 MMLU-style questions on 2 cores: 0.68-0.81x the time
         of one pass each, evals/results/local_engine_choices.md). Each sequence is checked against the context
-        before any runs.
+        before any runs: a request whose sequences do not fit gets its EngineError in its place.
         """
         import torch
+
+        def admit(_i: int, request: GenerationRequest) -> ChoicePlan:
+            plan = ChoicePlan.build(self.prompt_ids(request.messages), choice_ids)
+            for seq in plan.sequences:
+                token_budget(len(seq), 1, self.max_context)
+            return plan
 
         with self._lock:
             if self.model is None:
                 raise EngineError(f"local engine {self.spec.key} is not loaded")
             choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-            plans = [ChoicePlan.build(self.prompt_ids(r.messages), choice_ids) for r in requests]
-            seqs = []
-            for p, plan in enumerate(plans):
-                for seq in plan.sequences:
-                    token_budget(p, len(seq), 1, self.max_context)
-                    seqs.append((seq, plan.n_prompt - 1))
+            plans = per_request(requests, admit)
+            fit = [p for p in plans if isinstance(p, ChoicePlan)]
             with torch.inference_mode():
-                logprobs = self._logprobs(seqs)
+                logprobs = self._logprobs([(seq, p.n_prompt - 1) for p in fit for seq in p.sequences])
         it = iter(logprobs)
-        return [plan.scores([next(it) for _ in plan.sequences]) for plan in plans]
+        return [p if isinstance(p, EngineError) else p.scores([next(it) for _ in p.sequences]) for p in plans]
 
     def _logprobs(self, seqs: list[tuple[list[int], int]]) -> list[Any]:
         """Log-softmax rows of each (ids, start) sequence at positions start.. , in the order given.

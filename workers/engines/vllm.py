@@ -42,8 +42,8 @@ from typing import Any
 
 from coe.core.assets import PACKAGE_PREFIX, PARTS_PREFIX, AssetError
 from coe.core.weights import is_hf_folder, prepare_local_weights
-from workers.engines.base import EngineError, EngineSpec
-from workers.engines.decoding import PLAIN_STOPS, plain_messages, plain_prompt
+from workers.engines.base import ContextLengthExceeded, EngineError, EngineSpec
+from workers.engines.decoding import PLAIN_STOPS, per_request, plain_messages, plain_prompt
 from workers.engines.engine_loop import Emit, LoopEngine
 from workers.jobs import Completion, GenerationRequest
 
@@ -232,27 +232,32 @@ class VllmEngine(LoopEngine):
 
     # ---- multiple-choice scoring
 
-    def choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+    def choice_logprobs(self, requests: list[GenerationRequest],
+                        choices: list[str]) -> list[list[float] | EngineError]:
         """Log-probability of each choice as the continuation of each request's chat prompt (the sum over the
         choice's tokens, as decoding.ChoicePlan defines it); every prompt + choice joins vLLM's batch at once,
-        and its prefix cache computes a shared prompt once."""
+        and its prefix cache computes a shared prompt once. A prompt too long for the context fails alone."""
         return self.runner.call(self._choice_logprobs(requests, choices))
 
-    async def _choice_logprobs(self, requests: list[GenerationRequest], choices: list[str]) -> list[list[float]]:
+    async def _choice_logprobs(self, requests: list[GenerationRequest],
+                               choices: list[str]) -> list[list[float] | EngineError]:
         if self.llm is None or self.asleep:
             raise EngineError(f"vllm engine {self.spec.key} is not resident")
         choice_ids = [list(self.tokenizer.encode(c, add_special_tokens=False)) for c in choices]
         if not all(choice_ids):
             raise EngineError("a choice to score is empty")
-        prompts = [self.prompt_ids(r.messages) for r in requests]
-        for row, prompt in enumerate(prompts):
+
+        def admit(_i: int, request: GenerationRequest) -> list[int]:
+            prompt = self.prompt_ids(request.messages)
             if len(prompt) + max(map(len, choice_ids)) > self.max_model_len:
-                raise EngineError(f"request {row}: prompt of {len(prompt)} tokens does not fit the "
-                                  f"{self.max_model_len}-token context")
-        flat = await asyncio.gather(*(self._continuation_logprob(prompt + c, len(prompt))
-                                      for prompt in prompts for c in choice_ids))
-        k = len(choices)
-        return [list(flat[i * k:(i + 1) * k]) for i in range(len(prompts))]
+                raise ContextLengthExceeded(len(prompt), self.max_model_len)
+            return prompt
+
+        prompts = per_request(requests, admit)
+        fit = [p for p in prompts if not isinstance(p, EngineError)]
+        flat = iter(await asyncio.gather(*(self._continuation_logprob(prompt + c, len(prompt))
+                                           for prompt in fit for c in choice_ids)))
+        return [p if isinstance(p, EngineError) else [next(flat) for _ in choice_ids] for p in prompts]
 
     async def _continuation_logprob(self, ids: list[int], n_prompt: int) -> float:
         """Sum of log p(ids[j] | ids[:j]) for j >= n_prompt, from one prompt-logprobs pass (no token is sampled)."""
@@ -280,7 +285,7 @@ class VllmEngine(LoopEngine):
         ids = self.prompt_ids(request.messages)
         room = self.max_model_len - len(ids)
         if room < 1:
-            raise EngineError(f"prompt of {len(ids)} tokens does not fit the {self.max_model_len}-token context")
+            raise ContextLengthExceeded(len(ids), self.max_model_len)
         params = self.sampling_params(request, room, stream)
         rid = uuid.uuid4().hex
         llm, parts, tokens, finish, logprob = self.llm, [], 0, None, 0.0
