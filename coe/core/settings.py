@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     gpu_memory_gb: list[float] = Field(default_factory=list, description="memory of each GPU in GB, a JSON list such as [80, 80], for placing device: auto experts where GPUs cannot be detected")
     traffic_file: Path | None = Field(None, description="requests/s per expert (JSON or YAML mapping) the placement of device: auto experts balances; unset = equal")
     placement_headroom: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory the placement fills")
+    code_allow_unisolated: bool = Field(False, description="run model-written code even where the sandbox cannot contain it (no namespaces, or root without the nobody uid); README, Security")
     log_level: str = "info"
 
     @property
