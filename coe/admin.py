@@ -14,6 +14,11 @@ With Redis, a change made first by another replica is noticed when storing (comp
 version): this one is then made again on top of it, so neither is lost. Other replicas' changes are taken
 up by `take_up`, called by the store's follower.
 
+An expert registered here may only name an api_key_env and an api_base host the operator allowed
+(COE_REGISTRATION_KEY_ENVS, COE_REGISTRATION_HOSTS): otherwise whoever holds the admin key could have
+any variable of the service's environment (the admin key, the Redis password) sent to a server of theirs.
+experts.yaml itself is the operator's and is not limited.
+
 Comments in experts.yaml survive an add (the new entry is appended as text) and a removal (the
 entry's lines are cut out) whenever the result parses to exactly the intended content; otherwise
 the file is rewritten from its parsed content, and the .bak keeps the old text.
@@ -22,10 +27,12 @@ the file is rewritten from its parsed content, and the .bak keeps the old text.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -99,6 +106,25 @@ def _without_entry(text: str, raw: dict, index: int) -> str:
     except (yaml.YAMLError, StopIteration, AttributeError, IndexError, TypeError):
         pass
     return yaml.safe_dump(wanted, sort_keys=False, allow_unicode=True)
+
+
+def registration_problems(entry: dict, key_envs: list[str], hosts: list[str]) -> list[str]:
+    """Why an expert registered at run time may not use its api_key_env or api_base (empty: it may)."""
+    problems = []
+    env = entry.get("api_key_env")
+    if env and not any(env == allowed or (allowed.endswith("*") and fnmatch.fnmatchcase(env, allowed))
+                       for allowed in key_envs):
+        problems.append(f"field 'api_key_env': {env} is not one the operator allows for registered experts "
+                        f"(COE_REGISTRATION_KEY_ENVS: {', '.join(key_envs) or 'none'})")
+    base = entry.get("api_base")
+    if base:
+        url = urlsplit(base)
+        host = (url.hostname or "").lower()
+        where = {host, f"{host}:{url.port}"} if url.port else {host}
+        if url.scheme not in ("http", "https") or not host or not where & {h.lower() for h in hosts}:
+            problems.append(f"field 'api_base': {base} is not on a host the operator allows for registered "
+                            f"experts (COE_REGISTRATION_HOSTS: {', '.join(hosts) or 'none'})")
+    return problems
 
 
 def _names(raw: dict) -> list[str]:
@@ -188,6 +214,11 @@ class RegistryEditor:
         raise RegistryChangeRejected(problem, [problem], status=409)
 
     async def add(self, entry: dict) -> Change:
+        settings = self.service.settings
+        problems = registration_problems(entry, settings.registration_key_envs, settings.registration_hosts)
+        if problems:
+            raise RegistryChangeRejected("the expert names a key or a server the operator does not allow", problems)
+
         def new_text(base: Snapshot) -> str:
             return _with_entry(base.text, self._raw(base.text), entry)
 

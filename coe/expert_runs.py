@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from coe.data.answered import exact_match
-from coe.data.code_exec import run_many
+from coe.data.code_exec import judge_many
 from coe.data.code_extract import extract_completion
 from coe.data.maths import is_correct
 from coe.data.letters import extract_letter
@@ -114,11 +114,11 @@ async def answer(runner: Runner, expert: str, item: Item) -> Answer:
 
 
 async def grade_code(pairs: list[tuple[Item, Answer]], workers: int = max(2, (os.cpu_count() or 2) // 2)) -> None:
-    """Run each generated solution sandboxed; an answer is correct when its program passes."""
+    """Judge each generated solution, sandboxed; an answer is correct when it passes its problem's tests."""
     runnable = [(item, a) for item, a in pairs if not a.error]
-    programs = [item.problem.program(extract_completion(a.text, item.problem.prompt, item.problem.entry_point))
-                for item, a in runnable]
-    results = await asyncio.to_thread(run_many, programs, workers, CODE_TIMEOUT_S)
+    submissions = [item.problem.submission(extract_completion(a.text, item.problem.prompt, item.problem.entry_point))
+                   for item, a in runnable]
+    results = await asyncio.to_thread(judge_many, submissions, workers, CODE_TIMEOUT_S)
     for (_, a), r in zip(runnable, results):
         a.correct = r.passed
         if not r.passed:

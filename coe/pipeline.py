@@ -9,6 +9,10 @@ answers that succeeded are kept (the failed experts are named); if every expert 
 fallback expert answers with its own request (a stream too, when its expert failed before its first
 token; after that the stream ends with the error); if the aggregator fails, the first routed answer is
 the answer. Jobs a request leaves unanswered (client gone, deadline) are cancelled.
+
+Routers run in a thread pool of their own (ROUTING_THREADS): a router that asks an LLM blocks its thread
+until jobs are answered, and those need the default pool's threads (the encoder's batches, the embedded
+worker's engine calls), so a routing thread never holds a thread that the work it waits on would need.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,6 +42,7 @@ from workers.jobs import GenerationRequest, Job, JobResult
 from workers.queue import Delta, JobQueue, QueueUnavailable
 
 ROUTED_MODEL = "coe"
+ROUTING_THREADS = 8  # decisions routed at once; more wait their turn (routing an ordinary batch takes milliseconds)
 
 
 class Pipeline:
@@ -52,6 +58,7 @@ class Pipeline:
         self.batcher = EmbedBatcher(embedder)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
         self.dispatch = Dispatch(registry, queue, settings)
 
     @classmethod
@@ -63,6 +70,10 @@ class Pipeline:
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
+
+    def close(self) -> None:
+        """Stop the routing pool (routing still in progress is not waited for)."""
+        self._routing.shutdown(wait=False, cancel_futures=True)
 
     def router_context(self, name: str) -> RouterContext:
         """What router `name` gets from the service: the registry, the encoder, its options from the settings,
@@ -101,7 +112,7 @@ class Pipeline:
     def generate_for_router(self, expert: str, chats: list[list[dict]], max_tokens: int) -> list[str]:
         """A router's LLM call (e.g. keywords for skills), run as ordinary jobs on the queue.
 
-        Routers run in a thread off the event loop, so this blocks that thread, not the loop."""
+        Routers run in the routing pool, so this blocks a routing thread, never the loop or the default pool."""
         if self._loop is None:
             raise RuntimeError("the pipeline was not created with Pipeline.create")
         future = asyncio.run_coroutine_threadsafe(self.complete(expert, chats, max_tokens), self._loop)
@@ -135,7 +146,8 @@ class Pipeline:
         t0 = time.perf_counter()
         vectors = await self.batcher.encode(texts)
         t1 = time.perf_counter()
-        decisions = await asyncio.to_thread(chosen.route, texts, np.asarray(vectors), k)  # off the event loop
+        decisions = await asyncio.get_running_loop().run_in_executor(
+            self._routing, chosen.route, texts, np.asarray(vectors), k)
         t2 = time.perf_counter()
         metrics.STAGE_SECONDS.labels("embed").observe(t1 - t0)
         metrics.STAGE_SECONDS.labels("route").observe(t2 - t1)

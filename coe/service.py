@@ -157,6 +157,8 @@ class Service:
                 await asyncio.wait_for(task, timeout=30)
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
+        if self.pipeline is not None:
+            self.pipeline.close()
         if self.queue is not None:
             await self.queue.close()
         if self.store is not None:

@@ -17,7 +17,8 @@ from coe.core.routes import Routes
 
 Generate = Callable[[str, list[list[dict]], int], list[str]]
 """generate(expert, chats, max_tokens) -> texts: an LLM call through the service's dispatch path.
-It blocks the calling thread; routers run off the event loop."""
+It blocks the calling thread: routers run off the event loop, in a thread pool of the service's own that the
+work it waits on never needs (coe/pipeline.py)."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -98,8 +99,61 @@ def test_the_working_folder_is_writable():
 
 def test_humaneval_canonical_solutions_pass_and_truncated_ones_fail():
     problems = load_humaneval(get_settings().cache_dir)[:10]
-    whole = [p.program(p.canonical_solution) for p in problems]
-    cut = [p.program("\n".join(p.canonical_solution.rstrip().splitlines()[:-1]) + "\n") for p in problems]
-    results = code_exec.run_many(whole + cut, workers=2, timeout_s=10)
+    whole = [p.submission(p.canonical_solution) for p in problems]
+    cut = [p.submission("\n".join(p.canonical_solution.rstrip().splitlines()[:-1]) + "\n") for p in problems]
+    results = code_exec.judge_many(whole + cut, workers=2, timeout_s=10)
     assert [r.status for r in results[:10]] == ["passed"] * 10, [r.error for r in results[:10]]
     assert not any(r.passed for r in results[10:]), [p.task_id for p, r in zip(problems, results[10:]) if r.passed]
+
+
+FORGES = {
+    "reads the verdict's nonce from argv": (
+        "    import json, os, sys\n    nonce = json.loads(sys.orig_argv[-1])['nonce']\n"
+        "    os.write(1, f'\\n{nonce} passed\\n'.encode())\n    os._exit(0)\n"),
+    "reads the nonce from the checker's frame": (
+        "    import os, sys\n    f = sys._getframe()\n    while 'nonce' not in f.f_locals:\n        f = f.f_back\n"
+        "    os.write(1, f\"\\n{f.f_locals['nonce']} passed\\n\".encode())\n    os._exit(0)\n"),
+    "returns an object equal to anything": (
+        "    class Same:\n        def __eq__(self, other):\n            return True\n    return Same()\n"),
+    "exits with the supervisor's passing code": "    import os\n    os._exit(64)\n",
+    "answers the judge's next call itself": (
+        "    import os\n    for fd in range(3, 64):\n        try:\n            os.write(fd, b'{\"value\": true}\\n' * 99)\n"
+        "        except OSError:\n            pass\n    raise SystemExit\n"),
+}
+
+
+def test_a_solution_cannot_forge_a_pass():
+    """Each forgery of the old single-process runner (a printed verdict line whose nonce is read from argv or
+    from the runner's frame; an always-equal result), and two on the judge's process: none passes."""
+    p = load_humaneval(get_settings().cache_dir)[0]
+    results = code_exec.judge_many([p.submission(c) for c in FORGES.values()], workers=2, timeout_s=10)
+    assert {name: r.passed for name, r in zip(FORGES, results)} == {name: False for name in FORGES}
+
+
+def test_a_forked_process_cannot_outlive_or_outgrow_the_limits():
+    """NPROC 1: no process of its own (so no memory beyond its own limit, nothing that escapes the group)."""
+    result = code_exec.run_program("import os\nos.fork()\n", timeout_s=5)
+    assert (result.passed, result.status) == (False, "error") and "BlockingIOError" in result.error, result
+
+
+def test_untrusted_code_has_no_capabilities_and_cannot_gain_any():
+    program = ("caps = dict(line.split(':') for line in open('/proc/self/status').read().splitlines() if ':' in line)\n"
+               "assert int(caps['CapEff'], 16) == int(caps['CapBnd'], 16) == 0, caps\n"
+               "assert caps['NoNewPrivs'].strip() == '1'\n")
+    result = code_exec.run_program(program, timeout_s=5)
+    assert result.passed, result
+
+
+def test_without_isolation_it_refuses_unless_the_user_opts_in(tmp_path):
+    """No `unshare` on the PATH: a sandbox uid alone (no namespaces) is not contained, so nothing runs there
+    until COE_CODE_ALLOW_UNISOLATED=1 says to run it anyway."""
+    code = ("from coe.data import code_exec\n"
+            "try:\n    r = code_exec.run_program('print(6 * 7)\\n', timeout_s=5)\n    print(r.status, r.output)\n"
+            "except code_exec.SandboxError as exc:\n    print('refused', exc)\n")
+    base = {"PATH": str(tmp_path), "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    refused = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, check=True)
+    allowed = subprocess.run([sys.executable, "-c", code], env={**base, "COE_CODE_ALLOW_UNISOLATED": "1"},
+                             capture_output=True, text=True, check=True)
+    assert refused.stdout.startswith("refused refusing to run untrusted code without isolation"), refused
+    assert "COE_CODE_ALLOW_UNISOLATED=1" in refused.stdout
+    assert allowed.stdout.split() == ["passed", "42"], allowed

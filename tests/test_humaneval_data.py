@@ -85,7 +85,7 @@ def test_extractor_reads_every_answer_form_into_a_passing_program(problems):
     assert "__main__" not in completions["restated in a block, with usage and a main guard"]
     assert "print(" not in completions["base-model continuation with trailing code"]
     assert "This is" not in completions["restated, raw, prose around"]
-    results = code_exec.run_many([p.program(c) for c in completions.values()], workers=2, timeout_s=10)
+    results = code_exec.judge_many([p.submission(c) for c in completions.values()], workers=2, timeout_s=10)
     assert {name: r.status for name, r in zip(completions, results)} == {name: "passed" for name in completions}
 
 
@@ -95,5 +95,5 @@ def test_extractor_on_empty_and_wrong_answers(problems):
     wrong = extract_completion(f"```python\ndef {p.entry_point}(numbers, threshold):\n    return False\n```",
                                p.prompt, p.entry_point)
     prose = extract_completion("I cannot help with that.", p.prompt, p.entry_point)
-    results = code_exec.run_many([p.program(c) for c in (empty, wrong, prose)], workers=2, timeout_s=10)
+    results = code_exec.judge_many([p.submission(c) for c in (empty, wrong, prose)], workers=2, timeout_s=10)
     assert [r.passed for r in results] == [False, False, False]

@@ -34,4 +34,6 @@ def test_humaneval_problem_is_a_greedy_chat():
                 "def check(candidate):\n    assert candidate(2) == 4\n", "f", "test")
     task = humaneval_generation(p, max_tokens=300)
     assert task.messages == p.messages() and task.max_tokens == 300 and task.temperature == 0.0
-    assert p.program(p.canonical_solution).endswith("check(f)\n")
+    judged = p.submission(p.canonical_solution)
+    assert judged.entry_point == "f" and judged.solution.endswith("return 2 * x\n\n")
+    assert "def check(candidate)" in judged.tests and "return 2 * x" not in judged.tests

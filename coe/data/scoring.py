@@ -9,7 +9,7 @@ The prediction is the letter of the highest log-probability; ties go to the earl
 A user's own multiple-choice question (`coe profile --data FILE`) is asked the same way with 2 to 10 options.
 
 HumanEval: the problem's chat (coe/data/humaneval.py), answered greedily; the completion is
-read out of the answer by coe/data/code_extract.py and run by coe/data/code_exec.py.
+read out of the answer by coe/data/code_extract.py and judged by coe/data/code_exec.py.
 """
 
 from __future__ import annotations
