@@ -59,6 +59,7 @@ def _chat_input(body: ChatCompletionRequest) -> ChatInput:
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
+        confidence=bool(body.coe and body.coe.confidence),
     )
 
 
