@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
-from coe.api import admin
+from coe.aggregation import last_user_text
+from coe.api import admin, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
@@ -24,7 +26,8 @@ from coe.api.schemas import (
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
 )
 from coe.api.security import query_caller
-from coe.auth import KeyRing
+from coe.auth import Caller, KeyRing
+from coe.feedback import Served
 from coe.limits import check_texts
 from coe.pipeline import ROUTED_MODEL
 from coe.pipeline_types import ChatInput, ClientGone, Outcome, PipelineError, TimedOut, Unavailable
@@ -33,6 +36,8 @@ from coe.service import Service
 from coe.core.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
+
+log = logging.getLogger("coe.api")
 
 DISCONNECT_POLL_S = 0.25
 EVERYWHERE = {s: {"model": ErrorResponse} for s in (400, 413, 503)}  # bad JSON, body cap, shutting down
@@ -111,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(IntakeMiddleware, intake=intake)  # a draining server reads no bodies
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
+    app.include_router(feedback.router)
     auth = [Depends(query_caller)]
 
     def pipeline():
@@ -183,7 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
         inp = _chat_input(body)
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -192,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if inp.stream:
             events = pipeline().stream(inp)
             decision = await within_deadline(anext(events))  # routing errors surface here as a normal error
+            await remember(completion_id, inp, decision, caller)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
                 _sse(events, decision, completion_id, created, body.model, include_usage),
@@ -199,10 +206,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         out = await within_deadline(unless_disconnected(request, pipeline().run(inp)))
         metrics.REQUEST_SECONDS.labels(body.model).observe(time.perf_counter() - started)
+        await remember(completion_id, inp, out.decision, caller)
         return ChatCompletion(
             id=completion_id, created=created, model=body.model, usage=_usage(out), coe=_coe_info(out),
             choices=[Choice(message=ResponseMessage(content=out.text), finish_reason=out.finish_reason)],
         )
+
+    async def remember(completion_id: str, inp: ChatInput, decision: RouteDecision, caller: Caller) -> None:
+        """Keep what the completion was about, for POST /v1/feedback; a store that fails costs the answer nothing."""
+        served = Served(completion_id, last_user_text(inp.messages), decision.router, decision.category,
+                        list(decision.experts), caller.identity, time.time())
+        try:
+            await service.feedback.remember(served)
+        except Exception as exc:  # noqa: BLE001 - feedback is optional; the answer is not
+            log.warning("could not keep completion %s for feedback: %s", completion_id, exc)
 
     return app
 
