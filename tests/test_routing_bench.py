@@ -16,7 +16,7 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("semantic_router")
     res = bench_routing(sample=4, out_dir=tmp_path, include_peer=True, settings=get_settings(),
                         fast_runtime="torch", fast_max_seq_length=128, fp32_runtime="torch",
-                        n_single=2, n_batch=8, variants=["two_stage"], log=lambda msg: None)  # timing runs, briefly
+                        n_single=2, n_batch=8, variants=["two_stage"], n_maths=20, log=lambda msg: None)  # timing runs, briefly
     names = {r["router"] for r in res["results"]}
     assert EXPECTED <= names and "semantic-router (peer)" in names
     by = {r["router"]: r for r in res["results"]}
