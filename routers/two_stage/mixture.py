@@ -122,7 +122,7 @@ class RouteMixture:
         groups = np.array(train.groups)
         exam_rows, few_rows = groups == EXAM, groups != EXAM
         step("request model: out-of-fold predictions")
-        held_out = REQUEST if (groups == REQUEST).any() else EXAMPLE  # without requests, the examples are folded
+        held_out = held_out_group(train.groups)
         folds = np.array([_fold(t) if g == held_out else -1 for t, g in zip(train.texts, groups)])
         self.few = self._few_model().fit(*_take(train, few_rows, fine=True))
         held = np.nonzero(folds >= 0)[0]
@@ -216,6 +216,19 @@ class RouteMixture:
         exam = self._exam_proba(texts, embeddings)
         gate = self.gate.predict(texts, embeddings) if self.gate is not None else np.zeros(len(texts))
         return self._mix(gate, few, exam)
+
+
+def held_out_group(groups: list[str]) -> str:
+    """The group fit() folds for held-out predictions: the requests, or the examples when there are none."""
+    return REQUEST if REQUEST in groups else EXAMPLE
+
+
+def held_out_texts(mixture: RouteMixture, train, validation) -> list[str]:
+    """The texts of fit()'s held-out probabilities, in their order: the validation rows (when there is an exam
+    model), then the rows of the held-out group."""
+    held_out = held_out_group(train.groups)
+    held = [t for t, g in zip(train.texts, train.groups) if g == held_out]
+    return (list(validation.texts) if mixture.exam is not None else []) + held
 
 
 @functools.lru_cache(maxsize=64)
