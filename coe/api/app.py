@@ -148,7 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except QueueUnavailable as exc:
             return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
         return {"status": "ready", "router": pipeline().default_router, "encoder": pipeline().embedder.runtime_id,
-                "experts": service.registry.names, "registry_version": service.registry_version}
+                "experts": service.registry.names, "registry_version": service.registry_version,
+                "registry_problems": service.store.problems}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
@@ -161,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.QUEUE_COUNTERS.values = await service.queue.counters()
             except QueueUnavailable:
                 pass
+        if service.store is not None:
+            metrics.REGISTRY_VERSION.set(service.registry_version)
+            metrics.REGISTRY_PROBLEMS.set(len(service.store.problems))
         metrics.WORKER_SWITCHES.set(sum(w.scheduler.stats.switches for w in service.workers))
         metrics.WORKER_BATCHES.set(sum(w.scheduler.stats.batches for w in service.workers))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
