@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+
+def _well_formed(text: str) -> str:
+    """JSON may escape half a surrogate pair ("\\ud800"); such a string is no Unicode text, and the tokenizers and
+    encoders behind the API fail on it, so it is the client's error (400), found here rather than there (500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError("invalid_unicode", "not valid Unicode: a lone surrogate at character {at}",
+                                  {"at": exc.start}) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_well_formed)]
+"""A string of well-formed Unicode: every text field that reaches a tokenizer, an encoder or a log."""
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -62,7 +77,7 @@ class ChatCompletionRequest(BaseModel):
     # those that would change the answer and cannot be honoured (UNSUPPORTED) are refused.
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: Text = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -71,7 +86,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer, as in OpenAI's API")
     user: str | None = None
     coe: CoeOptions | None = None
@@ -104,7 +119,7 @@ class ChatCompletionRequest(BaseModel):
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: str | list[str] = Field(description="one text or a batch of texts")
+    input: Text | list[Text] = Field(description="one text or a batch of texts")
     k: int = Field(1, ge=1)
     router: str | None = None
 
