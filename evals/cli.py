@@ -51,6 +51,10 @@ from coe_evals.bench_chaos import chaos  # noqa: E402
 
 bench_app.command("chaos")(chaos)
 
+from coe_evals.bench_fuzz import fuzz  # noqa: E402
+
+bench_app.command("fuzz")(fuzz)
+
 from coe_evals.bench_quality import quality  # noqa: E402
 
 bench_app.command("quality")(quality)
