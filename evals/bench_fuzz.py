@@ -4,8 +4,9 @@ One `coe serve` (embedded workers, the experts file's real weights, max_tokens c
 every other limit at its default) takes first the hand-written list of evals/fuzz_cases.py, then `--examples`
 requests that schemathesis generates from the service's own OpenAPI schema, spread evenly over every operation
 with valid and with invalid input, plus chats aimed at a real model. Each answer is counted by status; a 5xx,
-a dropped connection or a schema violation (undeclared status, content type or body) is listed. The replica's
-RSS is read before, after the hand-written list and at the end; the server must still be ready at the end.
+a dropped connection or a schema violation (undeclared status, content type or body) is listed. The list is sent
+twice: the server's RSS is read before, after each pass and at the end, so what the first use costs (the
+experts' weights load then) is told from growth; the server must still be ready at the end.
 Needs the `test` extra (schemathesis). Results: fuzz.json and fuzz.md.
 """
 
@@ -98,11 +99,13 @@ def markdown(res: dict) -> str:
     rss = res["api_rss_mb"]
     rows = [("hand-written requests", len(hand)), ("hand-written 5xx", sum((a["status"] or 0) >= 500 for a in hand)),
             ("hand-written with no answer", sum(a["status"] is None for a in hand)),
+            ("the list sent again: 5xx or no answer", len(res["hand_written_again_5xx_or_no_answer"])),
             ("generated requests (schemathesis)", gen["sent"]),
             ("generated 5xx", gen["problems"].get("5xx", 0)), ("generated with no answer", gen["problems"].get("no answer", 0)),
             ("generated schema violations", gen["problems"].get("schema violation", 0)),
             ("server still ready at the end", res["alive"]),
-            ("RSS before / after the hand-written list / at the end (MB)", f"{rss['before']} / {rss['after_hand']} / {rss['end']}"),
+            ("RSS (MB) before / after the list / after it again / at the end",
+             f"{rss['before']} / {rss['after_hand']} / {rss['after_hand_again']} / {rss['end']}"),
             ("wall time (s)", res["wall_s"])]
     lines = [f"# Fuzz run: {len(hand)} hand-written + {gen['sent']} generated requests", "",
              f"Command: `{res['command']}`; experts `{res['experts_file']}`", "",
@@ -137,14 +140,18 @@ def fuzz(
         expert = next(m["id"] for m in models if m["id"] != "coe" and m["engine"] in CPU_ENGINES)
         rss = {"before": fleet.api_rss_mb()[0]}
         hand = _hand_written(url, expert, timeout_s)
-        rss["after_hand"] = fleet.api_rss_mb()[0]
+        rss["after_hand"] = fleet.api_rss_mb()[0]  # includes the experts' weights, loaded on first use
+        hand_again = _hand_written(url, expert, timeout_s)
+        rss["after_hand_again"] = fleet.api_rss_mb()[0]  # the same list once more: growth, not first use
         generated = _generated(url, examples, expert, timeout_s, seed)
         rss["end"] = fleet.api_rss_mb()[0]
         alive = fleet.servers[0].poll() is None and httpx.get(f"{url}/readyz", timeout=30).status_code == 200
     finally:
         fleet.stop()
     args = sys.argv[sys.argv.index("fuzz") + 1:] if "fuzz" in sys.argv else sys.argv[1:]
+    hand_again_5xx = [a["name"] for a in hand_again if (a["status"] or 500) >= 500]
     res = {"command": " ".join(["coe bench fuzz", *args]), "experts_file": str(experts_file), "hand_written": hand,
+           "hand_written_again_5xx_or_no_answer": hand_again_5xx,
            "generated": generated, "api_rss_mb": rss, "alive": alive, "wall_s": round(time.monotonic() - started, 1),
            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs",
            "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
@@ -152,5 +159,5 @@ def fuzz(
     (out / "fuzz.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "fuzz.md").write_text(markdown(res))
     typer.echo(markdown(res))
-    if not alive or any((a["status"] or 500) >= 500 for a in hand) or generated["problems"].get("5xx"):
+    if not alive or hand_again_5xx or any((a["status"] or 500) >= 500 for a in hand) or generated["problems"].get("5xx"):
         raise typer.Exit(1)

@@ -2,38 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 
-def _well_formed(text: str) -> str:
+def well_formed(value: Any) -> Any:
     """JSON may escape half a surrogate pair ("\\ud800"); such a string is no Unicode text, and the tokenizers and
-    encoders behind the API fail on it, so it is the client's error (400), found here rather than there (500)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PydanticCustomError("invalid_unicode", "not valid Unicode: a lone surrogate at character {at}",
-                                  {"at": exc.start}) from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_well_formed)]
-"""A string of well-formed Unicode: every text field that reaches a tokenizer, an encoder or a log."""
+    encoders behind the API fail on it, so it is the client's error (400), found here rather than there (500).
+    `value`: a string, a list of strings or text parts, or None."""
+    for item in value if isinstance(value, list) else [value]:
+        text = item.text if isinstance(item, TextPart) else item
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PydanticCustomError("invalid_unicode", "not valid Unicode: a lone surrogate at character {at}",
+                                          {"at": exc.start}) from None
+    return value
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
-    text: Text
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
-    name: Text | None = None
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    unicode_text = field_validator("content", "name")(well_formed)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -77,7 +79,7 @@ class ChatCompletionRequest(BaseModel):
     # those that would change the answer and cannot be honoured (UNSUPPORTED) are refused.
     model_config = ConfigDict(extra="ignore")
 
-    model: Text = Field(min_length=1)
+    model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -86,7 +88,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Text | list[Text] | None = None
+    stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer, as in OpenAI's API")
     user: str | None = None
     coe: CoeOptions | None = None
@@ -98,6 +100,8 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = Field(None, description="not supported: only false is accepted")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported: only 0 is accepted")
     logit_bias: dict[str, float] | None = Field(None, description="not supported: only {} is accepted")
+
+    unicode_text = field_validator("model", "stop", "user")(well_formed)
 
     @field_validator("stop")
     @classmethod
@@ -119,9 +123,11 @@ class ChatCompletionRequest(BaseModel):
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: Text | list[Text] = Field(description="one text or a batch of texts")
+    input: str | list[str] = Field(description="one text or a batch of texts")
     k: int = Field(1, ge=1)
     router: str | None = None
+
+    unicode_text = field_validator("input")(well_formed)
 
 
 class CategoryProbability(BaseModel):
