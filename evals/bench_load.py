@@ -29,6 +29,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,7 @@ from coe_evals.load_report import markdown
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 METRIC = r"^{name} ([0-9.e+]+)$"
 DRAIN_S = 30.0
+MoreFaults = Callable[[httpx.AsyncClient, faults.Events], list[Coroutine]]
 
 
 @dataclass
@@ -55,6 +57,7 @@ class FaultPlan:
     redis_down_s: float
     register_at: float
     registry_window_s: float
+    faults: tuple[str, ...] = ("kill", "redis-restart", "register")
 
 
 def _metric(text: str, name: str) -> int | None:
@@ -83,11 +86,22 @@ async def _drained(http: httpx.AsyncClient, url: str) -> dict[str, int | None]:
         await asyncio.sleep(1.0)
 
 
+def _scripted(fleet: Fleet, http: httpx.AsyncClient, events: faults.Events, plan: FaultPlan, duration: float,
+              probe: faults.RegistryProbe) -> list[Coroutine]:
+    chosen = {"kill": lambda: faults.kill_worker(fleet, events, plan.kill_at * duration),
+              "redis-restart": lambda: faults.restart_redis(fleet, events, plan.restart_redis_at * duration,
+                                                            plan.redis_down_s),
+              "register": lambda: faults.register_and_probe(fleet, http, events, plan.register_at * duration, probe,
+                                                            faults.added_expert(fleet.experts_file, probe.expert))}
+    return [chosen[name]() for name in plan.faults if name in chosen]
+
+
 async def run_load(urls: list[str], clients: int, duration: float, invalid_share: float, max_tokens: int,
                    experts: list[str], seed: int, fleet: Fleet | None, plan: FaultPlan, leave_every_s: float,
-                   timeout_s: float) -> dict:
+                   timeout_s: float, more_faults: MoreFaults | None = None) -> dict:
+    """The load, with the scripted faults of `plan` (with Redis) and those `more_faults` makes (coe bench chaos)."""
     tally, leavers = Tally(), Leavers()
-    limits = httpx.Limits(max_connections=clients + 32, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=clients)  # the faults send bursts too
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
         before = await _counters(http, urls[0])
         events = faults.Events()
@@ -95,10 +109,11 @@ async def run_load(urls: list[str], clients: int, duration: float, invalid_share
         scripted, probe = [], None
         if fleet is not None and fleet.redis is not None:
             probe = faults.RegistryProbe(f"bench-added-{os.getpid()}", 1, min(2, len(urls)), plan.registry_window_s)
-            scripted = [faults.kill_worker(fleet, events, plan.kill_at * duration),
-                        faults.restart_redis(fleet, events, plan.restart_redis_at * duration, plan.redis_down_s),
-                        faults.register_and_probe(fleet, http, events, plan.register_at * duration, probe,
-                                                  faults.added_expert(fleet.experts_file, probe.expert))]
+            scripted = _scripted(fleet, http, events, plan, duration, probe)
+            if "register" not in plan.faults:
+                probe = None
+        if more_faults is not None:
+            scripted += more_faults(http, events)
         load = [load_client(http, urls[i % len(urls)], end, random.Random(seed + i), tally, experts, invalid_share,
                             max_tokens) for i in range(clients)]
         await asyncio.gather(*load, leavers_loop(http, urls, end, leave_every_s, experts, random.Random(seed - 1),
@@ -132,7 +147,10 @@ async def run_load(urls: list[str], clients: int, duration: float, invalid_share
             "engine": ms([d.get("generate", 0) + d.get("aggregate", 0) for d in t]),
             "queue_wait": ms([d.get("queue", 0) for d in t]),
             "orchestrator_overhead": ms([max(0.0, d["total"] - d.get("queue", 0) - d.get("generate", 0)
-                                             - d.get("aggregate", 0)) for d in t])},
+                                             - d.get("aggregate", 0)) for d in t]),
+            "stages": {k: ms([d[k] for d in t if k in d]) for k in sorted({k for d in t for k in d})}},
+        "errors_by_kind": dict(tally.error_kinds),
+        "server_errors": [{**e, "t": round(e["t"] - events.t0, 1)} for e in tally.server_errors],
         "registry": probe.summary() if probe else None,
         "events": events.lines,
     }

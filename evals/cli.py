@@ -47,6 +47,14 @@ from coe_evals.bench_load import load  # noqa: E402
 
 bench_app.command("load")(load)
 
+from coe_evals.bench_chaos import chaos  # noqa: E402
+
+bench_app.command("chaos")(chaos)
+
+from coe_evals.bench_fuzz import fuzz  # noqa: E402
+
+bench_app.command("fuzz")(fuzz)
+
 from coe_evals.bench_quality import quality  # noqa: E402
 
 bench_app.command("quality")(quality)

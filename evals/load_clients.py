@@ -42,6 +42,15 @@ def invalid_request(rng: random.Random, experts: list[str]) -> tuple[str, dict |
     return "bad-role", {"model": "coe", "messages": [{"role": "wizard", "content": "hi"}]}, 400
 
 
+def error_code(resp: httpx.Response) -> str:
+    """The OpenAI error body's code (else its type), or what the body is when it is not one."""
+    try:
+        error = resp.json()["error"]
+        return str(error.get("code") or error.get("type"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "not an OpenAI error body"
+
+
 def retry_after(resp: httpx.Response) -> float | None:
     """Retry-After of a 503 in seconds, None when the answer is not a retryable refusal."""
     if resp.status_code != 503:
@@ -66,11 +75,19 @@ class Tally:
     latency_ok: list[float] = field(default_factory=list)
     latency_refused: list[float] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
+    error_kinds: Counter = field(default_factory=Counter)  # "<status> <error code or type>" of every non-200
+    server_errors: list[dict] = field(default_factory=list)  # each 5xx: when (monotonic), status, Retry-After, code
 
     def record(self, kind: str, expected: int, resp: httpx.Response, elapsed: float) -> float:
         """Count one HTTP answer; returns how long the client should wait before its next request."""
         self.by_status[resp.status_code] += 1
         wait = retry_after(resp)
+        if resp.status_code != 200:
+            code = error_code(resp)
+            self.error_kinds[f"{resp.status_code} {code}"] += 1
+            if resp.status_code >= 500:
+                self.server_errors.append({"t": time.monotonic(), "status": resp.status_code,
+                                           "retry_after": wait is not None, "code": code})
         if resp.status_code != expected and wait is None:
             self.unexpected[f"{kind}->{resp.status_code}"] += 1
         if resp.status_code == 200:
@@ -105,18 +122,23 @@ async def load_client(http: httpx.AsyncClient, url: str, end: float, rng: random
             kind, expected = f"valid-{'routed' if model == 'coe' else 'named'}", 200
             body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
                     "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}]}
-        kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
-        tally.sent += 1
-        started = time.perf_counter()
-        try:
-            resp = await http.post(f"{url}/v1/chat/completions", **kwargs)
-        except httpx.HTTPError as exc:
-            tally.lost += 1
-            tally.lost_reasons[type(exc).__name__] += 1
-            continue
-        wait = tally.record(kind, expected, resp, time.perf_counter() - started)
+        wait = await send(http, url, kind, body, expected, tally)
         if wait:
             await asyncio.sleep(max(0.0, min(wait, end - time.monotonic())))
+
+
+async def send(http: httpx.AsyncClient, url: str, kind: str, body: dict | bytes, expected: int, tally: Tally) -> float:
+    """One chat request, counted in `tally`; returns how long to wait before the next (a 503's Retry-After)."""
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    tally.sent += 1
+    started = time.perf_counter()
+    try:
+        resp = await http.post(f"{url}/v1/chat/completions", **kwargs)
+    except httpx.HTTPError as exc:
+        tally.lost += 1
+        tally.lost_reasons[type(exc).__name__] += 1
+        return 0.0
+    return tally.record(kind, expected, resp, time.perf_counter() - started)
 
 
 @dataclass

@@ -84,8 +84,9 @@ class Fleet:
     """`coe serve` replicas (and with Redis, `coe worker` processes and a redis-server) in a temp folder."""
 
     def __init__(self, mode: str, experts_file: Path, replicas: int, workers: int, reclaim_idle_s: float,
-                 log_dir: Path, threads: int | None = 1):
+                 log_dir: Path, threads: int | None = 1, env: dict[str, str] | None = None):
         self.mode, self.log_dir, self.reclaim_idle_s, self.threads = mode, log_dir, reclaim_idle_s, threads
+        self.extra_env = env or {}
         self.n_workers = workers if mode == "redis" else 0
         self.experts_file = copy_experts(experts_file, log_dir)
         self.routes_file = experts_file.parent / "routes.yaml"
@@ -102,7 +103,7 @@ class Fleet:
 
     def _env(self) -> dict:
         env = {**os.environ, "COE_EXPERTS_FILE": str(self.experts_file), "COE_LOG_LEVEL": "warning",
-               "COE_ADMIN_KEY": self.admin_key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+               "COE_ADMIN_KEY": self.admin_key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.extra_env}
         if self.threads is not None:  # several processes on few cores: one thread each; None = the engines' default
             env["COE_TORCH_THREADS"] = str(self.threads)
         if self.routes_file.exists():
@@ -158,6 +159,34 @@ class Fleet:
         victim.wait()
         replacement, name = self.start_worker()
         return [f"SIGKILL worker pid {victim.pid}", f"started worker pid {replacement.pid} ({name})"]
+
+    def hang_worker(self, seconds: float) -> list[str]:
+        """SIGSTOP the last worker still running (a hung worker: no heartbeat, no progress), SIGCONT it `seconds` later."""
+        victim = next(p for p in reversed(self.workers) if p.poll() is None)
+        victim.send_signal(signal.SIGSTOP)
+        time.sleep(seconds)
+        if victim.poll() is None:
+            victim.send_signal(signal.SIGCONT)
+        return [f"SIGSTOP worker pid {victim.pid}", f"SIGCONT worker pid {victim.pid} after {seconds:g} s"]
+
+    def pause_redis(self, seconds: float) -> None:
+        """`CLIENT PAUSE` every client of the bench's Redis for `seconds` (Redis stays up, answers nothing)."""
+        import redis
+
+        redis.Redis(port=self.redis.port).execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+
+    def api_rss_mb(self) -> list[float | None]:
+        """Resident memory of each API replica (VmRSS from /proc), None for one that is gone."""
+        sizes = []
+        for server in self.servers:
+            try:
+                status = Path(f"/proc/{server.pid}/status").read_text()
+            except OSError:
+                sizes.append(None)
+                continue
+            kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            sizes.append(round(kb / 1024, 1))
+        return sizes
 
     def restart_redis(self, down_s: float) -> None:
         """Stop the bench's redis-server, leave it down `down_s`, start it again on the same port and files."""

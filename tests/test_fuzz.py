@@ -17,15 +17,16 @@ from __future__ import annotations
 import os
 import shutil
 
+import httpx
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance, response_schema_conformance, status_code_conformance,
 )
 
+from coe_evals.fuzz_cases import cases as hostile_cases
+from coe_evals.fuzz_schema import aimed_at, operation_modes, schema
 from tests.conftest import ROOT, start_server, stop_server
 
 # CI replays the same examples every run (a red CI blocks landing); a developer's run explores new ones.
@@ -34,23 +35,8 @@ DERANDOMIZE = bool(os.environ.get("CI"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MAX_EXAMPLES = 20
 
-
-def _schema():
-    from coe.api.app import create_app
-    from coe.core.settings import Settings
-
-    return schemathesis.openapi.from_dict(create_app(Settings()).openapi())
-
-
-def _takes_input(op) -> bool:
-    return bool(op.definition.raw.get("parameters") or op.definition.raw.get("requestBody"))
-
-
-SCHEMA = _schema()
-OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
-CASES = [pytest.param(op, mode, id=f"{op.label} {mode}") for op in OPERATIONS
-         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-         if mode is GenerationMode.POSITIVE or _takes_input(op)]  # nothing to make invalid without input
+SCHEMA = schema()
+CASES = [pytest.param(op, mode, id=f"{op.label} {mode}") for op, mode in operation_modes(SCHEMA)]
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +70,22 @@ def test_operation_conforms(fuzz_server, operation, mode):
 @pytest.mark.parametrize("model", ["coe", "generalist"])
 def test_generated_chats_that_reach_the_experts(fuzz_server, model):
     """Random model names mostly get 404; here every generated chat names a real model, so it is generated."""
-    operation = SCHEMA["/v1/chat/completions"]["POST"]
+    fuzz(fuzz_server, SCHEMA["/v1/chat/completions"]["POST"].as_strategy().map(aimed_at(model)))
 
-    def aim(case):
-        case.body["model"] = model
-        return case
 
-    fuzz(fuzz_server, operation.as_strategy().map(aim))
+def test_hand_written_hostile_requests_get_a_client_error_or_an_answer_never_a_5xx(fuzz_server):
+    """What a schema-driven fuzzer does not think of (evals/fuzz_cases.py): huge stop lists, 200k-character prompts,
+    deep content-part arrays, JSON nested 100,000 deep, tool and developer messages, wrong types, invalid UTF-8,
+    NaN, oversized headers. Each gets an HTTP answer below 500, every refusal in OpenAI's error shape."""
+    answers = {}
+    with httpx.Client(base_url=fuzz_server.base_url, timeout=120) as http:
+        for hostile in hostile_cases("generalist"):
+            resp = http.post(hostile.path, **hostile.request())
+            answers[hostile.name] = resp.status_code
+            assert resp.status_code < 500, (hostile.name, resp.status_code, resp.text[:500])
+            if resp.status_code >= 400:
+                assert set(resp.json()["error"]) >= {"message", "type", "code"}, (hostile.name, resp.text[:500])
+    assert answers["developer-message"] == 200 and answers["tool-message"] == 200, answers
+    assert answers["stop-20000-strings"] == answers["json-nested-100000-deep"] == 400, answers
+    assert {answers[n] for n in answers if n.startswith("lone-surrogate")} == {400}, answers  # were 500
+    assert fuzz_server.proc.poll() is None, "the server died"

@@ -8,6 +8,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 
+def well_formed(value: Any) -> Any:
+    """JSON may escape half a surrogate pair ("\\ud800"); such a string is no Unicode text, and the tokenizers and
+    encoders behind the API fail on it, so it is the client's error (400), found here rather than there (500).
+    `value`: a string, a list of strings or text parts, or None."""
+    for item in value if isinstance(value, list) else [value]:
+        text = item.text if isinstance(item, TextPart) else item
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PydanticCustomError("invalid_unicode", "not valid Unicode: a lone surrogate at character {at}",
+                                          {"at": exc.start}) from None
+    return value
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
@@ -19,6 +34,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    unicode_text = field_validator("content", "name")(well_formed)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -87,6 +104,8 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported: only 0 is accepted")
     logit_bias: dict[str, float] | None = Field(None, description="not supported: only {} is accepted")
 
+    unicode_text = field_validator("model", "stop", "user")(well_formed)
+
     @field_validator("stop")
     @classmethod
     def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
@@ -110,6 +129,8 @@ class RouteRequest(BaseModel):
     input: str | list[str] = Field(description="one text or a batch of texts")
     k: int = Field(1, ge=1)
     router: str | None = None
+
+    unicode_text = field_validator("input")(well_formed)
 
 
 class CategoryProbability(BaseModel):
