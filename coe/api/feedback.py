@@ -6,10 +6,10 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coe.api.errors import ApiError
-from coe.api.schemas import ErrorResponse
+from coe.api.schemas import ErrorResponse, well_formed
 from coe.api.security import query_caller
 from coe.auth import Caller
 from coe.core.routes import load_routes_if_present
@@ -27,6 +27,8 @@ class FeedbackRequest(BaseModel):
     comment: str | None = Field(None, max_length=2000)
     route: str | None = Field(None, max_length=100, description="the route that should have answered (a routes.yaml name)")
     expert: str | None = Field(None, max_length=100, description="the expert that should have answered")
+
+    unicode_text = field_validator("id", "comment", "route", "expert")(well_formed)
 
     @model_validator(mode="after")
     def _one_outcome(self) -> "FeedbackRequest":
