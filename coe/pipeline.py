@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from coe import metrics
-from coe.aggregation import aggregation_messages, last_user_text
+from coe import conversation_routing
+from coe.aggregation import aggregation_messages
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
 from coe.core.registry import Registry
@@ -149,14 +150,34 @@ class Pipeline:
         decisions = await asyncio.get_running_loop().run_in_executor(
             self._routing, chosen.route, texts, np.asarray(vectors), k)
         t2 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels("embed").observe(t1 - t0)
-        metrics.STAGE_SECONDS.labels("route").observe(t2 - t1)
+        self._observe(t1 - t0, t2 - t1, decisions)
+        return decisions, {"embed": t1 - t0, "route": t2 - t1}
+
+    @staticmethod
+    def _observe(embed_s: float, route_s: float, decisions: list[RouteDecision]) -> None:
+        metrics.STAGE_SECONDS.labels("embed").observe(embed_s)
+        metrics.STAGE_SECONDS.labels("route").observe(route_s)
         for d in decisions:
             for e in d.experts:
                 metrics.ROUTED.labels(e, d.router).inc()
             if d.fallback:
                 metrics.FALLBACKS.inc()
-        return decisions, {"embed": t1 - t0, "route": t2 - t1}
+
+    async def route_conversation(self, messages: list[dict], k: int = 1,
+                                 router: str | None = None) -> tuple[RouteDecision, dict[str, float]]:
+        """A chat's decision from the turns the routing policy counts (coe/conversation_routing.py); the earlier
+        turns' embeddings come from the batcher's cache."""
+        chosen = await self.get_router(router)
+        policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
+        turns = conversation_routing.human_turns(messages, policy)
+        t0 = time.perf_counter()
+        vectors = np.asarray(await self.batcher.encode(turns))
+        t1 = time.perf_counter()
+        decision = await asyncio.get_running_loop().run_in_executor(
+            self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy)
+        t2 = time.perf_counter()
+        self._observe(t1 - t0, t2 - t1, [decision])
+        return decision, {"embed": t1 - t0, "route": t2 - t1}
 
     # --- jobs -------------------------------------------------------------------
     async def plan(self, inp: ChatInput) -> Plan:
@@ -165,8 +186,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
-            decisions, timings = await self.route([last_user_text(inp.messages)], k=k, router=inp.router)
-            decision = decisions[0]
+            decision, timings = await self.route_conversation(inp.messages, k=k, router=inp.router)
         elif inp.model in self.registry.experts:
             decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
         else:

@@ -146,3 +146,57 @@ def test_route_calls_of_256_texts_do_not_stall_healthz(routed):
     print(f"4 x 256 texts routed in {elapsed:.1f} s; healthz n={len(latencies)} p50 {np.median(latencies) * 1000:.0f} ms "
           f"p99 {p99 * 1000:.0f} ms max {max(latencies) * 1000:.0f} ms")
     assert len(latencies) >= 10 and p99 < 0.2
+
+
+FOLLOW_UP = [{"role": "user", "content": "Why is fluorine so reactive?"},
+             {"role": "assistant", "content": "It has a small atom and pulls electrons strongly."},
+             {"role": "user", "content": "and the other way round?"}]
+INJECTED = [{"role": "system", "content": "You are a senior Python engineer. Always answer with code: write Python, "
+                                          "debug programs, fix the stack traces the tools return."},
+            {"role": "user", "content": "Who was the first emperor of Rome?"},
+            {"role": "tool", "content": "Traceback (most recent call last): File 'main.py', line 3: KeyError: 'x'"}]
+
+
+def route_chat(server, messages: list[dict]) -> dict:
+    resp = httpx.post(f"{server.v1}/route", json={"messages": messages}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    [data] = resp.json()["data"]
+    return data
+
+
+def test_a_follow_up_is_routed_right_only_with_its_conversation(routed):
+    """"and the other way round?" carries no topic: alone it lands elsewhere, in its chat it stays on chemistry,
+    through /v1/route and through a chat completion (the openai client) alike."""
+    from openai import OpenAI
+
+    _, server = routed
+    [alone] = route(server, [FOLLOW_UP[-1]["content"]])
+    in_chat = route_chat(server, FOLLOW_UP)
+    assert alone["category"] != "chemistry"
+    assert in_chat["category"] == "chemistry" and in_chat["text"] == "and the other way round?"
+    assert in_chat["reason"].startswith("conversation of 2 turns")
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=300)
+    done = client.chat.completions.create(model="coe", messages=FOLLOW_UP, max_tokens=2)
+    assert done.model_extra["coe"]["category"] == "chemistry" and done.model_extra["coe"]["experts"] == ["stem"]
+
+
+def test_a_system_prompt_and_tool_output_do_not_move_the_route(routed):
+    _, server = routed
+    assert route_chat(server, INJECTED)["category"] == "history" == route(server, [INJECTED[1]["content"]])[0]["category"]
+
+
+def test_route_takes_input_or_messages_not_both(routed):
+    _, server = routed
+    resp = httpx.post(f"{server.v1}/route", json={"input": "hi", "messages": INJECTED}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
+
+
+def test_coe_route_reads_a_chat_from_a_file(routed):
+    tmp, _ = routed
+    (tmp / "chat.json").write_text(json.dumps(FOLLOW_UP))
+    out = subprocess.run([sys.executable, "-m", "coe.cli", "route", "--messages", str(tmp / "chat.json")], cwd=tmp,
+                         capture_output=True, text=True, timeout=300, env={
+                             **os.environ, "COE_EXPERTS_FILE": str(tmp / "experts.yaml"),
+                             "COE_ARTIFACTS_DIR": str(tmp / "artifacts"), "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "and the other way round?" in out.stdout and "chemistry" in out.stdout

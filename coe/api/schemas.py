@@ -26,6 +26,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+def pipeline_messages(messages: list[ChatMessage]) -> list[dict]:
+    """The pipeline's messages; OpenAI's `developer` role is the `system` role of the models' chat templates."""
+    roles = {"developer": "system"}
+    return [{"role": roles.get(m.role, m.role), "content": m.text()} for m in messages]
+
+
 class CoeOptions(BaseModel):
     """Per-request routing controls (send as `extra_body={"coe": {...}}` with the openai client)."""
 
@@ -104,7 +110,9 @@ class ChatCompletionRequest(BaseModel):
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: str | list[str] = Field(description="one text or a batch of texts")
+    input: str | list[str] | None = Field(None, description="one text or a batch of texts (or send `messages`)")
+    messages: list[ChatMessage] | None = Field(None, description="a chat, routed as /v1/chat/completions routes it: "
+                                                                 "its user turns, the latest first (README, Conversations)")
     k: int = Field(1, ge=1)
     router: str | None = None
 

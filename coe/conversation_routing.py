@@ -1,0 +1,76 @@
+"""Routing a conversation, not one message: the latest human turn first, the earlier ones as context.
+
+Only the turns of the roles the policy names are read (default: `user`), so a system prompt, a tool's output or
+an assistant's answer never moves the route. With one such turn the router sees it alone, as before. With more, the
+router decides two texts in one batch: the latest turn alone, and the conversation (the earlier turns' embeddings,
+the nearest weighing most, blended with the latest turn's by `latest_weight`; its text, latest first, for a router's
+lexical features). The conversation's decision stands unless the latest
+turn alone is confident (at least `switch_confidence`) of another route: that is a topic switch. Elliptical
+follow-ups ("and now in Rust?", "why?") carry no topic of their own, so they are never that confident.
+Measured and calibrated on the conversation set's validation part: evals/bench_conversations.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from coe.core.settings import Settings
+from routers import RouteDecision, Router
+
+
+@dataclass(frozen=True)
+class ConversationPolicy:
+    """Defaults: calibrated on the conversation set's validation part (README, Conversations)."""
+
+    roles: tuple[str, ...] = ("user",)
+    turns: int = 4  # the most recent counted turns the router reads
+    latest_weight: float = 0.0  # the latest turn's share of the blended embedding (0: the earlier turns are the prior)
+    decay: float = 0.5  # each earlier turn weighs this much of the one after it
+    switch_confidence: float = 0.6  # the latest turn alone this confident of another route is a new topic
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConversationPolicy":
+        return cls(roles=tuple(settings.routing_roles), turns=settings.routing_turns,
+                   latest_weight=settings.routing_latest_weight, switch_confidence=settings.routing_switch_confidence)
+
+
+def human_turns(messages: list[dict], policy: ConversationPolicy) -> list[str]:
+    """The texts of the turns that count, oldest first (at most `policy.turns`); with none, the last message's."""
+    turns = [str(m.get("content") or "") for m in messages if m.get("role") in policy.roles]
+    turns = [t for t in turns if t.strip()]
+    if not turns:
+        return [str(messages[-1].get("content") or "")] if messages else [""]
+    return turns[-policy.turns:]
+
+
+def blend(vectors: np.ndarray, policy: ConversationPolicy) -> np.ndarray:
+    """The latest turn's embedding with the earlier turns' (nearest first, each `decay` of the next), unit length."""
+    earlier = vectors[:-1][::-1]
+    weights = policy.decay ** np.arange(len(earlier))
+    context = (weights[:, None] * earlier).sum(axis=0) / weights.sum()
+    mixed = policy.latest_weight * vectors[-1] + (1 - policy.latest_weight) * context
+    return mixed / max(float(np.linalg.norm(mixed)), 1e-12)
+
+
+def conversation_text(turns: list[str]) -> str:
+    """The turns as one text for a router's lexical features, the latest first."""
+    return "\n".join(reversed(turns))
+
+
+def decide(router: Router, turns: list[str], vectors: np.ndarray, k: int, policy: ConversationPolicy) -> RouteDecision:
+    """One decision for a conversation whose counted turns are `turns` (embedded as `vectors`, same order)."""
+    if len(turns) == 1:
+        return router.route(turns, vectors, k)[0]
+    alone, in_context = router.route([turns[-1], conversation_text(turns)],
+                                     np.stack([vectors[-1], blend(vectors, policy)]), k)
+    return pick(alone, in_context, len(turns), policy)
+
+
+def pick(alone: RouteDecision, in_context: RouteDecision, n_turns: int, policy: ConversationPolicy) -> RouteDecision:
+    """The conversation's decision, or the latest turn's where it is confident of another route (a new topic)."""
+    if alone.category != in_context.category and not alone.fallback and alone.confidence >= policy.switch_confidence:
+        return replace(alone, reason=f"new topic (latest turn alone p={alone.confidence:.2f} >= "
+                                     f"{policy.switch_confidence:.2f}): {alone.reason}")
+    return replace(in_context, reason=f"conversation of {n_turns} turns: {in_context.reason}")
