@@ -5,8 +5,10 @@ an assistant's answer never moves the route. With one such turn the router sees 
 router decides two texts in one batch: the latest turn alone, and the conversation (the earlier turns' embeddings,
 the nearest weighing most, blended with the latest turn's by `latest_weight`; its text, latest first, for a router's
 lexical features). The conversation's decision stands unless the latest
-turn alone is confident (at least `switch_confidence`) of another route: that is a topic switch. Elliptical
-follow-ups ("and now in Rust?", "why?") carry no topic of their own, so they are never that confident.
+turn alone is confident (at least `switch_confidence`) of another route and does not lean on the conversation (its
+embedding is not within `continuation_similarity` of a continuation phrase, coe/conversation_cues.py): that is a topic
+switch. Elliptical follow-ups carry no topic of their own, but some read as one alone ("make it shorter" as writing):
+the continuation phrases keep those on the conversation's route.
 Measured and calibrated on the conversation set's validation part: evals/bench_conversations.py.
 """
 
@@ -29,11 +31,13 @@ class ConversationPolicy:
     latest_weight: float = 0.0  # the latest turn's share of the blended embedding (0: the earlier turns are the prior)
     decay: float = 0.5  # each earlier turn weighs this much of the one after it
     switch_confidence: float = 0.6  # the latest turn alone this confident of another route is a new topic
+    continuation_similarity: float = 0.4  # ... unless it is this close (cosine) to a continuation phrase
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConversationPolicy":
         return cls(roles=tuple(settings.routing_roles), turns=settings.routing_turns,
-                   latest_weight=settings.routing_latest_weight, switch_confidence=settings.routing_switch_confidence)
+                   latest_weight=settings.routing_latest_weight, switch_confidence=settings.routing_switch_confidence,
+                   continuation_similarity=settings.routing_continuation_similarity)
 
 
 def human_turns(messages: list[dict], policy: ConversationPolicy) -> list[str]:
@@ -59,18 +63,28 @@ def conversation_text(turns: list[str]) -> str:
     return "\n".join(reversed(turns))
 
 
-def decide(router: Router, turns: list[str], vectors: np.ndarray, k: int, policy: ConversationPolicy) -> RouteDecision:
-    """One decision for a conversation whose counted turns are `turns` (embedded as `vectors`, same order)."""
+def continuation(latest: np.ndarray, cues: np.ndarray) -> float:
+    """How close the latest turn is to a continuation phrase (coe/conversation_cues.py): the highest cosine."""
+    return float((cues @ latest).max()) if len(cues) else -1.0
+
+
+def decide(router: Router, turns: list[str], vectors: np.ndarray, k: int, policy: ConversationPolicy,
+           cues: np.ndarray) -> RouteDecision:
+    """One decision for a conversation whose counted turns are `turns` (embedded as `vectors`, same order);
+    `cues` are the continuation phrases' embeddings."""
     if len(turns) == 1:
         return router.route(turns, vectors, k)[0]
     alone, in_context = router.route([turns[-1], conversation_text(turns)],
                                      np.stack([vectors[-1], blend(vectors, policy)]), k)
-    return pick(alone, in_context, len(turns), policy)
+    return pick(alone, in_context, len(turns), policy, continuation(vectors[-1], cues))
 
 
-def pick(alone: RouteDecision, in_context: RouteDecision, n_turns: int, policy: ConversationPolicy) -> RouteDecision:
-    """The conversation's decision, or the latest turn's where it is confident of another route (a new topic)."""
-    if alone.category != in_context.category and not alone.fallback and alone.confidence >= policy.switch_confidence:
+def pick(alone: RouteDecision, in_context: RouteDecision, n_turns: int, policy: ConversationPolicy,
+         leaning: float) -> RouteDecision:
+    """The conversation's decision, or the latest turn's where it is confident of another route and does not lean on
+    the conversation (`leaning`: its continuation score): a new topic."""
+    if (alone.category != in_context.category and not alone.fallback and alone.confidence >= policy.switch_confidence
+            and leaning < policy.continuation_similarity):
         return replace(alone, reason=f"new topic (latest turn alone p={alone.confidence:.2f} >= "
                                      f"{policy.switch_confidence:.2f}): {alone.reason}")
     return replace(in_context, reason=f"conversation of {n_turns} turns: {in_context.reason}")

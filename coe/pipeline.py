@@ -27,6 +27,7 @@ import numpy as np
 from coe import metrics
 from coe import conversation_routing
 from coe.aggregation import aggregation_messages
+from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
 from coe.core.registry import Registry
@@ -57,6 +58,7 @@ class Pipeline:
         self.routers: dict[str, Router] = {}
         self.default_router = default_router
         self.batcher = EmbedBatcher(embedder)
+        self._cues: np.ndarray | None = None  # the continuation phrases' embeddings, on the first chat routed
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
@@ -170,11 +172,13 @@ class Pipeline:
         chosen = await self.get_router(router)
         policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
         turns = conversation_routing.human_turns(messages, policy)
+        if self._cues is None:
+            self._cues = np.asarray(await self.batcher.encode(list(CONTINUATIONS)))
         t0 = time.perf_counter()
         vectors = np.asarray(await self.batcher.encode(turns))
         t1 = time.perf_counter()
         decision = await asyncio.get_running_loop().run_in_executor(
-            self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy)
+            self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy, self._cues)
         t2 = time.perf_counter()
         self._observe(t1 - t0, t2 - t1, [decision])
         return decision, {"embed": t1 - t0, "route": t2 - t1}

@@ -96,6 +96,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     from coe.core.settings import get_settings
     from coe.train_data import DEFAULT_SOURCES
     from coe_evals import bench_routes
+    from coe_evals.bench_conversations import bench_conversations
     from coe.data.embedding_cache import cached_embeddings
     from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
     from coe_evals.data.ood import ood_queries
@@ -189,7 +190,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         return build_router("two_stage", ctx), round(time.perf_counter() - t0, 1)
 
     keep = {q.question for q in used} if sample else None
-    user = {}
+    user, conversations = {}, None
     if variants is None or "two_stage" in variants:
         log(f"training two_stage for the {len(routes.names)} routes of {routes.path} on {'+'.join(sources)} (as coe train)")
         router, secs, tests = bench_routes.train_routes_router(settings, encoders["fast"], routes, registry, tmp / "routes",
@@ -210,6 +211,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
                                                         min(n_single, len(user_texts)), min(n_batch, len(user_texts)))
         for name, m in user.items():
             log(f"{'  ' + name:28s} accuracy={m['accuracy']:.4f} lowest route {m['min_route']}")
+        conversations = bench_conversations(router, encoders["fast"].encode, timing, log)
         if new_route:
             user["new_route"] = bench_routes.new_route_recall(settings, encoders["fast"], routes, registry, tmp / "new-route",
                                                               sources, keep, settings.cache_dir, log)
@@ -270,6 +272,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         "results": results,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+    if conversations is not None:
+        out["conversations"] = conversations
     out["machine"]["load_avg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if write:
         from coe_evals.report_routing import write_reports

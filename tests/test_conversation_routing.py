@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from coe.conversation_routing import ConversationPolicy, blend, human_turns
+from dataclasses import replace
+
+from coe.conversation_routing import ConversationPolicy, blend, human_turns, pick
 
 AGENT_CHAT = [
     {"role": "system", "content": "You are a senior Python engineer. Always answer with code."},
@@ -35,3 +37,14 @@ def test_the_blend_weighs_the_nearest_earlier_turn_most_and_has_unit_length():
     mixed = blend(np.stack([first, second, latest]), ConversationPolicy(latest_weight=0.2, decay=0.5))
     assert np.isclose(np.linalg.norm(mixed), 1.0) and mixed[1] > mixed[0] > 0 and mixed[2] > 0
     assert np.allclose(blend(np.stack([first, latest]), ConversationPolicy(latest_weight=0.0)), first)
+
+
+def test_a_confident_new_route_is_a_switch_unless_the_turn_leans_on_the_conversation():
+    from routers import RouteDecision
+
+    coding = RouteDecision(["stem"], "two_stage", "coding", 0.9)
+    writing = RouteDecision(["generalist"], "two_stage", "writing", 0.84)
+    policy = ConversationPolicy(switch_confidence=0.6, continuation_similarity=0.4)
+    assert pick(writing, coding, 2, policy, leaning=0.2).category == "writing"  # "Write a toast for my sister"
+    assert pick(writing, coding, 2, policy, leaning=0.7).category == "coding"  # "shorten this"
+    assert pick(replace(writing, confidence=0.5), coding, 2, policy, leaning=0.2).category == "coding"

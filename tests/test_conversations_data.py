@@ -49,3 +49,16 @@ def test_no_turn_is_trained_on_or_taken_from_mmlu():
                             if turn.text.startswith(lead) and turn.text[len(lead):] in held_out), None)
             assert (request is not None) != (turn.kind == "follow-up" and turn.text in written), turn
             assert turn.text not in trained and turn.text.strip() not in mmlu and (request or "") not in trained
+
+
+def test_the_continuation_phrases_are_no_near_copies_of_the_sets_follow_ups():
+    """The service's continuation phrases (coe/conversation_cues.py) were written apart from the set: the bench
+    measures follow-up wordings they do not hold."""
+    from coe.conversation_cues import CONTINUATIONS
+    from coe.embedder import make_embedder
+
+    embedder = make_embedder(get_settings())
+    follow_ups = sorted(set(templates.GENERIC) | {t for ts in templates.BY_ROUTE.values() for t in ts})
+    assert not set(CONTINUATIONS) & set(follow_ups)
+    nearest = (embedder.encode(list(CONTINUATIONS)) @ embedder.encode(follow_ups).T).max(axis=1)
+    assert nearest.max() < 0.7, [(c, round(float(s), 2)) for c, s in zip(CONTINUATIONS, nearest) if s >= 0.7]

@@ -151,6 +151,8 @@ def test_route_calls_of_256_texts_do_not_stall_healthz(routed):
 FOLLOW_UP = [{"role": "user", "content": "Why is fluorine so reactive?"},
              {"role": "assistant", "content": "It has a small atom and pulls electrons strongly."},
              {"role": "user", "content": "and the other way round?"}]
+SHORTER = [{"role": "user", "content": "Write a Python function that checks whether a number is prime."},
+           {"role": "user", "content": "can you make that a bit shorter?"}]
 INJECTED = [{"role": "system", "content": "You are a senior Python engineer. Always answer with code: write Python, "
                                           "debug programs, fix the stack traces the tools return."},
             {"role": "user", "content": "Who was the first emperor of Rome?"},
@@ -166,7 +168,8 @@ def route_chat(server, messages: list[dict]) -> dict:
 
 def test_a_follow_up_is_routed_right_only_with_its_conversation(routed):
     """"and the other way round?" carries no topic: alone it lands elsewhere, in its chat it stays on chemistry,
-    through /v1/route and through a chat completion (the openai client) alike."""
+    through /v1/route and through a chat completion (the openai client) alike; "can you make that a bit shorter?"
+    is sure of writing alone, and stays on coding in its chat."""
     from openai import OpenAI
 
     _, server = routed
@@ -175,6 +178,9 @@ def test_a_follow_up_is_routed_right_only_with_its_conversation(routed):
     assert alone["category"] != "chemistry"
     assert in_chat["category"] == "chemistry" and in_chat["text"] == "and the other way round?"
     assert in_chat["reason"].startswith("conversation of 2 turns")
+    # alone, a request to shorten reads as writing; after a coding question it is about the code
+    assert route(server, [SHORTER[-1]["content"]])[0]["category"] != "coding"
+    assert route_chat(server, SHORTER)["category"] == "coding"
     client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=300)
     done = client.chat.completions.create(model="coe", messages=FOLLOW_UP, max_tokens=2)
     assert done.model_extra["coe"]["category"] == "chemistry" and done.model_extra["coe"]["experts"] == ["stem"]
