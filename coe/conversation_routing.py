@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from coe.core.settings import Settings
+from coe.sessions import SessionRoute, SessionStore
 from routers import RouteDecision, Router
 
 
@@ -69,22 +70,46 @@ def continuation(latest: np.ndarray, cues: np.ndarray) -> float:
 
 
 def decide(router: Router, turns: list[str], vectors: np.ndarray, k: int, policy: ConversationPolicy,
-           cues: np.ndarray) -> RouteDecision:
-    """One decision for a conversation whose counted turns are `turns` (embedded as `vectors`, same order);
-    `cues` are the continuation phrases' embeddings."""
+           cues: np.ndarray) -> tuple[RouteDecision, bool]:
+    """One decision for a conversation whose counted turns are `turns` (embedded as `vectors`, same order), and
+    whether its latest turn is a new topic; `cues` are the continuation phrases' embeddings."""
+    leaning = continuation(vectors[-1], cues)
     if len(turns) == 1:
-        return router.route(turns, vectors, k)[0]
+        decision = router.route(turns, vectors, k)[0]
+        return decision, new_topic(decision, policy, leaning)
     alone, in_context = router.route([turns[-1], conversation_text(turns)],
                                      np.stack([vectors[-1], blend(vectors, policy)]), k)
-    return pick(alone, in_context, len(turns), policy, continuation(vectors[-1], cues))
+    decision = pick(alone, in_context, len(turns), policy, leaning)
+    return decision, decision.category != in_context.category
+
+
+def new_topic(alone: RouteDecision, policy: ConversationPolicy, leaning: float) -> bool:
+    """Whether a turn names a topic of its own: the router is confident of it alone, and it does not lean on the
+    conversation (`leaning`: its continuation score)."""
+    return not alone.fallback and alone.confidence >= policy.switch_confidence and leaning < policy.continuation_similarity
 
 
 def pick(alone: RouteDecision, in_context: RouteDecision, n_turns: int, policy: ConversationPolicy,
          leaning: float) -> RouteDecision:
-    """The conversation's decision, or the latest turn's where it is confident of another route and does not lean on
-    the conversation (`leaning`: its continuation score): a new topic."""
-    if (alone.category != in_context.category and not alone.fallback and alone.confidence >= policy.switch_confidence
-            and leaning < policy.continuation_similarity):
+    """The conversation's decision, or the latest turn's where it is a new topic of another route."""
+    if alone.category != in_context.category and new_topic(alone, policy, leaning):
         return replace(alone, reason=f"new topic (latest turn alone p={alone.confidence:.2f} >= "
                                      f"{policy.switch_confidence:.2f}): {alone.reason}")
     return replace(in_context, reason=f"conversation of {n_turns} turns: {in_context.reason}")
+
+
+def with_affinity(decision: RouteDecision, is_new: bool, held: SessionRoute | None) -> RouteDecision:
+    """The session's route where it has one and the latest turn is no new topic; else the decision."""
+    if held is None or is_new or held.router != decision.router or len(held.experts) != len(decision.experts):
+        return decision
+    if held.experts == decision.experts:
+        return decision
+    return replace(decision, category=held.category, experts=list(held.experts), fallback=False,
+                   reason=f"session affinity: stays with '{held.category}' ({decision.reason})")
+
+
+async def session_route(store: SessionStore, session: str, decision: RouteDecision, is_new: bool) -> RouteDecision:
+    """The decision with the session's affinity applied (with_affinity), remembered as the session's route."""
+    decision = with_affinity(decision, is_new, await store.get(session))
+    await store.put(session, SessionRoute(decision.category, decision.experts, decision.router))
+    return decision

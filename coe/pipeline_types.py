@@ -65,6 +65,7 @@ class ChatInput:
     k: int | None = None
     router: str | None = None
     choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
+    session: str | None = None  # keeps its route across turns (coe/sessions.py)
 
 
 @dataclass

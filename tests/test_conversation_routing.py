@@ -48,3 +48,15 @@ def test_a_confident_new_route_is_a_switch_unless_the_turn_leans_on_the_conversa
     assert pick(writing, coding, 2, policy, leaning=0.2).category == "writing"  # "Write a toast for my sister"
     assert pick(writing, coding, 2, policy, leaning=0.7).category == "coding"  # "shorten this"
     assert pick(replace(writing, confidence=0.5), coding, 2, policy, leaning=0.2).category == "coding"
+
+
+def test_a_session_keeps_its_route_unless_the_turn_is_a_new_topic():
+    from coe.conversation_routing import with_affinity
+    from coe.sessions import SessionRoute
+    from routers import RouteDecision
+
+    held = SessionRoute("history", ["humanities"], "two_stage")
+    drifted = RouteDecision(["generalist"], "two_stage", "chat", 0.4, reason="category 'chat'")
+    kept = with_affinity(drifted, False, held)
+    assert (kept.category, kept.experts) == ("history", ["humanities"]) and kept.reason.startswith("session affinity")
+    assert with_affinity(drifted, True, held) is drifted and with_affinity(drifted, False, None) is drifted

@@ -1,5 +1,6 @@
 """The trained two-stage router through a real server: a route added by examples is reachable through
-POST /v1/route, the server embeds with the benchmarked runtime, and 256-text route calls leave /healthz alive.
+POST /v1/route, the server embeds with the benchmarked runtime, and 256-text route calls leave /healthz alive;
+a chat is routed on its user turns (follow-ups, injected system prompts and tool output) and a session keeps its route.
 
 The artifact is trained in seconds by `coe train --data` on a stratified MMLU sample written as a labelled
 file, the shipped user requests and the routes' examples, plus a route `translation` declared with 10 examples.
@@ -206,3 +207,28 @@ def test_coe_route_reads_a_chat_from_a_file(routed):
                              "COE_ARTIFACTS_DIR": str(tmp / "artifacts"), "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "and the other way round?" in out.stdout and "chemistry" in out.stdout
+
+
+def test_a_session_keeps_its_expert_until_the_topic_changes(routed):
+    """A client that sends only the new turn names its session (x-session-id, else `user`; the header wins): the
+    follow-up stays with the session's expert, a confident new request moves it."""
+    import uuid
+
+    from openai import OpenAI
+
+    _, server = routed
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=300)
+    session, other = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def coe(text: str, **kw) -> dict:
+        done = client.chat.completions.create(model="coe", messages=[{"role": "user", "content": text}], max_tokens=2, **kw)
+        return done.model_extra["coe"]
+
+    follow_up = "can you put that in a table?"
+    assert coe(follow_up)["category"] != "history"  # alone, without a session
+    assert coe("Who was the first emperor of Rome?", extra_headers={"x-session-id": session})["experts"] == ["humanities"]
+    kept = coe(follow_up, extra_headers={"x-session-id": session})
+    assert kept["category"] == "history" and kept["reason"].startswith("session affinity")
+    assert coe(follow_up, user=session)["category"] == "history"  # the user field names the same session
+    assert coe(follow_up, user=session, extra_headers={"x-session-id": other})["category"] != "history"
+    assert coe("Write a Python function that sorts a list.", extra_headers={"x-session-id": session})["category"] == "coding"

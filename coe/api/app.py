@@ -51,13 +51,15 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
     return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
 
 
-def _chat_input(body: ChatCompletionRequest) -> ChatInput:
+def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> ChatInput:
+    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return ChatInput(
         model=body.model, messages=pipeline_messages(body.messages),
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
+        session=session_header or body.user or None,
     )
 
 
@@ -195,7 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        inp = _chat_input(body)
+        inp = _chat_input(body, request.headers.get("x-session-id"))
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

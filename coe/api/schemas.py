@@ -64,7 +64,7 @@ refused with 400 unsupported_parameter rather than ignored)."""
 
 
 class ChatCompletionRequest(BaseModel):
-    # Fields OpenAI clients send that change nothing here (user, store, metadata, ...) are accepted and ignored;
+    # Fields OpenAI clients send that change nothing here (store, metadata, ...) are accepted and ignored;
     # those that would change the answer and cannot be honoured (UNSUPPORTED) are refused.
     model_config = ConfigDict(extra="ignore")
 
@@ -79,7 +79,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer, as in OpenAI's API")
-    user: str | None = None
+    user: str | None = Field(None, description="names the session, unless the x-session-id header does (README, Conversations)")
     coe: CoeOptions | None = None
     tools: list[dict] | None = Field(None, description="not supported: only [] is accepted")
     tool_choice: str | dict | None = Field(None, description="not supported: only 'none' is accepted")

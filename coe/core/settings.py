@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     routing_latest_weight: float = Field(0.0, ge=0, le=1, description="the latest turn's share of the conversation's blended embedding (calibrated: README, Conversations)")
     routing_switch_confidence: float = Field(0.6, ge=0, le=1, description="the latest turn alone this confident of another route is a new topic (calibrated: README, Conversations)")
     routing_continuation_similarity: float = Field(0.4, ge=-1, le=1, description="...unless it is this close (cosine) to a continuation phrase such as 'how so?' (calibrated: README, Conversations)")
+    session_ttl_s: float = Field(1800.0, gt=0, description="a session (x-session-id header, else the request's user field) keeps its route this long after its last request")
     redis_url: str | None = None
     api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
     admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")
