@@ -254,9 +254,9 @@ class RegistryEditor:
             if snapshot.version == self.store.held.version:
                 return
             try:
-                registry = self._parse(snapshot.text, "invalid here")
+                registry = self.store.parse(snapshot)  # what this host lacks is reported, not a reason to stay behind
                 pipeline = await self._pipeline_for(registry)
-            except RegistryChangeRejected as exc:
+            except (RegistryError, RegistryChangeRejected) as exc:
                 raise RuntimeError("; ".join(exc.problems)) from None
             old = self.store.held.version
             self._swap(registry, pipeline, snapshot)

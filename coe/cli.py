@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from coe.cli_common import ExpertsOpt, console, load_or_exit, parse_gpus, place_or_exit, prepare_weights, settings_for
+from coe.cli_feedback import feedback_app
 from coe.cli_plugins import mount_plugins
 from coe.cli_profile import profile
 from coe.cli_routes import routes_app
@@ -22,6 +23,7 @@ app = typer.Typer(help="coe: a Composition-of-Experts service behind one OpenAI-
 experts_app = typer.Typer(help="Inspect and validate experts.yaml.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 app.add_typer(routes_app, name="routes")
+app.add_typer(feedback_app, name="feedback")
 app.command("train")(train)
 app.command("profile")(profile)
 app.command("worker")(worker)

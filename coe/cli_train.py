@@ -48,15 +48,17 @@ def embed_with_progress(embedder, texts: list[str], cache_dir: Path, label: str 
 
 def train_router(sources: list[str] | None = None, level: str = "subcategory", classifier: str = "logreg",
                  out: Path | None = None, tau_target: str | None = None, lexical: bool = True, settings=None,
-                 embedder=None, quiet: bool = False) -> Path:
+                 embedder=None, quiet: bool = False, moves_warn: float | None = None) -> Path:
     """Train the two-stage router on `sources` (mmlu, user-requests, JSONL/CSV paths) and the routes' examples;
-    the function `coe train` and first-run setup call. Nothing is written unless training succeeds."""
+    the function `coe train` and first-run setup call. Nothing is written unless training succeeds. The validation
+    items the new router sends elsewhere than the previous artifact did are reported (coe/route_moves.py)."""
     from rich.console import Console
 
     from coe.core.registry import load_registry
     from coe.core.routes import load_routes_if_present
     from coe.core.settings import get_settings
     from coe.embedder import make_embedder
+    from coe.route_moves import WARN_SHARE
     from coe.train_data import DEFAULT_SOURCES, gather, labeled_sets
     from routers.base import RouterContext
     from routers.two_stage.router import make_expert_map
@@ -88,6 +90,7 @@ def train_router(sources: list[str] | None = None, level: str = "subcategory", c
                             budget_b=settings.router_budget_b)
         return make_expert_map(ctx, labels, data.parents, weights).to_json()
 
+    review, moves = _moves_review(out)
     record = {**data.record, "n_train": len(train.texts), "n_validation": len(validation.texts),
               **{f"n_test_{name}": len(t.texts) for name, t in tests.items()}}
     with console.status("training") as status:
@@ -97,13 +100,53 @@ def train_router(sources: list[str] | None = None, level: str = "subcategory", c
             level=level, classifier=classifier, lexical=lexical,
             tau_target=tau_target or settings.router_tau_target, parents=data.parents, expert_map=expert_map,
             data=record, routes={"fingerprint": routes.fingerprint(), "names": routes.names, "file": str(routes.path)} if routes else None,
-            progress=lambda msg: status.update(f"training: {msg}"),
+            progress=lambda msg: status.update(f"training: {msg}"), review=review,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     console.print(f"wrote {path} in {manifest['train_seconds']} s  tau={manifest['tau']:.3f}")
     for name, m in manifest["metrics"].items():
         console.print(f"{name:16s} {m}")
+    _print_moves(console, manifest["review"], moves, WARN_SHARE if moves_warn is None else moves_warn)
     return path
+
+
+def _moves_review(out: Path):
+    """(review hook for train_two_stage, the list it fills with RouteMoves): the previous artifact's decisions are
+    read now, before the new artifact becomes the latest."""
+    from coe.route_moves import compare, matched, previous_decisions
+
+    previous, name = previous_decisions(out)
+    moves: list = []
+
+    def review(texts: list[str], routes: list[str], labels: list[str]) -> dict:
+        if previous is None:
+            return {"moves": None, "note": name}
+        before, after, truth = matched(previous, texts, routes, labels)
+        moves.extend(compare(before, after, truth))
+        return {"moves": {m.route: m.as_json() for m in moves}, "compared_with": name, "n_items": len(before)}
+
+    return review, moves
+
+
+def _print_moves(console, review: dict, moves: list, warn_share: float) -> None:
+    from rich.table import Table
+
+    from coe.route_moves import warnings
+
+    if review["moves"] is None:
+        console.print(f"route moves: {review['note']}")
+        return
+    moved = [m for m in moves if m.moved]
+    console.print(f"route moves against {review['compared_with']}: {sum(m.moved for m in moves)} of "
+                  f"{review['n_items']} validation items now take another route")
+    if moved:
+        table = Table("previous route", "items", "moved", "share", "now to", "right before", "right now")
+        for m in moved:
+            table.add_row(m.route, str(m.held), str(m.moved), f"{m.share:.1%}",
+                          ", ".join(f"{to} {n}" for to, n in m.moved_to.items()), str(m.right_before), str(m.right_after))
+        console.print(table)
+    for line in warnings(moves, warn_share):
+        console.print(f"[yellow]warning: {line}[/yellow]", highlight=False)
 
 
 def why_retrain(artifacts_dir: Path, routes) -> str | None:
@@ -131,6 +174,8 @@ def train(
     lexical: bool = typer.Option(True, help="add the TF-IDF (word + char n-gram) model to the embedding model"),
     tau_target: str = typer.Option(None, help="accuracy:X, fallback:X or tau:X (default: settings.router_tau_target)"),
     out: Path = typer.Option(None, help="artifacts folder (default: settings.artifacts_dir)"),
+    moves_warn: float = typer.Option(None, help="warn when a route loses more than this share of its validation items "
+                                                "to other routes against the previous artifact (default 0.05)"),
     if_stale: bool = typer.Option(False, "--if-stale", help="train only if no artifact can serve: none yet, an older "
                                                             "format, or trained for other routes (make serve uses it)"),
 ) -> None:
@@ -152,7 +197,7 @@ def train(
             return
         typer.echo(f"training the two_stage router: {why}")
     try:
-        train_router(data or None, level, classifier, out, tau_target, lexical, settings)
+        train_router(data or None, level, classifier, out, tau_target, lexical, settings, moves_warn=moves_warn)
     except (DataFileError, TrainingDataError) as exc:
         err_console.print("[bold red]cannot train:[/]")
         where = f"{exc.path}: " if isinstance(exc, DataFileError) else ""

@@ -80,7 +80,6 @@ async def _open_registry(store, settings, routes, device: str, memory_gb: float 
 
 
 async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, max_deliveries, name) -> None:
-    from coe.core.registry import parse_registry
     from coe.registry_store import FeedStore
     from coe.service import engine_options
     from workers.queue_redis import RedisQueue
@@ -98,7 +97,7 @@ async def _run(settings, routes, device, policy, memory_gb, reclaim_idle_s, max_
 
     async def take_up() -> None:
         snapshot = await store.current()
-        new = await asyncio.to_thread(parse_registry, snapshot.text, settings.experts_file)
+        new = await asyncio.to_thread(store.parse, snapshot)  # what this host lacks is logged, the rest served
         if device.startswith("gpu:") and new.auto_placed:
             place(new, settings)
         w.refresh(new)

@@ -48,6 +48,7 @@ class Dispatch:
             temperature=gen.temperature if inp.temperature is None else inp.temperature,
             top_p=gen.top_p if inp.top_p is None else inp.top_p,
             repetition_penalty=gen.repetition_penalty, seed=seed, stop=list(inp.stop), choices=inp.choices,
+            confidence=inp.confidence,
         )
 
     async def submit(self, job: Job, open_jobs: set[str]) -> None:

@@ -81,7 +81,7 @@ def graded_answer(expert: str, item: Item, result: JobResult) -> Answer:
 async def ask(runner: Runner, expert: str, item: Item, messages: list[dict] | None = None) -> JobResult:
     """One request for `item` to `expert` (model=<expert>), on the path a client's request takes."""
     inp = ChatInput(model=expert, messages=messages or item.messages, max_tokens=item.max_tokens, temperature=0.0,
-                    seed=0, choices=item.choices)
+                    seed=0, choices=item.choices, confidence=True)
     plan = await runner.pipeline.plan(inp)
     job = plan.jobs[0]
     await runner.queue.submit(job)

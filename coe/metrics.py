@@ -41,6 +41,9 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
 WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)
+REGISTRY_VERSION = Gauge("coe_registry_version", "The version of the expert registry this process runs", registry=REGISTRY)
+REGISTRY_PROBLEMS = Gauge("coe_registry_problems", "Experts of the running registry this host lacks something to serve "
+                          "(weights, an api_key_env): listed by /readyz", registry=REGISTRY)
 WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded workers", registry=REGISTRY)
 
 

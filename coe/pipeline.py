@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -192,6 +193,8 @@ class Pipeline:
             decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
         else:
             raise UnknownModel(f"The model '{inp.model}' does not exist; use 'coe' or one of {self.registry.names}", "model")
+        if decision.cascade:  # its thresholds read each step's confidence
+            inp = replace(inp, confidence=True)
         jobs, asks = [], []
         for i, name in enumerate(decision.experts):
             job, ask = self.dispatch.strategy_job(name, inp, seed_offset=i)
@@ -275,6 +278,7 @@ class Pipeline:
         attempts: list[ExpertAnswer] = []
         failed: dict[str, str] = {}
         steps = plan.decision.cascade
+        inp = replace(inp, confidence=True)
         for i, (name, need) in enumerate(steps):
             job, ask = (plan.jobs[0], plan.asks[0]) if i == 0 else self.dispatch.strategy_job(name, inp)
             await self.dispatch.submit(job, open_jobs)

@@ -9,8 +9,9 @@ Without Redis the file is the registry: a change is written back to it atomicall
 .bak), and the version counts this process's changes from 1. With Redis (COE_REDIS_URL) the file is
 only the seed: the first process to find Redis empty puts the file's text there as version 1; later
 processes, and every change, use Redis's copy (workers/registry_feed.py), never writing the file (it may
-be mounted read-only), unless the file was edited since it was last published (then a process that
-starts publishes it). `FeedStore.follow` keeps a process on the newest version.
+be mounted read-only). A process started with a file edited since it was last published still runs Redis's
+copy and says so: the fleet's registry changes only through the admin API (a reload publishes the file).
+`FeedStore.follow` keeps a process on the newest version.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from coe.core.registry import Registry, RegistryError, load_registry, parse_registry
+from coe.core.registry import Registry, RegistryError, host_problems, load_registry, parse_registry
 from coe.core.routes import Routes
 from workers.queue import QueueUnavailable
 from workers.registry_feed import RegistryFeed, Snapshot
@@ -63,6 +64,7 @@ class FileStore:
     def __init__(self, path: Path):
         self.path = path
         self.held = Snapshot(1, "")
+        self.problems: list[str] = []  # the file is checked whole: a problem stops it from being run
 
     async def open(self, routes: Routes | None) -> Registry:
         registry = await asyncio.to_thread(load_registry, self.path, routes)
@@ -93,35 +95,52 @@ class FeedStore:
         self.held = Snapshot(0, "")
         self.file_text = ""
         self.joined = False
+        self.problems: list[str] = []  # what this host lacks to serve the version it runs
 
     async def open(self, routes: Routes | None) -> Registry:
-        """Redis's copy, or the file (checked like always, routes included) when Redis had none or the file
-        changed since it was last published. With Redis unreachable: the file, as version 0, until Redis
-        answers (`follow` then joins)."""
-        registry = await asyncio.to_thread(load_registry, self.path, routes)
-        self.file_text = await asyncio.to_thread(self.path.read_text)
+        """Redis's copy, seeded from the file (checked like always, routes included) when Redis had none. With
+        Redis unreachable: the file, as version 0, until Redis answers (`follow` then joins). What this host
+        lacks to serve the shared copy does not stop the process: it is reported (see `parse`)."""
+        try:
+            self.file_text = await asyncio.to_thread(self.path.read_text)
+        except OSError as exc:
+            raise RegistryError(self.path, [f"{self.path}: cannot read: {exc.strerror}"]) from None
+        await asyncio.to_thread(parse_registry, self.file_text, self.path, routes, False)  # before it may seed
         try:
             self.held = await self._join()
         except QueueUnavailable as exc:
             log.warning("%s; running %s until Redis answers", exc, self.path)
             self.held = Snapshot(0, self.file_text)
-            return registry
-        if self.held.text == self.file_text:
-            return registry
+            return await asyncio.to_thread(parse_registry, self.file_text, self.path, routes)
+        return self.parse(self.held)
+
+    def parse(self, snapshot: Snapshot) -> Registry:
+        """The shared version as this process runs it. Checked as the fleet's registry; what only this host lacks
+        (weights not here, an api_key_env not set here) is kept in `problems`, logged and shown by /readyz, and
+        the process runs the version all the same, serving what it can, rather than stay on an older one."""
         try:
-            return parse_registry(self.held.text, self.path)  # checked (routes aside, as admin changes are) when written
+            registry = parse_registry(snapshot.text, self.path, host=False)
         except RegistryError as exc:
-            raise RegistryError(exc.path, [f"registry version {self.held.version} held in Redis ({self.feed.url}): {p}"
+            raise RegistryError(exc.path, [f"registry version {snapshot.version} held in Redis ({self.feed.url}): {p}"
                                            for p in exc.problems]) from None
+        if self._report(registry):
+            log.error("registry version %d runs here without what this host lacks: %s", snapshot.version,
+                      "; ".join(self.problems))
+        return registry
+
+    def _report(self, registry: Registry) -> list[str]:
+        self.problems = host_problems(registry)
+        return self.problems
 
     async def _join(self) -> Snapshot:
         snapshot, outcome = await self.feed.join(self.file_text)
         self.joined = True
         if outcome == "seeded":
             log.info("Redis had no registry: seeded it from %s as version 1", self.path)
-        elif outcome == "file changed":
-            log.warning("%s changed since the registry was last taken from it: published it as version %d "
-                        "(replacing changes made through the admin API since)", self.path, snapshot.version)
+        elif outcome == "file differs":
+            log.warning("%s differs from the file the shared registry was last taken from: running the shared "
+                        "version %d, not the file (POST /v1/experts/reload publishes the file to every process)",
+                        self.path, snapshot.version)
         else:
             log.info("registry version %d from Redis", snapshot.version)
         return snapshot

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from coe.admin import RegistryEditor
 from coe.embedder import make_embedder
+from coe.feedback import FeedbackStore, make_feedback_store
 from coe.pipeline import Pipeline
 from coe.registry_store import FeedStore, FileStore, make_store
 from coe.core.registry import Registry
@@ -85,6 +86,7 @@ class Service:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     startup_error: str | None = None
     store: FileStore | FeedStore | None = None
+    feedback: FeedbackStore | None = None
 
     _embedded: bool = False
 
@@ -113,6 +115,7 @@ class Service:
             settings = self.settings = settings.model_copy(
                 update={"router_options": {**settings.router_options, name: policy[1]}})
         self.queue = make_queue(settings)
+        self.feedback = make_feedback_store(settings)
         self._embedded = embedded_worker and not settings.redis_url
         if self._embedded:
             for device in self.registry.devices:
@@ -163,3 +166,5 @@ class Service:
             await self.queue.close()
         if self.store is not None:
             await self.store.close()
+        if self.feedback is not None:
+            await self.feedback.close()

@@ -10,7 +10,9 @@ Reported: completion tokens/s (all streams together, prefill included), time to 
 first streamed text; mean and worst), and the load average at start and end (other processes share the cores).
 The ceiling, llama-cpp-python built from source for this CPU (scripts/setup_llamacpp.sh, never on the default
 path), is measured at batch 1 in its own process when its venv (.venv-llamacpp) exists; otherwise it is
-reported as not measured. Writes engine.json and engine.md under the output folder.
+reported as not measured. `llamacpp+confidence` is llama.cpp with every request asking for its confidence
+(Completion.mean_logprob, a full-vocabulary read of the logits per token), to show what that costs.
+Writes engine.json and engine.md under the output folder.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ PROMPTS = [
 STREAMS = 8
 
 
-def _request(prompt: str, max_tokens: int) -> GenerationRequest:
-    return GenerationRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0)
+CONFIDENCE = "+confidence"
+
+
+def _request(prompt: str, max_tokens: int, confidence: bool = False) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0,
+                             confidence=confidence)
 
 
 def _summary(runs: list[tuple[float, float, int]], wall: float) -> dict:
@@ -87,7 +93,8 @@ def _run(engine, reqs: list[GenerationRequest]) -> tuple[list[tuple[float, float
     return runs, time.perf_counter() - t0
 
 
-def bench_one(expert: ExpertConfig, engine_name: str, max_tokens: int, prompts: int, threads: int) -> dict:
+def bench_one(expert: ExpertConfig, name: str, max_tokens: int, prompts: int, threads: int) -> dict:
+    engine_name, confidence = name.removesuffix(CONFIDENCE), name.endswith(CONFIDENCE)
     spec = EngineSpec(key=f"bench-{engine_name}", engine=engine_name, model=expert.model, model_path=None, device="cpu",
                       memory_gb=expert.memory_gb, max_batch=STREAMS, chat_template=expert.chat_template,
                       completion=expert.completion, experts=(expert.name,),
@@ -95,12 +102,12 @@ def bench_one(expert: ExpertConfig, engine_name: str, max_tokens: int, prompts: 
     engine = create_engine(spec)
     t0 = time.perf_counter()
     engine.load()
-    out: dict = {"expert": expert.name, "engine": engine_name, "load_s": round(time.perf_counter() - t0, 2)}
+    out: dict = {"expert": expert.name, "engine": name, "load_s": round(time.perf_counter() - t0, 2)}
     try:
         _run(engine, [_request(PROMPTS[0], 4)])  # warm-up
-        b1 = [_run(engine, [_request(p, max_tokens)]) for p in PROMPTS[:prompts]]
+        b1 = [_run(engine, [_request(p, max_tokens, confidence)]) for p in PROMPTS[:prompts]]
         out["batch1"] = _summary([r for runs, _ in b1 for r in runs], sum(wall for _, wall in b1))
-        runs, wall = _run(engine, [_request(PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(STREAMS)])
+        runs, wall = _run(engine, [_request(PROMPTS[i % len(PROMPTS)], max_tokens, confidence) for i in range(STREAMS)])
         out["streams8"] = _summary(runs, wall)
     finally:
         engine.unload()

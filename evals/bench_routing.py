@@ -59,6 +59,11 @@ def metrics(pred: list[str | None], truth: list[str], fallback: np.ndarray, labe
     }
 
 
+def tests_only(user: dict) -> dict:
+    """The user-request test sets of `user`, without the outside set, the maths problems and the new route."""
+    return {k: v for k, v in user.items() if k not in ("outside", "maths_word_problems", "new_route")}
+
+
 def time_router(embed: Callable[[list[str]], np.ndarray], route: Callable[[list[str], np.ndarray], object],
                 texts: list[str], n_single: int, n_batch: int) -> dict:
     """Single-query latency (embed + route, one at a time) and batched throughput at batch 64."""
@@ -84,18 +89,20 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
                   settings=None, fast_runtime: str | None = None, fast_max_seq_length: int | None = None,
                   fp32_runtime: str = "onnx", n_single: int = 200, n_batch: int = 1024, knn_k: int = 10,
                   write: bool = True, variants: list[str] | None = None, data: list[str] | None = None,
-                  new_route: bool = True, timing: bool = True, log: Callable[[str], None] = print) -> dict:
+                  new_route: bool = True, timing: bool = True, n_maths: int = 1000,
+                  log: Callable[[str], None] = print) -> dict:
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir).
     fast_runtime / fast_max_seq_length override the settings' encoder (default: what the service serves);
     `variants` limits which two_stage variants are trained (None: all); `data` trains the service's router
     on these sources (default: mmlu + user-requests) and reports each file's test rows; timing=False skips
-    the peer, every latency/throughput measurement and (unless `variants` says otherwise) the variants."""
+    the peer, every latency/throughput measurement and (unless `variants` says otherwise) the variants; `n_maths`
+    maths word problems per split are routed (evals/bench_outside.py)."""
     from coe.embedder import Embedder, encoder_path, make_embedder
     from coe.core.registry import load_registry
     from coe.core.routes import load_routes
     from coe.core.settings import get_settings
     from coe.train_data import DEFAULT_SOURCES
-    from coe_evals import bench_routes
+    from coe_evals import bench_outside, bench_routes
     from coe_evals.bench_conversations import bench_conversations
     from coe.data.embedding_cache import cached_embeddings
     from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
@@ -203,14 +210,22 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         entry.update(train_seconds=secs, tau=round(router.tau, 4), mmlu_to_task_routes=round(float(np.mean(
             [d.category in routes.of_kind("task") for d in router.route(test_texts, test_vecs)])), 4))
         user = {name: bench_routes.user_metrics(router, t, routes.of_kind("task")) for name, t in tests.items() if name != "mmlu"}
+        embed = lambda texts: cached_embeddings(encoders["fast"], texts, settings.cache_dir)  # noqa: E731
+        user["outside"] = bench_outside.arena_metrics(router, embed, settings.cache_dir)
+        user["maths_word_problems"] = bench_outside.maths_metrics(router, embed, n_maths)
+        entry.update(user_style=user.get("user-requests", {}).get("accuracy"), outside=user["outside"]["test"]["accuracy"],
+                     maths_to_maths_route=user["maths_word_problems"]["test"]["to_maths_route"])
         user_texts = [t for name, test in tests.items() if name != "mmlu" for t in test.texts]
         if user_texts and timing:
             rng_u = np.random.default_rng(0)
             user_texts = [user_texts[i] for i in rng_u.permutation(len(user_texts))]
             entry["user_requests_timing"] = time_router(encoders["fast"].encode, lambda t, v: router.route(t, v), user_texts,
                                                         min(n_single, len(user_texts)), min(n_batch, len(user_texts)))
-        for name, m in user.items():
+        for name, m in tests_only(user).items():
             log(f"{'  ' + name:28s} accuracy={m['accuracy']:.4f} lowest route {m['min_route']}")
+        log(f"{'  outside (Arena-Hard)':28s} test accuracy={entry['outside']:.4f} "
+            f"(English {user['outside']['test']['accuracy_english']:.4f}); maths word problems to a maths route "
+            f"{entry['maths_to_maths_route']:.4f} (test), {user['maths_word_problems']['validation']['to_maths_route']:.4f} (validation)")
         conversations = bench_conversations(router, encoders["fast"].encode, timing, log)
         if new_route:
             user["new_route"] = bench_routes.new_route_recall(settings, encoders["fast"], routes, registry, tmp / "new-route",

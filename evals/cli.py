@@ -63,7 +63,8 @@ def engine(
     out: Path = typer.Option(Path("evals/results"), help="where engine.json and engine.md go"),
     max_tokens: int = typer.Option(64, help="tokens generated per request (greedy)"),
     prompts: int = typer.Option(3, help="prompts run one at a time for the batch-1 figures"),
-    engines: str = typer.Option("llamacpp,local", help="engines to compare, comma-separated"),
+    engines: str = typer.Option("llamacpp,local", help="engines to compare, comma-separated; llamacpp+confidence: "
+                                                      "llama.cpp with each request asking for its confidence"),
     threads: int = typer.Option(None, help="CPU threads of both engines (default: every core)"),
 ) -> None:
     """llama.cpp (cyllama) vs transformers on each expert's weights: batch 1 and 8 concurrent streams, tokens/s and

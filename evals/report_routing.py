@@ -26,15 +26,20 @@ def markdown(res: dict) -> str:
         f"(hash {d['hash']}); query text: {d['text']}. Encoder {res['encoder']['id']}; tau target `{res['tau_target']}`.",
         f"Out-of-domain set: {res['ood']['n']} queries ({', '.join(f'{v} {k}' for k, v in res['ood']['kinds'].items())}).",
         "",
-        "| router | encoder runtime | acc 17 | macro-F1 17 | acc 4 | macro-F1 4 | fallback | acc routed | OOD to fallback | p50 ms | p99 ms | q/s @64 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| router | encoder runtime | acc 17 | macro-F1 17 | acc 4 | macro-F1 4 | fallback | acc routed | OOD to fallback "
+        "| user-style | outside | maths WP | p50 ms | p99 ms | q/s @64 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["results"]:
         lines.append(
             f"| {r['router']} | {r['encoder']} | {_f(r['accuracy_17'])} | {_f(r['macro_f1_17'])} | {_f(r['accuracy_4'])} | "
             f"{_f(r['macro_f1_4'])} | {_f(r['fallback_rate'])} | {_f(r['accuracy_routed'])} | {_f(r.get('ood_fallback_rate'))} | "
+            f"{_f(r.get('user_style'))} | {_f(r.get('outside'))} | {_f(r.get('maths_to_maths_route'))} | "
             f"{_f(r.get('p50_ms'), 1)} | {_f(r.get('p99_ms'), 1)} | {_f(r.get('throughput_qps'), 1)} |")
-    lines += ["", "Latency: one query at a time, embedding + routing; throughput: batches of 64, embedding + routing.", ""]
+    lines += ["", "Latency: one query at a time, embedding + routing; throughput: batches of 64, embedding + routing. "
+              "user-style: the shipped user requests' test split; outside: Arena-Hard v2.0's test part, prompts the project "
+              "did not write; maths WP: the generated maths word problems' test split sent to a maths route (both below). "
+              "Routers that only know MMLU's subjects have no task routes, so those three are not theirs to score.", ""]
     for r in res["results"]:
         extra = []
         if r.get("train_seconds") is not None:
@@ -63,7 +68,7 @@ def user_section(res: dict) -> list[str]:
              f"Routes: {len(r.get('names', []))} from `{r.get('file')}` ({len(r.get('task', []))} task routes); "
              f"trained on {' + '.join(r.get('sources', []))} + the routes' examples; test rows never trained on.", ""]
     for name, m in user.items():
-        if name == "new_route":
+        if name in ("new_route", "outside", "maths_word_problems"):
             continue
         lines += [f"**{name}** test split: top-1 route accuracy {_f(m['accuracy'])} on {m['n']} requests "
                   f"(task routes {_f(m['accuracy_task_routes'])}, subject routes {_f(m['accuracy_subject_routes'])}), "
@@ -76,6 +81,7 @@ def user_section(res: dict) -> list[str]:
         if m.get("errors_by_kind"):
             lines += ["Errors by route kind (truth -> predicted): "
                       + ", ".join(f"{k} {v}" for k, v in m["errors_by_kind"].items()), ""]
+    lines += outside_lines(user)
     if "new_route" in user:
         n = user["new_route"]
         lines += [f"**New route** `{n['route']}` declared with {n['n_examples']} examples, retrained with no other "
@@ -87,6 +93,27 @@ def user_section(res: dict) -> list[str]:
         t = ts["user_requests_timing"]
         lines += [f"Timing on user requests (shorter than MMLU questions): p50 {_f(t['p50_ms'], 1)} ms, p99 "
                   f"{_f(t['p99_ms'], 1)} ms, {_f(t['throughput_qps'], 1)} q/s at batch {t['batch']}.", ""]
+    return lines
+
+
+def outside_lines(user: dict) -> list[str]:
+    """Arena-Hard (evals/data/arena_hard_routes.yaml says which routes count for each label) and the maths problems."""
+    lines = []
+    if "outside" in user:
+        lines += ["**Outside set** (Arena-Hard v2.0, real user prompts; labels mapped to routes by "
+                  "evals/data/arena_hard_routes.yaml; nothing trained on it):", "",
+                  "| split | n | accuracy | English only (n) | per label | misses went to |", "|---|---|---|---|---|---|"]
+        for split, m in user["outside"].items():
+            lines.append(f"| {split} | {m['n']} | {_f(m['accuracy'])} | {_f(m['accuracy_english'])} ({m['n_english']}) | "
+                         + ", ".join(f"{k} {_f(v)}" for k, v in m["per_label"].items()) + " | "
+                         + "; ".join(f"{k}: " + ", ".join(f"{r} {n}" for r, n in v.items()) for k, v in m["missed_as"].items())
+                         + " |")
+        lines.append("")
+    if "maths_word_problems" in user:
+        lines += ["**Maths word problems** (coe/data/maths.py) sent to a maths route (math or math_word_problems): "
+                  + "; ".join(f"{split} {_f(m['to_maths_route'])} of {m['n']} (others: "
+                              + (", ".join(f"{r} {n}" for r, n in m["missed_as"].items()) or "none") + ")"
+                              for split, m in user["maths_word_problems"].items()) + ".", ""]
     return lines
 
 

@@ -16,9 +16,12 @@ experts:
 def test_the_engine_bench_writes_tokens_per_second_and_time_to_first_token(tmp_path: Path):
     experts = tmp_path / "experts.yaml"
     experts.write_text(EXPERTS)
-    bench_engine(experts, tmp_path, max_tokens=2, prompts=1, engines=("llamacpp",), threads=1, log=lambda _m: None)
+    bench_engine(experts, tmp_path, max_tokens=2, prompts=1, engines=("llamacpp", "llamacpp+confidence"), threads=1,
+                 log=lambda _m: None)
     result = json.loads((tmp_path / "engine.json").read_text())
     [run] = [r for r in result["runs"] if r["engine"] == "llamacpp"]
+    [paying] = [r for r in result["runs"] if r["engine"] == "llamacpp+confidence"]  # the same, asking for confidence
+    assert paying["streams8"]["tokens"] == run["streams8"]["tokens"]
     assert run["batch1"]["requests"] == 1 and run["streams8"]["requests"] == 8
     assert run["streams8"]["tokens"] == 16 and run["streams8"]["tokens_per_s"] > 0
     assert 0 < run["streams8"]["ttft_mean_s"] <= run["streams8"]["ttft_max_s"]

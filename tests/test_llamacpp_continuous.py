@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -123,11 +124,13 @@ def test_stop_strings_are_per_request(engine):
     assert (free.text, free.finish_reason) == (full, "length")
 
 
-def test_mean_logprob_is_a_finite_negative_number_that_survives_json(engine):
-    out = engine.generate([greedy(QUESTION, 6), GenerationRequest(messages=[{"role": "user", "content": ESSAY}],
-                                                                  max_tokens=6, temperature=1.0, seed=3)])
-    for c in out:
+def test_mean_logprob_is_computed_on_request_a_finite_negative_number_that_survives_json(engine):
+    asked = replace(greedy(QUESTION, 6), confidence=True)
+    out = engine.generate([asked, GenerationRequest(messages=[{"role": "user", "content": ESSAY}], max_tokens=6,
+                                                    temperature=1.0, seed=3, confidence=True), greedy(QUESTION, 6)])
+    for c in out[:2]:
         assert math.isfinite(c.mean_logprob) and c.mean_logprob < 0
+    assert out[2].mean_logprob is None and out[2].text == out[0].text  # not asked: not paid for, same answer
     result = JobResult(job_id="j", expert="chat", completion=out[0])
     assert JobResult.from_json(result.to_json()).completion.mean_logprob == out[0].mean_logprob
 

@@ -24,28 +24,44 @@ CODING_REQUESTS = ["My python script says KeyError: 'id' when I read the json re
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    embedder = make_embedder(get_settings())  # the service's encoder (int8 ONNX, truncated), as `coe train` uses
+def embedder():
+    return make_embedder(get_settings())  # the service's encoder (int8 ONNX, truncated), as `coe train` uses
+
+
+def _mmlu(split: str, n: int):
     qs = load_mmlu(get_settings().cache_dir)
+    return [q for sub in SUBJECTS for q in sorted((q for q in by_split(qs, split) if q.subcategory == sub),
+                                                      key=lambda q: q.id)[:n]]
 
-    def mmlu(split, n):
-        return [q for sub in SUBJECTS for q in sorted((q for q in by_split(qs, split) if q.subcategory == sub),
-                                                          key=lambda q: q.id)[:n]]
 
-    exam = [(q.question, q.subcategory, q.subject, EXAM) for q in mmlu("train", 30)]
-    examples = [(t, r, r + " (examples)", EXAMPLE) for t, r in load_routes(ROOT / "routes.yaml").examples()
-                if r in SUBJECTS + ["coding"]]
-    requests = [(r.text, r.label, r.label + " (examples)", REQUEST) for r in read_labelled(USER_REQUESTS)
-                if r.split == "tune" and r.label in SUBJECTS + ["coding"]]
-    rows = exam + examples + requests
+def _sets(embedder, rows: list[tuple]) -> tuple[LabeledSet, LabeledSet]:
+    """rows: (text, label, fine label, group); validation is a slice of MMLU validation."""
     texts = [r[0] for r in rows]
     train = LabeledSet(texts, embedder.encode(texts), [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
-    val_q = mmlu("validation", 10)
+    val_q = _mmlu("validation", 10)
     vtexts = [q.question for q in val_q]
-    validation = LabeledSet(vtexts, embedder.encode(vtexts), [q.subcategory for q in val_q], [q.subject for q in val_q])
+    return train, LabeledSet(vtexts, embedder.encode(vtexts), [q.subcategory for q in val_q], [q.subject for q in val_q])
+
+
+def _exam_rows() -> list[tuple]:
+    return [(q.question, q.subcategory, q.subject, EXAM) for q in _mmlu("train", 30)]
+
+
+def _example_rows() -> list[tuple]:
+    return [(t, r, r + " (examples)", EXAMPLE) for t, r in load_routes(ROOT / "routes.yaml").examples()
+            if r in SUBJECTS + ["coding"]]
+
+
+@pytest.fixture(scope="module")
+def fitted(embedder):
+    exam, examples = _exam_rows(), _example_rows()
+    requests = [(r.text, r.label, r.label + " (examples)", REQUEST) for r in read_labelled(USER_REQUESTS)
+                if r.split == "tune" and r.label in SUBJECTS + ["coding"]]
+    train, validation = _sets(embedder, exam + examples + requests)
     mixture = RouteMixture()
     record, probs, held_labels = mixture.fit(train, validation)
-    counts = {"exam": len(exam), "coding examples": sum(r[1] == "coding" for r in examples), "validation": len(val_q)}
+    counts = {"exam": len(exam), "coding examples": sum(r[1] == "coding" for r in examples),
+              "validation": len(validation.labels)}
     return mixture, record, probs, held_labels, counts, embedder
 
 
@@ -72,3 +88,21 @@ def test_held_out_probabilities_cover_validation_then_the_folded_requests(fitted
     assert probs.shape == (len(held_labels), len(mixture.labels)) and n_requests > 0
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert set(held_labels[: counts["validation"]]) == set(SUBJECTS)
+
+
+def test_without_user_requests_the_examples_are_judged_by_an_exam_model_that_never_saw_them(embedder):
+    """Without request rows the route examples are the held-out rows the pool and tau are fitted on. The exam model
+    learns the task routes from those same examples, so it must judge each one out of fold: a history question
+    planted among the coding examples is what it looks like (history) to a model that did not learn it, while
+    a model that did would vouch for its label and teach the pool and tau that the exam model is never wrong."""
+    planted = [(q.question, "coding", "coding (examples)", EXAMPLE) for q in _mmlu("test", 40)
+               if q.subcategory == "history"][:6]
+    examples = _example_rows() + planted
+    train, validation = _sets(embedder, _exam_rows() + examples)
+    mixture = RouteMixture()
+    _, probs, held_labels = mixture.fit(train, validation)
+    held = probs[len(validation.labels):]
+    assert held_labels[len(validation.labels):] == [r[1] for r in examples]
+    coding, history = mixture.labels.index("coding"), mixture.labels.index("history")
+    judged = held[-len(planted):]
+    assert (judged[:, history] > judged[:, coding]).all(), judged[:, [history, coding]].round(3)

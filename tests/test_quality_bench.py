@@ -122,3 +122,25 @@ def test_the_domain_split_bound_scores_every_assignment_of_one_expert_per_domain
     split = rows[("big", "small")]  # big on MMLU, small on code: all right, at (200 + 150) / 2 of big's (200 + 600) / 2
     assert split["quality_share"] == 1.0 and split["compute"] == 175.0 and split["compute_share"] == 0.4375
     assert rows[("small", "small")]["quality"] == 0.5
+
+
+def test_the_group_bound_picks_per_group_on_validation_and_with_hindsight():
+    """evals/quality_group_bound.py: a router that knows each item's group (maths template, MMLU category)
+    and picks per group on validation answers, against one that picks with the test answers themselves."""
+    from coe_evals.quality_group_bound import group_bound
+
+    def item(kind: str, big: bool, small: bool) -> dict:
+        domain, _, template = kind.partition(":")
+        return {"id": f"maths:{template}:x", "domain": domain, "label": "math_word_problems",
+                "answers": {"big": {"correct": big, "prompt_tokens": 100, "completion_tokens": 0},
+                            "small": {"correct": small, "prompt_tokens": 100, "completion_tokens": 0}}}
+
+    run = {"experts": {"big": {"params_b": 2.0}, "small": {"params_b": 0.5}},
+           # validation says small is as good on template a (it is not, on test) and worse on b (it is better)
+           "val_records": [item("maths:a", True, True), item("maths:b", True, False)],
+           "test_records": [item("maths:a", True, False), item("maths:b", False, True)]}
+    out = group_bound(run, weights=(0.0, 0.1))
+    assert out["groups"] == 2 and out["best_single"]["expert"] in ("big", "small")
+    by_w = {r["cost_weight"]: r for r in out["rows"]}
+    assert by_w[0.0]["hindsight"] == {"quality": 1.0, "compute": 125.0}  # big on a, small on b
+    assert by_w[0.1]["validation"] == {"quality": 0.0, "compute": 125.0}  # small on a (cheaper, as good), big on b

@@ -283,3 +283,86 @@ def test_a_job_that_no_worker_survives_is_dead_lettered_and_its_caller_answered(
         assert await api.depth() == 1
 
     redis_run(scenario)
+
+
+def test_many_waiting_requests_share_one_reader_and_each_gets_its_own_text_in_order(redis_run):
+    """Forty callers waiting at once hold a bounded number of Redis connections: one reader per process reads
+    every waiting job's out stream and hands each caller its own deltas, in order, then its result. A caller
+    that gives up (times out, or is cancelled) leaves the others waiting as before."""
+    name = f"coe-{redis_run.prefix.split(':')[1]}"
+    url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}client_name={name}"
+
+    async def scenario(make_queue):
+        from workers.queue_redis import RedisQueue
+
+        api, worker = RedisQueue(url, prefix=redis_run.prefix), make_queue()
+        try:
+            jobs = [job(text=str(i), stream=True) for i in range(40)]
+            for j in jobs:
+                await api.submit(j)
+            waiting = [asyncio.create_task(_collect(api, j.id)) for j in jobs]
+            impatient = asyncio.create_task(api.wait_result(job().id, timeout=0.5))
+            await asyncio.sleep(0.5)
+            clients = [c for c in await worker.redis.client_list() if c.get("name") == name]
+            assert len(clients) <= 3, f"{len(clients)} connections for 40 waiting callers"
+            waiting[0].cancel()
+            with pytest.raises(TimeoutError):
+                await impatient
+            claimed = {c.id: c for c in await worker.claim("a", "w-1", 40)}
+            for piece in ("a", "b", "c"):
+                for j in reversed(jobs[1:]):
+                    await worker.publish_delta(j.id, f"{piece}{j.request.messages[0]['content']}")
+            for j in jobs[1:]:
+                await worker.complete(claimed[j.id], ok(j, f"done {j.request.messages[0]['content']}"))
+            for j, task in zip(jobs[1:], waiting[1:]):
+                n = j.request.messages[0]["content"]
+                assert await asyncio.wait_for(task, 10) == [f"a{n}", f"b{n}", f"c{n}", f"done {n}"]
+            assert waiting[0].cancelled()
+        finally:
+            await api.close()
+
+    redis_run(scenario)
+
+
+async def _collect(queue, job_id: str) -> list[str]:
+    return [e.text if isinstance(e, Delta) else e.completion.text async for e in queue.events(job_id, timeout=30)]
+
+
+def test_a_waiting_caller_rides_out_a_redis_restart_and_hears_of_a_longer_outage(tmp_path):
+    """The shared reader keeps each caller's outage grace: a restart within it is invisible to the caller,
+    an outage past it answers QueueUnavailable instead of waiting to the deadline."""
+    from tests.redis_server import RedisServer
+    from workers.queue import QueueUnavailable
+    from workers.queue_redis import RedisQueue
+
+    rds = RedisServer(tmp_path)
+    rds.start()
+
+    async def main():
+        api, worker = RedisQueue(rds.url, outage_grace_s=3), RedisQueue(rds.url)
+        try:
+            j = job()
+            await api.submit(j)
+            waiting = asyncio.create_task(api.wait_result(j.id, timeout=30))
+            await asyncio.sleep(0.3)
+            rds.stop()
+            rds.start()  # appendonly: the job is still there
+            [claimed] = await worker.claim("a", "w-1", 1)
+            await worker.complete(claimed, ok(claimed, "after the restart"))
+            assert (await asyncio.wait_for(waiting, 10)).completion.text == "after the restart"
+            stranded = asyncio.create_task(api.wait_result(job().id, timeout=30))
+            await asyncio.sleep(0.3)
+            rds.stop()
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(QueueUnavailable):
+                await asyncio.wait_for(stranded, 10)
+            assert asyncio.get_running_loop().time() - started < 5
+        finally:
+            await api.close()
+            await worker.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if rds.proc.poll() is None:
+            rds.stop()

@@ -54,20 +54,22 @@ def test_the_file_seeds_once_and_a_change_on_a_stale_version_is_refused():
         assert await feed.change("theirs", based_on=1) is None  # made on version 1: would lose "mine"
         assert await feed.version() == 2 and (await feed.snapshot()).text == "mine"
         assert await feed.join("file") == (Snapshot(2, "mine"), "kept")  # a restart keeps the admin change
-        assert await feed.join("edited") == (Snapshot(3, "edited"), "file changed")  # an edited file wins
-        assert await feed.change("reloaded", based_on=3, from_file=True) == Snapshot(4, "reloaded")
-        assert await feed.join("reloaded") == (Snapshot(4, "reloaded"), "kept")
+        assert await feed.join("edited") == (Snapshot(2, "mine"), "file differs")  # and so does an edited file
+        assert await feed.change("reloaded", based_on=2, from_file=True) == Snapshot(3, "reloaded")  # published
+        assert await feed.join("reloaded") == (Snapshot(3, "reloaded"), "kept")
         await feed.redis.delete(feed.key)  # Redis lost its data
-        assert await feed.change("after the loss", based_on=4) is None  # nothing to build on: re-read first
-        assert await feed.seed(Snapshot(4, "running"), "reloaded") == Snapshot(4, "running")
-        assert await feed.seed(Snapshot(1, "another"), "reloaded") == Snapshot(4, "running")
-        assert await feed.join("reloaded") == (Snapshot(4, "running"), "kept")
+        assert await feed.change("after the loss", based_on=3) is None  # nothing to build on: re-read first
+        assert await feed.seed(Snapshot(3, "running"), "reloaded") == Snapshot(3, "running")
+        assert await feed.seed(Snapshot(1, "another"), "reloaded") == Snapshot(3, "running")
+        assert await feed.join("reloaded") == (Snapshot(3, "running"), "kept")
 
     feed_scenario(scenario)
 
 
 @needs_redis
-def test_a_process_started_later_runs_redis_copy_unless_its_file_was_edited(tmp_path):
+def test_a_process_started_later_runs_redis_copy_even_if_its_file_was_edited(tmp_path, caplog):
+    """Once set, the shared registry is the source of truth: a process restarting with an edited (or stale) file
+    runs the fleet's copy and says so; publishing the file is an explicit admin action (a reload)."""
     experts = tmp_path / "experts.yaml"
     shutil.copy(FIXTURES / "working-experts.yaml", experts)
     entry = f"  - {{name: poet, engine: local, model: '{POET['model']}', params_b: 0.135}}\n"
@@ -81,7 +83,54 @@ def test_a_process_started_later_runs_redis_copy_unless_its_file_was_edited(tmp_
         assert "poet" not in experts.read_text()
         experts.write_text(experts.read_text() + "# edited by hand\n")
         edited = FeedStore(feed, experts)
-        assert "poet" not in (await edited.open(None)).names and edited.held == Snapshot(3, experts.read_text())
+        assert "poet" in (await edited.open(None)).names and edited.held.version == 2
+        assert await feed.version() == 2 and "poet" in (await feed.snapshot()).text  # the fleet's copy untouched
+        assert "POST /v1/experts/reload publishes the file" in caplog.text
+
+    feed_scenario(scenario)
+
+
+@needs_redis
+def test_a_version_this_host_cannot_fully_serve_is_run_and_reported(tmp_path, caplog, monkeypatch):
+    """The shared registry is the source of truth: a process without an expert's api_key_env (or its weights)
+    runs the fleet's version all the same, at start and when it follows a change, serves the rest, and says
+    what it cannot serve (`problems`: /readyz and coe_registry_problems; an error line) rather than stay
+    silently on an older version or refuse to start."""
+    experts = tmp_path / "experts.yaml"
+    shutil.copy(FIXTURES / "working-experts.yaml", experts)
+    monkeypatch.delenv("COE_PROVIDER_ABSENT_KEY", raising=False)
+    hosted = "  - {name: hosted, engine: openai, model: m, api_key_env: COE_PROVIDER_ABSENT_KEY, params_b: 1}\n"
+
+    async def scenario(feed: RegistryFeed):
+        await feed.join(experts.read_text())
+        await feed.change(experts.read_text() + hosted, based_on=1)  # added where the variable is set
+        restarted = FeedStore(feed, experts)
+        assert "hosted" in (await restarted.open(None)).names and restarted.held.version == 2
+        assert [p.split("field ")[1] for p in restarted.problems] == [
+            "'api_key_env': environment variable COE_PROVIDER_ABSENT_KEY is not set"]
+
+        follower_store = FeedStore(feed, experts)
+        await follower_store.open(None)
+        await feed.change(experts.read_text(), based_on=2)  # hosted removed: nothing missing any more
+        taken = []
+
+        async def take_up():
+            snapshot = await follower_store.current()
+            taken.append(follower_store.parse(snapshot).names)
+            follower_store.held = snapshot
+
+        stop = asyncio.Event()
+        follower = asyncio.create_task(follower_store.follow(take_up, stop))
+        try:
+            await eventually(lambda: follower_store.held.version == 3, "version 3 taken up")
+            assert "hosted" not in taken[-1] and follower_store.problems == []
+            await feed.change(experts.read_text() + hosted, based_on=3)
+            await eventually(lambda: follower_store.held.version == 4, "version 4 taken up despite the missing key")
+            assert "hosted" in taken[-1] and len(follower_store.problems) == 1
+            assert "registry version 4 runs here without what this host lacks" in caplog.text
+        finally:
+            stop.set()
+            await follower
 
     feed_scenario(scenario)
 

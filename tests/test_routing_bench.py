@@ -16,7 +16,7 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("semantic_router")
     res = bench_routing(sample=4, out_dir=tmp_path, include_peer=True, settings=get_settings(),
                         fast_runtime="torch", fast_max_seq_length=128, fp32_runtime="torch",
-                        n_single=2, n_batch=8, variants=["two_stage"], log=lambda msg: None)  # timing runs, briefly
+                        n_single=2, n_batch=8, variants=["two_stage"], n_maths=20, log=lambda msg: None)  # timing runs, briefly
     names = {r["router"] for r in res["results"]}
     assert EXPECTED <= names and "semantic-router (peer)" in names
     by = {r["router"]: r for r in res["results"]}
@@ -37,7 +37,7 @@ def test_bench_smoke(tmp_path):
 def test_bench_accuracy_only(tmp_path):
     """`coe bench routing --accuracy-only`: the service's router on MMLU and the user requests, no peer, no timing."""
     res = bench_routing(sample=4, out_dir=tmp_path, settings=get_settings(), fast_runtime="torch", fast_max_seq_length=128,
-                        new_route=False, timing=False, log=lambda msg: None)
+                        new_route=False, timing=False, n_maths=50, log=lambda msg: None)
     names = {r["router"] for r in res["results"]}
     assert EXPECTED <= names and not any(n.startswith("two_stage[") or "peer" in n for n in names)
     assert not any("p50_ms" in r or "throughput_qps" in r for r in res["results"]) and "--accuracy-only" in res["command"]
@@ -45,3 +45,8 @@ def test_bench_accuracy_only(tmp_path):
     assert user["n"] == 414 and "user_requests_timing" not in next(r for r in res["results"] if r["router"] == "two_stage")
     assert sum(user["errors_by_kind"].values()) == round((1 - user["accuracy"]) * user["n"])
     assert "Errors by route kind" in (tmp_path / "routing.md").read_text()
+    outside, maths = res["user"]["outside"], res["user"]["maths_word_problems"]
+    assert (outside["validation"]["n"], outside["test"]["n"]) == (300, 450) and maths["test"]["n"] == 50
+    two_stage = next(r for r in res["results"] if r["router"] == "two_stage")
+    assert two_stage["outside"] == outside["test"]["accuracy"] and two_stage["user_style"] == user["accuracy"]
+    assert "**Outside set**" in (tmp_path / "routing.md").read_text()

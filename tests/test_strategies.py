@@ -127,6 +127,14 @@ def test_option_scoring_expert_answers_other_requests_directly(strategy_client):
     assert r.usage.completion_tokens > 0
 
 
+def test_a_generated_answers_confidence_is_computed_when_the_request_asks_for_it(strategy_client):
+    ask = {"model": "plain", "messages": [{"role": "user", "content": "Say hello."}]}
+    plain = strategy_client.chat.completions.create(**ask).model_extra["coe"]["answers"][0]
+    asked = strategy_client.chat.completions.create(**ask, extra_body={"coe": {"confidence": True}})
+    assert plain["confidence"] is None  # not asked: the engine does not read every token's logits
+    assert 0 < asked.model_extra["coe"]["answers"][0]["confidence"] <= 1
+
+
 def test_program_expert_whose_program_cannot_run_falls_back_to_prose_and_pays_both_attempts(strategy_client):
     # 8 tokens cannot hold a program: the attempt fails and the same model answers directly
     r = strategy_client.chat.completions.create(model="solver", messages=[{"role": "user", "content": "What is 2 + 3?"}])

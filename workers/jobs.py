@@ -26,6 +26,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     choices: list[str] | None = None
+    confidence: bool = False  # fill Completion.mean_logprob: llama.cpp reads the whole vocabulary's logits per token
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str = "stop"
     choice_logprobs: list[float] | None = None  # with request.choices: one per choice, in order
-    mean_logprob: float | None = None  # mean log p(token) of the generated tokens under the raw logits: a confidence
+    mean_logprob: float | None = None  # with request.confidence: mean log p(token) of the generated tokens under the raw logits
 
 
 @dataclass

@@ -16,7 +16,8 @@ caller once: results are stored with SET NX. A streamed job taken over after it 
 answered with an `interrupted` error (another generation cannot continue it); one taken over before
 any text was sent starts again, and the old worker's text is refused.
 
-Every wait is a blocking Redis call (XREAD BLOCK) with a short timeout; nothing polls. Connection
+Every wait is a blocking Redis call (XREAD BLOCK) with a short timeout; nothing polls. The callers of a
+process share one reader of their out streams (workers/redis_out_reader.py), not a connection each. Connection
 errors raise QueueUnavailable; redis-py reconnects on the next call, and consumer groups are recreated
 if Redis lost its data. A caller already waiting for a result rides out an outage of up to
 `outage_grace_s` (e.g. a Redis restart), then gets QueueUnavailable.
@@ -40,6 +41,7 @@ from workers.queue import COUNTERS, Delta, JobQueue, PendingStats, QueueFull, Qu
 from workers.redis_dead_letters import DeadLetters
 from workers.redis_leases import CONNECTION_ERRORS, Held, Leases
 from workers.redis_leases import text as _s
+from workers.redis_out_reader import OutReader
 from workers.redis_scripts import GROUP, Keys
 
 log = logging.getLogger("coe.queue.redis")
@@ -60,7 +62,6 @@ class RedisQueue(JobQueue):
         self.max_depth = max_depth
         self.keys = Keys(prefix)
         self.result_ttl_s = result_ttl_s
-        self.outage_grace_s = outage_grace_s
         self.redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=connect_timeout_s, socket_timeout=BLOCK_CHUNK_S + 8,
             health_check_interval=30, retry_on_timeout=False,
@@ -71,6 +72,8 @@ class RedisQueue(JobQueue):
         self._announce, self._consumers = s(scripts.ANNOUNCE), s(scripts.CONSUMERS)
         self.leases = Leases(s(scripts.RENEW), heartbeat_s)
         self.dead_letters = DeadLetters(self.redis, self.keys, result_ttl_s, max_deliveries)
+        self.out = OutReader(url, self.redis, connect_timeout_s=connect_timeout_s, block_s=BLOCK_CHUNK_S,
+                             outage_grace_s=outage_grace_s, unavailable=self._unavailable)
         self._last_cleanup: dict[str, float] = {}
 
     def _unavailable(self, exc: Exception) -> QueueUnavailable:
@@ -95,37 +98,15 @@ class RedisQueue(JobQueue):
 
     async def _read_out(self, job_id: str, timeout: float) -> AsyncIterator[Delta | JobResult]:
         """Entries of the job's out stream as they come, ending with its result; TimeoutError at the deadline."""
-        key, last = self.keys.out(job_id), "0-0"
-        deadline = time.monotonic() + timeout
-        down_since: float | None = None
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no result for job {job_id} within {timeout:.1f}s")
-                try:
-                    reply = await self.redis.xread({key: last}, block=max(1, int(min(left, BLOCK_CHUNK_S) * 1000)),
-                                                   count=256)
-                except CONNECTION_ERRORS as exc:  # e.g. Redis restarting: the job is still there when it is back
-                    down_since = down_since or time.monotonic()
-                    if time.monotonic() - down_since > self.outage_grace_s:
-                        raise self._unavailable(exc) from None
-                    await asyncio.sleep(min(0.5, max(0.0, left)))
-                    continue
-                down_since = None
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        last = _s(entry_id)
-                        fields = {_s(k): v for k, v in fields.items()}
-                        if "result" in fields:
-                            yield JobResult.from_json(fields["result"])
-                            return
-                        yield Delta(_s(fields["d"]))
-        finally:
+        async with aclosing(self.out.read(self.keys.out(job_id), timeout)) as entries:
             try:
-                await self.redis.delete(key)
-            except CONNECTION_ERRORS:
-                pass  # it expires on its own
+                async for fields in entries:
+                    if "result" in fields:
+                        yield JobResult.from_json(fields["result"])
+                        return
+                    yield Delta(_s(fields["d"]))
+            except TimeoutError:
+                raise TimeoutError(f"no result for job {job_id} within {timeout:.1f}s") from None
 
     async def wait_result(self, job_id: str, timeout: float) -> JobResult:
         async with aclosing(self._read_out(job_id, timeout)) as items:  # closed here: its clean-up runs now
@@ -368,6 +349,7 @@ class RedisQueue(JobQueue):
 
     async def close(self) -> None:
         self.leases.close()
+        await self.out.close()
         try:
             await self.redis.aclose()
         except CONNECTION_ERRORS:

@@ -7,9 +7,10 @@ reaches all of them. Keys (prefix `coe`, as the queue's):
   <p>:registry:changes  Pub/Sub channel: each new version number, as it is written
 
 A process joins with the text of its experts file (one script): Redis without a copy is seeded with it as
-version 1; a file that changed since the copy was last taken from a file (edited, then the process restarted)
-is published as the next version; otherwise the process runs Redis's copy, with the changes made through the
-admin API since. A change is compare-and-set on the version its writer read (one script): a writer whose
+version 1; otherwise the process runs Redis's copy, with the changes made through the admin API since, even
+when its file differs from the one the copy was last taken from (it is told so, and logs it): a restarting
+process must not replace the fleet's registry with whatever file it was started with. Publishing an edited
+file is an explicit admin action (`POST /v1/experts/reload`, a change `from_file`). A change is compare-and-set on the version its writer read (one script): a writer whose
 base is no longer current is told so and redoes its change on top of the new copy, so two replicas'
 concurrent changes both land. Followers hear of a change through Pub/Sub and also look at the version every
 second, because Pub/Sub keeps nothing for a subscriber that was away (a Redis restart, a dropped connection).
@@ -39,10 +40,7 @@ if not sha then
   redis.call('PUBLISH', ARGV[3], 1)
   outcome = 'seeded'
 elseif sha ~= ARGV[2] then
-  local version = tonumber(redis.call('HGET', KEYS[1], 'version')) + 1
-  redis.call('HSET', KEYS[1], 'version', version, 'text', ARGV[1], 'file_sha', ARGV[2])
-  redis.call('PUBLISH', ARGV[3], version)
-  outcome = 'file changed'
+  outcome = 'file differs'
 end
 local copy = redis.call('HMGET', KEYS[1], 'version', 'text')
 return {copy[1], copy[2], outcome}
@@ -110,8 +108,8 @@ class RegistryFeed:
 
     async def join(self, file_text: str) -> tuple[Snapshot, str]:
         """The copy to run, given this process's experts file: 'seeded' (Redis had none: the file is version 1),
-        'file changed' (the file differs from the one the copy was last taken from: it is the next version) or
-        'kept' (Redis's copy, admin changes included)."""
+        'kept' (Redis's copy, admin changes included) or 'file differs' (Redis's copy all the same: the file
+        differs from the one the copy was last taken from, and only a reload publishes it)."""
         version, text, outcome = await self._call(self._join(keys=[self.key],
                                                              args=[file_text, sha256(file_text), self.channel]))
         return Snapshot(int(version), text), outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
-from coe.api import admin
+from coe.aggregation import last_user_text
+from coe.api import admin, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
@@ -24,8 +26,9 @@ from coe.api.schemas import (
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
-from coe.auth import KeyRing
+from coe.auth import Caller, KeyRing
 from coe.conversation_routing import ConversationPolicy, human_turns
+from coe.feedback import Served
 from coe.limits import check_texts
 from coe.pipeline import ROUTED_MODEL
 from coe.pipeline_types import ChatInput, ClientGone, Outcome, PipelineError, TimedOut, Unavailable
@@ -34,6 +37,8 @@ from coe.service import Service
 from coe.core.settings import Settings, get_settings
 from routers import RouteDecision
 from workers.queue import QueueUnavailable
+
+log = logging.getLogger("coe.api")
 
 DISCONNECT_POLL_S = 0.25
 EVERYWHERE = {s: {"model": ErrorResponse} for s in (400, 413, 503)}  # bad JSON, body cap, shutting down
@@ -59,6 +64,7 @@ def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> Chat
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
+        confidence=bool(body.coe and body.coe.confidence),
         session=session_header or body.user or None,
     )
 
@@ -111,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(IntakeMiddleware, intake=intake)  # a draining server reads no bodies
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
+    app.include_router(feedback.router)
     auth = [Depends(query_caller)]
 
     def pipeline():
@@ -142,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except QueueUnavailable as exc:
             return error_response(503, str(exc), code="queue_unavailable", headers={"Retry-After": "5"})
         return {"status": "ready", "router": pipeline().default_router, "encoder": pipeline().embedder.runtime_id,
-                "experts": service.registry.names, "registry_version": service.registry_version}
+                "experts": service.registry.names, "registry_version": service.registry_version,
+                "registry_problems": service.store.problems}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
@@ -155,6 +163,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.QUEUE_COUNTERS.values = await service.queue.counters()
             except QueueUnavailable:
                 pass
+        if service.store is not None:
+            metrics.REGISTRY_VERSION.set(service.registry_version)
+            metrics.REGISTRY_PROBLEMS.set(len(service.store.problems))
         metrics.WORKER_SWITCHES.set(sum(w.scheduler.stats.switches for w in service.workers))
         metrics.WORKER_BATCHES.set(sum(w.scheduler.stats.batches for w in service.workers))
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
@@ -196,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
         inp = _chat_input(body, request.headers.get("x-session-id"))
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -205,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if inp.stream:
             events = pipeline().stream(inp)
             decision = await within_deadline(anext(events))  # routing errors surface here as a normal error
+            await remember(completion_id, inp, decision, caller)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
                 _sse(events, decision, completion_id, created, body.model, include_usage),
@@ -212,10 +224,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         out = await within_deadline(unless_disconnected(request, pipeline().run(inp)))
         metrics.REQUEST_SECONDS.labels(body.model).observe(time.perf_counter() - started)
+        await remember(completion_id, inp, out.decision, caller)
         return ChatCompletion(
             id=completion_id, created=created, model=body.model, usage=_usage(out), coe=_coe_info(out),
             choices=[Choice(message=ResponseMessage(content=out.text), finish_reason=out.finish_reason)],
         )
+
+    async def remember(completion_id: str, inp: ChatInput, decision: RouteDecision, caller: Caller) -> None:
+        """Keep what the completion was about, for POST /v1/feedback; a store that fails costs the answer nothing."""
+        served = Served(completion_id, last_user_text(inp.messages), decision.router, decision.category,
+                        list(decision.experts), caller.identity, time.time())
+        try:
+            await service.feedback.remember(served)
+        except Exception as exc:  # noqa: BLE001 - feedback is optional; the answer is not
+            log.warning("could not keep completion %s for feedback: %s", completion_id, exc)
 
     return app
 

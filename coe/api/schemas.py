@@ -38,6 +38,9 @@ class CoeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int | None = Field(None, ge=1, description="number of experts to consult; capped by the server")
     router: str | None = Field(None, description="router to use for this request")
+    confidence: bool = Field(False, description="give every generated answer its confidence (coe.answers[].confidence: "
+                                                "the mean token probability), which costs the CPU engine a few ms a "
+                                                "token; cascades compute it for their steps anyway")
 
 
 class StreamOptions(BaseModel):

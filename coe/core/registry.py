@@ -203,9 +203,28 @@ def category_problems(spec: ExpertsFile, path: Path, routes: "Routes") -> list[s
     return problems
 
 
-def parse_registry(text: str, path: Path, routes: "Routes | None" = None) -> Registry:
+def _host_problems(spec: ExpertsFile, path: Path) -> list[str]:
+    """What this host lacks to serve the experts: weights not on disk, an api_key_env not set here."""
+    problems = []
+    for i, e in enumerate(spec.experts):
+        if e.engine in CPU_ENGINES or (e.engine == "vllm" and is_local_ref(e.model)):
+            try:
+                check_model_ref(e.model, path.parent)
+            except AssetError as exc:
+                problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'model': {exc}")
+        if e.api_key_env and e.api_key_env not in os.environ:
+            problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'api_key_env': environment variable {e.api_key_env} is not set")
+    return problems
+
+
+def host_problems(registry: Registry) -> list[str]:
+    return _host_problems(registry.spec, registry.path)
+
+
+def parse_registry(text: str, path: Path, routes: "Routes | None" = None, host: bool = True) -> Registry:
     """Validate experts-file text (and, given the routes, that categories name routes); raise RegistryError
-    listing every problem."""
+    listing every problem. `host=False` leaves out what only this host lacks (host_problems): a registry the
+    fleet shares is run as it is, and a process reports what it cannot serve of it."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -217,14 +236,8 @@ def parse_registry(text: str, path: Path, routes: "Routes | None" = None) -> Reg
     except ValidationError as exc:
         raise RegistryError(path, [_describe(path, raw, e) for e in exc.errors()]) from None
     problems = category_problems(spec, path, routes) if routes is not None else []
-    for i, e in enumerate(spec.experts):
-        if e.engine in CPU_ENGINES or (e.engine == "vllm" and is_local_ref(e.model)):
-            try:
-                check_model_ref(e.model, path.parent)
-            except AssetError as exc:
-                problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'model': {exc}")
-        if e.api_key_env and e.api_key_env not in os.environ:
-            problems.append(f"{path}, expert '{e.name}' (experts[{i}]), field 'api_key_env': environment variable {e.api_key_env} is not set")
+    if host:
+        problems += _host_problems(spec, path)
     if problems:
         raise RegistryError(path, problems)
     return Registry(spec, path)

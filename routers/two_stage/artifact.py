@@ -3,12 +3,14 @@
     <artifacts>/two_stage/<version>/manifest.json   encoder, labels, tau, map, data hash, metrics
     <artifacts>/two_stage/<version>/stage1.joblib   the fitted stage-1 model
     <artifacts>/two_stage/<version>/neighbors.npz   training embeddings + labels (kNN baseline)
+    <artifacts>/two_stage/<version>/validation_routes.json   held-out validation decisions (sha256 of text -> route)
     <artifacts>/two_stage/LATEST                    the version the service loads
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -19,6 +21,7 @@ import numpy as np
 
 FORMAT = 2  # 2: RouteMixture's exam model also knows the task routes (from their examples)
 ROUTER_DIR = "two_stage"
+VALIDATION_ROUTES = "validation_routes.json"
 
 
 class ArtifactError(RuntimeError):
@@ -52,8 +55,13 @@ def new_version(level: str, classifier: str, data_hash: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{level}-{classifier}-{data_hash[:8]}"
 
 
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def save_artifact(artifacts_dir: Path, version: str, manifest: dict, stage1, embeddings: np.ndarray,
-                  label_idx: np.ndarray, make_latest: bool = True) -> Path:
+                  label_idx: np.ndarray, make_latest: bool = True, validation_routes: dict[str, str] | None = None) -> Path:
+    """`validation_routes` (text -> route) is kept keyed by text_key, so a later training can say what moved."""
     import joblib
 
     root = router_root(artifacts_dir)
@@ -62,6 +70,8 @@ def save_artifact(artifacts_dir: Path, version: str, manifest: dict, stage1, emb
     tmp.mkdir(parents=True, exist_ok=True)
     joblib.dump(stage1, tmp / "stage1.joblib", compress=3)
     np.savez_compressed(tmp / "neighbors.npz", embeddings=embeddings.astype(np.float16), labels=label_idx.astype(np.int16))
+    if validation_routes is not None:
+        (tmp / VALIDATION_ROUTES).write_text(json.dumps({text_key(t): r for t, r in validation_routes.items()}))
     (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": version, **manifest}, indent=2))
     os.replace(tmp, final)
     if make_latest:
@@ -69,6 +79,14 @@ def save_artifact(artifacts_dir: Path, version: str, manifest: dict, stage1, emb
         pointer.with_suffix(".tmp").write_text(version + "\n")
         os.replace(pointer.with_suffix(".tmp"), pointer)
     return final
+
+
+def validation_routes(path: Path) -> dict[str, str] | None:
+    """The held-out validation decisions saved with the artifact at `path` (text_key -> route), if any."""
+    try:
+        return json.loads((path / VALIDATION_ROUTES).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_version(artifacts_dir: Path, version: str | None = None) -> Path:

@@ -14,7 +14,8 @@ gate     g(q) = p(exam-style | q): logistic regression on word n-grams, the embe
 
 The user's requests are split in K folds by a hash of their text: the request model's weights, the
 pool (a, b, c) and tau see only predictions of models that did not train on that row (tau and the
-validation metrics use the exam model from before its refit). A route's examples are always trained on.
+validation metrics use the exam model from before its refit). A route's examples are always trained on;
+without requests they are the folded rows, and the exam model judges those it learns from out of fold too.
 Measured on the shipped user requests and MMLU (docs/routing.md): one model over both kinds of rows lets
 the 8,400 exam questions swallow the requests; this keeps them apart.
 """
@@ -104,7 +105,7 @@ class RouteMixture:
         if exam_rows.any():
             step("exam model (MMLU + the examples of routes without MMLU rows)")
             self.subjects = sorted({lab for lab, e in zip(train.labels, exam_rows) if e})
-            taught = exam_rows | ((groups == EXAMPLE) & ~np.isin(train.labels, self.subjects))
+            taught = self._taught(train)
             self.exam = Stage1(self.classifier, self.lexical, seed=self.seed).fit(
                 *_take(train, taught, fine=True), progress=step)
             record["exam"] = self.exam.calibrate(validation.texts, validation.embeddings, validation.labels)
@@ -116,13 +117,18 @@ class RouteMixture:
                 record["exam"]["refit_rows"] = int(taught.sum()) + len(validation.labels)
         return record, val_exam
 
+    def _taught(self, data) -> np.ndarray:
+        """The rows the exam model learns from: the exam rows and the examples of routes without exam rows."""
+        groups = np.array(data.groups)
+        return (groups == EXAM) | ((groups == EXAMPLE) & ~np.isin(data.labels, self.subjects))
+
     def fit_requests(self, train, validation, val_exam: np.ndarray | None, record: dict,
                      step) -> tuple[dict, np.ndarray, list[str]]:
         """The request model, the pool and the gate, after fit_exam; returns what fit() returns."""
         groups = np.array(train.groups)
         exam_rows, few_rows = groups == EXAM, groups != EXAM
         step("request model: out-of-fold predictions")
-        held_out = REQUEST if (groups == REQUEST).any() else EXAMPLE  # without requests, the examples are folded
+        held_out = held_out_group(train.groups)
         folds = np.array([_fold(t) if g == held_out else -1 for t, g in zip(train.texts, groups)])
         self.few = self._few_model().fit(*_take(train, few_rows, fine=True))
         held = np.nonzero(folds >= 0)[0]
@@ -149,8 +155,7 @@ class RouteMixture:
         held_labels = [train.labels[i] for i in held]
         record["request"] = self.few.calibrate_parts(parts, held_labels)
         few_oof = self._spread(self.few.proba_from_parts(parts), self.few.labels)
-        texts = [train.texts[i] for i in held]
-        exam_oof = self._exam_proba(texts, train.embeddings[held])
+        exam_oof = self._exam_held_out(train, validation, held, folds, step)
         record["pool"] = self._fit_pool(few_oof, exam_oof, held_labels)
         probs = self._mix(gates, few_oof, exam_oof)
         if self.exam is not None:
@@ -161,6 +166,31 @@ class RouteMixture:
             probs = np.vstack([self._mix(gate_val, few_val, val_exam), probs])
             held_labels = list(validation.labels) + held_labels
         return record, probs, held_labels
+
+    def _exam_held_out(self, train, validation, held: np.ndarray, folds: np.ndarray, step) -> np.ndarray | None:
+        """The exam model's probabilities of the held-out rows. Those it learnt from (the task routes' examples,
+        held out when the user gave no requests) come from exam models fitted without their fold, with the
+        calibrated weights: an exam model judging its own training rows would teach the pool and tau that it
+        is never wrong."""
+        exam = self._exam_proba([train.texts[i] for i in held], train.embeddings[held])
+        if exam is None:
+            return None
+        taught = self._taught(train)
+        if not taught[held].any():
+            return exam
+        step("exam model: out-of-fold predictions of the examples it learns from")
+        extra = _take(validation, np.ones(len(validation.labels), bool), fine=True) if validation.labels else None
+        for k in range(FOLDS):
+            out = taught[held] & (folds[held] == k)
+            if not out.any():
+                continue
+            rows = _take(train, taught & (folds != k), fine=True)
+            model = Stage1(self.classifier, self.lexical, seed=self.seed).fit(*(_join(rows, extra) if extra else rows))
+            model.weights = self.exam.weights
+            idx = held[out]
+            exam[out] = self._spread(model.predict_proba([train.texts[i] for i in idx], train.embeddings[idx]),
+                                     model.labels)
+        return exam
 
     def _share_tfidf(self) -> None:
         """The three models transform the same texts: their word TF-IDFs, and the two models' character ones, are
@@ -216,6 +246,19 @@ class RouteMixture:
         exam = self._exam_proba(texts, embeddings)
         gate = self.gate.predict(texts, embeddings) if self.gate is not None else np.zeros(len(texts))
         return self._mix(gate, few, exam)
+
+
+def held_out_group(groups: list[str]) -> str:
+    """The group fit() folds for held-out predictions: the requests, or the examples when there are none."""
+    return REQUEST if REQUEST in groups else EXAMPLE
+
+
+def held_out_texts(mixture: RouteMixture, train, validation) -> list[str]:
+    """The texts of fit()'s held-out probabilities, in their order: the validation rows (when there is an exam
+    model), then the rows of the held-out group."""
+    held_out = held_out_group(train.groups)
+    held = [t for t, g in zip(train.texts, train.groups) if g == held_out]
+    return (list(validation.texts) if mixture.exam is not None else []) + held
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from routers.two_stage.artifact import new_version, save_artifact
-from routers.two_stage.mixture import EXAM, RouteMixture
+from routers.two_stage.mixture import EXAM, RouteMixture, held_out_texts
 from routers.two_stage.model import Stage1
 
 DEFAULT_TAU_TARGET = "accuracy:0.90"
@@ -82,20 +82,25 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
                     lexical: bool = True, tau_target: str = DEFAULT_TAU_TARGET, parents: dict | None = None,
                     expert_map: Callable[[list[str], dict], dict] | None = None, seed: int = 0,
                     progress: Callable[[str], None] | None = None, make_latest: bool = True,
-                    routes: dict | None = None) -> Path:
+                    routes: dict | None = None, review: Callable[[list[str], list[str], list[str]], dict] | None = None) -> Path:
     """Fit, calibrate, evaluate (on each named test set) and save; returns the artifact folder.
-    `routes` ({"fingerprint", "names"}) binds the artifact to the routes file it was trained for."""
+    `routes` ({"fingerprint", "names"}) binds the artifact to the routes file it was trained for. The held-out
+    validation decisions (texts never trained on by the model that decided them) are saved with the artifact;
+    `review(texts, routes, labels)` is called with them before saving and what it returns is kept as the
+    manifest's `review` (coe train: the items that moved route since the previous artifact)."""
     step = progress or (lambda msg: None)
     t0 = time.perf_counter()
     if train.groups and any(g != EXAM for g in train.groups):
         stage1 = RouteMixture(classifier=classifier, lexical=lexical, seed=seed)
         calib, val_probs, val_labels = stage1.fit(train, validation, progress=step)
+        val_texts = held_out_texts(stage1, train, validation)
     else:
         stage1 = Stage1(classifier=classifier, lexical=lexical, seed=seed)
         stage1.fit(train.texts, train.embeddings, train.labels, fine_labels=train.fine_labels, progress=step)
         step("calibrating on validation")
         calib = stage1.calibrate(validation.texts, validation.embeddings, validation.labels)
         val_probs, val_labels = stage1.predict_proba(validation.texts, validation.embeddings), validation.labels
+        val_texts = list(validation.texts)
         if validation.labels:  # tau and the validation metrics above come from the model before it saw validation
             step("refit on train + validation (calibrated weights kept)")
             stage1.refit(train.texts + validation.texts, np.vstack([train.embeddings, validation.embeddings]),
@@ -128,9 +133,11 @@ def train_two_stage(train: LabeledSet, validation: LabeledSet, *, artifacts_dir:
         "routes": routes,
         "map": expert_map(stage1.labels, label_weights) if expert_map else None,
         "metrics": metrics,
+        "review": review(val_texts, val_pred, list(val_labels)) if review else None,
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
     step("saving artifact")
     label_idx = np.array([stage1.labels.index(lab) for lab in train.labels])
     version = new_version(level, classifier, data.get("hash", "nodata"))
-    return save_artifact(artifacts_dir, version, manifest, stage1, train.embeddings, label_idx, make_latest)
+    return save_artifact(artifacts_dir, version, manifest, stage1, train.embeddings, label_idx, make_latest,
+                         validation_routes=dict(zip(val_texts, val_pred)))

@@ -16,8 +16,10 @@ sampler chain (repetition penalty over prompt and output, temperature, top_p, a 
 MIN_TEMPERATURE), its own stop conditions (the vocab's end-of-generation tokens, max_tokens, the context,
 stop strings) and its own stream of text (RowText: nothing that could still become a stop string is shown).
 A request whose caller is gone (`cancelled`, a cancelled task, `should_stop`) leaves the batch at the next
-step with finish_reason "cancelled", its sequence freed. Each completion carries `mean_logprob`, the mean
-log-probability of its generated tokens under the model's raw logits (before temperature), a confidence.
+step with finish_reason "cancelled", its sequence freed. A completion whose request asks for `confidence` carries
+`mean_logprob`, the mean log-probability of its generated tokens under the model's raw logits (before temperature):
+only on request, since cyllama hands the logits over as a Python list of the whole vocabulary (152k floats for
+Qwen), several milliseconds a token, which at 8 streams cost more than the decode step itself.
 
 Threads: options.threads (COE_TORCH_THREADS) or every core, as llama.cpp's server does. llama.cpp's threads
 wait for each other at every operation, so on cores another process keeps busy, fewer threads are faster:
@@ -88,7 +90,7 @@ class _Gen(Work):
     """One request being generated: its sampler, stop conditions, text and confidence."""
 
     def __init__(self, engine: "LlamaCppEngine", index: int, ids: list[int], max_new: int, sampler: Any,
-                 stops: list[str], on_delta: OnDelta | None, should_stop: ShouldStop | None):
+                 stops: list[str], on_delta: OnDelta | None, should_stop: ShouldStop | None, confidence: bool = False):
         super().__init__(Seq(ids, len(ids) - 1))
         self.vocab, self.index, self.n_prompt, self.max_new = engine.vocab, index, len(ids), max_new
         self.sampler, self.on_delta, self.should_stop = sampler, on_delta, should_stop
@@ -96,6 +98,7 @@ class _Gen(Work):
         self.abort = threading.Event()
         self.held: list[int] = []  # tokens whose bytes end inside a UTF-8 character
         self.n_new = 0
+        self.confidence = confidence
         self.logprob_sum = 0.0
         self.finish_reason: str | None = "length" if max_new == 0 else None
 
@@ -112,7 +115,8 @@ class _Gen(Work):
 
     def take(self, ctx: Any, idx: int) -> None:
         token = self.sampler.sample(ctx, idx)
-        self.logprob_sum += token_logprob(ctx.get_logits_ith(idx), token)
+        if self.confidence:
+            self.logprob_sum += token_logprob(ctx.get_logits_ith(idx), token)
         self.n_new += 1  # an end token counts as a completion token, never shown as text
         if self.vocab.is_eog(token):
             self.finish_reason = "stop"
@@ -140,7 +144,7 @@ class _Gen(Work):
     def result(self) -> Completion:
         return Completion(text=self.out.text, prompt_tokens=self.n_prompt, completion_tokens=self.n_new,
                           finish_reason=self.finish_reason or "length",
-                          mean_logprob=self.logprob_sum / self.n_new if self.n_new else None)
+                          mean_logprob=self.logprob_sum / self.n_new if self.n_new and self.confidence else None)
 
 
 class _Score(Work):
@@ -275,7 +279,7 @@ class LlamaCppEngine(Engine):
         ids = self.prompt_ids(req.messages)
         max_new = token_budget(len(ids), req.max_tokens, self.max_context)
         stops = [s for s in req.stop if s] + (PLAIN_STOPS if self.template is None else [])
-        return _Gen(self, i, ids, max_new, self._sampler(req, ids), stops, on_delta, should_stop)
+        return _Gen(self, i, ids, max_new, self._sampler(req, ids), stops, on_delta, should_stop, req.confidence)
 
     def _sampler(self, req: GenerationRequest, prompt: list[int]) -> Any:
         """The request's sampler chain: penalty (over prompt and output), then temperature, top_p and a seeded draw."""

@@ -226,7 +226,7 @@ class VllmEngine(LoopEngine):
         return SamplingParams(
             n=1, max_tokens=max(1, min(request.max_tokens, room)), temperature=request.temperature, top_p=request.top_p,
             repetition_penalty=request.repetition_penalty, seed=request.seed, stop=stops or None,
-            logprobs=0,  # the sampled token's own log-probability: a cascade's confidence (Completion.mean_logprob)
+            logprobs=0 if request.confidence else None,  # the sampled token's own: Completion.mean_logprob
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
 
@@ -310,7 +310,8 @@ class VllmEngine(LoopEngine):
         finally:
             self.running.discard(rid)
         return Completion(text="".join(parts), prompt_tokens=len(ids), completion_tokens=tokens,
-                          finish_reason=finish or "length", mean_logprob=logprob / tokens if tokens else None)
+                          finish_reason=finish or "length",
+                          mean_logprob=logprob / tokens if tokens and request.confidence else None)
 
 
 ENGINE_CLASS = VllmEngine

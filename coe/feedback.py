@@ -1,0 +1,167 @@
+"""What users say about answers: every routed completion is remembered for a while (what was asked, where it was
+sent), and `POST /v1/feedback` attaches an outcome to it: a score in [0, 1] (thumbs up 1, down 0), an optional
+comment, and optionally the route or expert that should have answered.
+
+Stored durably where the fleet can see it: Redis when the service runs on Redis (completions as keys with a TTL,
+feedback in a capped stream), else an SQLite file beside the trained routers. `coe feedback export` writes it
+out as JSONL; with `--training`, only the corrections, as rows `coe train --data` reads (text, label, split).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+SERVED_TTL_S = 7 * 24 * 3600
+"""How long a completion can be given feedback."""
+MAX_FEEDBACK = 1_000_000
+"""Feedback entries kept (the oldest go first)."""
+SQLITE_FILE = "feedback.sqlite3"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A completion as the router saw it."""
+
+    id: str
+    text: str  # the text the router read
+    router: str
+    category: str | None
+    experts: list[str]
+    caller: str | None  # the key's identity; only that key may give feedback on it
+    created: float
+
+
+@dataclass(frozen=True)
+class Feedback:
+    id: str
+    score: float
+    comment: str | None
+    route: str | None  # the route that should have answered
+    expert: str | None  # the expert that should have answered
+    created: float
+
+
+class FeedbackStore(Protocol):
+    async def remember(self, served: Served) -> None: ...
+    async def served(self, completion_id: str) -> Served | None: ...
+    async def add(self, feedback: Feedback) -> None: ...
+    def export(self) -> AsyncIterator[tuple[Served | None, Feedback]]: ...
+    async def close(self) -> None: ...
+
+
+def _served(raw: str | bytes) -> Served:
+    return Served(**json.loads(raw))
+
+
+def _feedback(raw: str | bytes) -> Feedback:
+    return Feedback(**json.loads(raw))
+
+
+class SQLiteFeedbackStore:
+    """One file; each call on a worker thread with its own connection (SQLite connections are per thread)."""
+
+    def __init__(self, path: Path, ttl_s: float = SERVED_TTL_S):
+        self.path, self.ttl_s = Path(path), ttl_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, created REAL, body TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS feedback (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, body TEXT)")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    async def remember(self, served: Served) -> None:
+        def go() -> None:
+            with self._connect() as db:
+                db.execute("INSERT OR REPLACE INTO served VALUES (?, ?, ?)", (served.id, served.created, json.dumps(asdict(served))))
+                db.execute("DELETE FROM served WHERE created < ?", (time.time() - self.ttl_s,))
+
+        await asyncio.to_thread(go)
+
+    async def served(self, completion_id: str) -> Served | None:
+        def go() -> Served | None:
+            with self._connect() as db:
+                row = db.execute("SELECT body, created FROM served WHERE id = ?", (completion_id,)).fetchone()
+            return _served(row[0]) if row and row[1] >= time.time() - self.ttl_s else None
+
+        return await asyncio.to_thread(go)
+
+    async def add(self, feedback: Feedback) -> None:
+        def go() -> None:
+            with self._connect() as db:
+                db.execute("INSERT INTO feedback (id, body) VALUES (?, ?)", (feedback.id, json.dumps(asdict(feedback))))
+                db.execute("DELETE FROM feedback WHERE n <= (SELECT MAX(n) FROM feedback) - ?", (MAX_FEEDBACK,))
+
+        await asyncio.to_thread(go)
+
+    async def export(self) -> AsyncIterator[tuple[Served | None, Feedback]]:
+        def go() -> list[tuple[str | None, str]]:
+            with self._connect() as db:
+                return db.execute("SELECT s.body, f.body FROM feedback f LEFT JOIN served s ON s.id = f.id "
+                                  "ORDER BY f.n").fetchall()
+
+        for served, feedback in await asyncio.to_thread(go):
+            yield (_served(served) if served else None), _feedback(feedback)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisFeedbackStore:
+    """Completions as `<prefix>:served:<id>` keys with a TTL; feedback in the capped stream `<prefix>:stream`, each
+    entry carrying its completion as it was, so an export outlives the completions' TTL."""
+
+    def __init__(self, url: str, prefix: str = "coe:feedback", ttl_s: float = SERVED_TTL_S):
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.prefix, self.ttl_s = prefix, ttl_s
+
+    async def remember(self, served: Served) -> None:
+        await self.redis.set(f"{self.prefix}:served:{served.id}", json.dumps(asdict(served)), ex=int(self.ttl_s))
+
+    async def served(self, completion_id: str) -> Served | None:
+        raw = await self.redis.get(f"{self.prefix}:served:{completion_id}")
+        return _served(raw) if raw else None
+
+    async def add(self, feedback: Feedback) -> None:
+        served = await self.served(feedback.id)
+        fields = {"feedback": json.dumps(asdict(feedback)), "served": json.dumps(asdict(served)) if served else ""}
+        await self.redis.xadd(f"{self.prefix}:stream", fields, maxlen=MAX_FEEDBACK, approximate=True)
+
+    async def export(self) -> AsyncIterator[tuple[Served | None, Feedback]]:
+        start = "-"
+        while True:
+            entries = await self.redis.xrange(f"{self.prefix}:stream", min=start, count=500)
+            for entry_id, fields in entries:
+                served = fields.get(b"served")
+                yield (_served(served) if served else None), _feedback(fields[b"feedback"])
+            if len(entries) < 500:
+                return
+            start = "(" + entries[-1][0].decode()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def make_feedback_store(settings) -> FeedbackStore:
+    if settings.redis_url:
+        return RedisFeedbackStore(settings.redis_url)
+    return SQLiteFeedbackStore(settings.artifacts_dir / SQLITE_FILE)
+
+
+def export_rows(pairs: list[tuple[Served | None, Feedback]], training: bool) -> list[dict]:
+    """Every feedback entry with what it was about; with `training`, only corrections that name a route, as the
+    labelled rows `coe train --data` reads (split `tune`: trained on and calibrated out of fold)."""
+    if training:
+        return [{"text": s.text, "label": f.route, "split": "tune"} for s, f in pairs if s is not None and f.route]
+    return [{**asdict(f), "served": asdict(s) if s else None} for s, f in pairs]
