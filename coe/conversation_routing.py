@@ -31,7 +31,7 @@ class ConversationPolicy:
     turns: int = 4  # the most recent counted turns the router reads
     latest_weight: float = 0.0  # the latest turn's share of the blended embedding (0: the earlier turns are the prior)
     decay: float = 0.5  # each earlier turn weighs this much of the one after it
-    switch_confidence: float = 0.6  # the latest turn alone this confident of another route is a new topic
+    switch_confidence: float = 0.55  # the latest turn alone this confident of another route is a new topic
     continuation_similarity: float = 0.4  # ... unless it is this close (cosine) to a continuation phrase
 
     @classmethod
