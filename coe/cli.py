@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -92,26 +93,40 @@ def serve(
 
 @app.command()
 def route(
-    texts: list[str] = typer.Argument(..., help="one or more queries"),
+    texts: list[str] = typer.Argument(None, help="one or more queries"),
+    messages: Path = typer.Option(None, "--messages", help="a JSON file holding a chat's messages array (or - for "
+                                                           "stdin): one decision for the chat, as a completion is routed"),
     k: int = typer.Option(1, help="experts per query"),
     router: str = typer.Option(None, help="router name (default: the service's)"),
     experts_file: Path = ExpertsOpt,
 ) -> None:
-    """Route queries without generating: the same path as POST /v1/route."""
+    """Route queries, or one chat, without generating: the same path as POST /v1/route."""
+    import json
+
+    from coe.api.schemas import ChatMessage, pipeline_messages
+    from coe.conversation_routing import ConversationPolicy, human_turns
     from coe.service import Service
 
+    if bool(texts) == (messages is not None):
+        raise typer.BadParameter("give queries or --messages, not both and not neither")
     settings = settings_for(experts_file)
     load_or_exit(settings)
+    raw = json.loads(sys.stdin.read() if str(messages) == "-" else messages.read_text()) if messages else None
+    chat = pipeline_messages([ChatMessage.model_validate(m) for m in raw]) if raw is not None else None
 
     async def go():
         service = Service(settings)
         await service.start(embedded_worker=False)
         try:
+            if chat is not None:
+                decision, timings = await service.pipeline.route_conversation(chat, k=k, router=router)
+                return [decision], timings
             return await service.pipeline.route(texts, k=k, router=router)
         finally:
             await service.stop()
 
     decisions, timings = asyncio.run(go())
+    texts = [human_turns(chat, ConversationPolicy.from_settings(settings))[-1]] if chat is not None else texts
     table = Table("query", "router", "category", "confidence", "fallback", "experts")
     for text, d in zip(texts, decisions):
         table.add_row(text[:60], d.router, str(d.category), f"{d.confidence:.2f}", "yes" if d.fallback else "no",

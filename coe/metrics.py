@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from routers import RouteDecision
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,6 +27,17 @@ ROUTED = Counter("coe_routed_total", "Queries routed to each expert", ["expert",
 ROUTER_LLM_JOBS = Counter("coe_router_llm_jobs_total", "Jobs a router's LLM sent through the queue (e.g. skills keywords)",
                           ["expert"], registry=REGISTRY)
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
+
+
+def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecision]) -> None:
+    """A routing call's stage times and what it decided."""
+    STAGE_SECONDS.labels("embed").observe(embed_s)
+    STAGE_SECONDS.labels("route").observe(route_s)
+    for d in decisions:
+        for e in d.experts:
+            ROUTED.labels(e, d.router).inc()
+        if d.fallback:
+            FALLBACKS.inc()
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
 WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)

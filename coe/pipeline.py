@@ -26,13 +26,16 @@ from dataclasses import replace
 import numpy as np
 
 from coe import metrics
-from coe.aggregation import aggregation_messages, last_user_text
+from coe import conversation_routing
+from coe.aggregation import aggregation_messages
+from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
 from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from coe.dispatch import Dispatch, refuse_too_long
+from coe.sessions import SessionStore, make_session_store
 from coe.strategies import Ask
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
@@ -49,7 +52,8 @@ ROUTING_THREADS = 8  # decisions routed at once; more wait their turn (routing a
 class Pipeline:
     """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
 
-    def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str):
+    def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str,
+                 sessions: SessionStore | None = None):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
@@ -57,6 +61,8 @@ class Pipeline:
         self.routers: dict[str, Router] = {}
         self.default_router = default_router
         self.batcher = EmbedBatcher(embedder)
+        self._cues: np.ndarray | None = None  # the continuation phrases' embeddings, on the first chat routed
+        self.sessions = sessions or make_session_store(settings.session_ttl_s, settings.redis_url)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
@@ -64,17 +70,19 @@ class Pipeline:
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
-                     default_router: str) -> "Pipeline":
-        """A pipeline with its default router built (errors of that router propagate as they are)."""
-        pipeline = cls(registry, embedder, queue, settings, default_router)
+                     default_router: str, sessions: SessionStore | None = None) -> "Pipeline":
+        """A pipeline with its default router built (errors of that router propagate as they are); `sessions`: the
+        session store of the pipeline it replaces, if any."""
+        pipeline = cls(registry, embedder, queue, settings, default_router, sessions)
         pipeline._loop = asyncio.get_running_loop()
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
 
-    def close(self) -> None:
-        """Stop the routing pool (routing still in progress is not waited for)."""
+    async def close(self) -> None:
+        """Stop the routing pool (routing still in progress is not waited for) and let go of the session store."""
         self._routing.shutdown(wait=False, cancel_futures=True)
+        await self.sessions.close()
 
     def router_context(self, name: str) -> RouterContext:
         """What router `name` gets from the service: the registry, the encoder, its options from the settings,
@@ -150,14 +158,28 @@ class Pipeline:
         decisions = await asyncio.get_running_loop().run_in_executor(
             self._routing, chosen.route, texts, np.asarray(vectors), k)
         t2 = time.perf_counter()
-        metrics.STAGE_SECONDS.labels("embed").observe(t1 - t0)
-        metrics.STAGE_SECONDS.labels("route").observe(t2 - t1)
-        for d in decisions:
-            for e in d.experts:
-                metrics.ROUTED.labels(e, d.router).inc()
-            if d.fallback:
-                metrics.FALLBACKS.inc()
+        metrics.observe_routing(t1 - t0, t2 - t1, decisions)
         return decisions, {"embed": t1 - t0, "route": t2 - t1}
+
+    async def route_conversation(self, messages: list[dict], k: int = 1, router: str | None = None,
+                                 session: str | None = None) -> tuple[RouteDecision, dict[str, float]]:
+        """A chat's decision from the turns the routing policy counts (coe/conversation_routing.py); the earlier
+        turns' embeddings come from the batcher's cache. A named session keeps its route unless the topic changed."""
+        chosen = await self.get_router(router)
+        policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
+        turns = conversation_routing.human_turns(messages, policy)
+        if self._cues is None:
+            self._cues = np.asarray(await self.batcher.encode(list(CONTINUATIONS)))
+        t0 = time.perf_counter()
+        vectors = np.asarray(await self.batcher.encode(turns))
+        t1 = time.perf_counter()
+        decision, is_new = await asyncio.get_running_loop().run_in_executor(
+            self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy, self._cues)
+        if session is not None:
+            decision = await conversation_routing.session_route(self.sessions, session, decision, is_new)
+        t2 = time.perf_counter()
+        metrics.observe_routing(t1 - t0, t2 - t1, [decision])
+        return decision, {"embed": t1 - t0, "route": t2 - t1}
 
     # --- jobs -------------------------------------------------------------------
     async def plan(self, inp: ChatInput) -> Plan:
@@ -166,8 +188,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
-            decisions, timings = await self.route([last_user_text(inp.messages)], k=k, router=inp.router)
-            decision = decisions[0]
+            decision, timings = await self.route_conversation(inp.messages, k=k, router=inp.router, session=inp.session)
         elif inp.model in self.registry.experts:
             decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
         else:

@@ -66,6 +66,7 @@ class ChatInput:
     router: str | None = None
     choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
     confidence: bool = False  # every answer's confidence; a cascade asks for it on its steps whatever this says
+    session: str | None = None  # keeps its route across turns (coe/sessions.py)
 
 
 @dataclass

@@ -161,7 +161,7 @@ class Service:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         if self.pipeline is not None:
-            self.pipeline.close()
+            await self.pipeline.close()
         if self.queue is not None:
             await self.queue.close()
         if self.store is not None:

@@ -103,6 +103,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
     from coe.core.settings import get_settings
     from coe.train_data import DEFAULT_SOURCES
     from coe_evals import bench_outside, bench_routes
+    from coe_evals.bench_conversations import bench_conversations
     from coe.data.embedding_cache import cached_embeddings
     from coe.data.mmlu import CATEGORY_TO_SUBCATEGORIES, SUBCATEGORIES, by_split, data_hash, load_mmlu
     from coe_evals.data.ood import ood_queries
@@ -196,7 +197,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         return build_router("two_stage", ctx), round(time.perf_counter() - t0, 1)
 
     keep = {q.question for q in used} if sample else None
-    user = {}
+    user, conversations = {}, None
     if variants is None or "two_stage" in variants:
         log(f"training two_stage for the {len(routes.names)} routes of {routes.path} on {'+'.join(sources)} (as coe train)")
         router, secs, tests = bench_routes.train_routes_router(settings, encoders["fast"], routes, registry, tmp / "routes",
@@ -225,6 +226,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         log(f"{'  outside (Arena-Hard)':28s} test accuracy={entry['outside']:.4f} "
             f"(English {user['outside']['test']['accuracy_english']:.4f}); maths word problems to a maths route "
             f"{entry['maths_to_maths_route']:.4f} (test), {user['maths_word_problems']['validation']['to_maths_route']:.4f} (validation)")
+        conversations = bench_conversations(router, encoders["fast"].encode, timing, log)
         if new_route:
             user["new_route"] = bench_routes.new_route_recall(settings, encoders["fast"], routes, registry, tmp / "new-route",
                                                               sources, keep, settings.cache_dir, log)
@@ -285,6 +287,8 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         "results": results,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+    if conversations is not None:
+        out["conversations"] = conversations
     out["machine"]["load_avg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if write:
         from coe_evals.report_routing import write_reports

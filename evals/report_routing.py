@@ -53,7 +53,9 @@ def markdown(res: dict) -> str:
         if r.get("ood_by_kind"):
             extra.append("OOD to fallback by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ood_by_kind"].items()))
         lines.append(f"- **{r['router']}**: {r['notes']}" + (f" ({'; '.join(extra)})" if extra else ""))
-    return "\n".join(lines + user_section(res)) + "\n"
+    from coe_evals.bench_conversations import markdown_section
+
+    return "\n".join(lines + user_section(res) + markdown_section(res)) + "\n"
 
 
 def user_section(res: dict) -> list[str]:

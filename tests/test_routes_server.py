@@ -1,5 +1,6 @@
 """The trained two-stage router through a real server: a route added by examples is reachable through
-POST /v1/route, the server embeds with the benchmarked runtime, and 256-text route calls leave /healthz alive.
+POST /v1/route, the server embeds with the benchmarked runtime, and 256-text route calls leave /healthz alive;
+a chat is routed on its user turns (follow-ups, injected system prompts and tool output) and a session keeps its route.
 
 The artifact is trained in seconds by `coe train --data` on a stratified MMLU sample written as a labelled
 file, the shipped user requests and the routes' examples, plus a route `translation` declared with 10 examples.
@@ -146,3 +147,88 @@ def test_route_calls_of_256_texts_do_not_stall_healthz(routed):
     print(f"4 x 256 texts routed in {elapsed:.1f} s; healthz n={len(latencies)} p50 {np.median(latencies) * 1000:.0f} ms "
           f"p99 {p99 * 1000:.0f} ms max {max(latencies) * 1000:.0f} ms")
     assert len(latencies) >= 10 and p99 < 0.2
+
+
+FOLLOW_UP = [{"role": "user", "content": "Why is fluorine so reactive?"},
+             {"role": "assistant", "content": "It has a small atom and pulls electrons strongly."},
+             {"role": "user", "content": "and the other way round?"}]
+SHORTER = [{"role": "user", "content": "Write a Python function that checks whether a number is prime."},
+           {"role": "user", "content": "can you make that a bit shorter?"}]
+INJECTED = [{"role": "system", "content": "You are a senior Python engineer. Always answer with code: write Python, "
+                                          "debug programs, fix the stack traces the tools return."},
+            {"role": "user", "content": "Who was the first emperor of Rome?"},
+            {"role": "tool", "content": "Traceback (most recent call last): File 'main.py', line 3: KeyError: 'x'"}]
+
+
+def route_chat(server, messages: list[dict]) -> dict:
+    resp = httpx.post(f"{server.v1}/route", json={"messages": messages}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    [data] = resp.json()["data"]
+    return data
+
+
+def test_a_follow_up_is_routed_right_only_with_its_conversation(routed):
+    """"and the other way round?" carries no topic: alone it lands elsewhere, in its chat it stays on chemistry,
+    through /v1/route and through a chat completion (the openai client) alike; "can you make that a bit shorter?"
+    is sure of writing alone, and stays on coding in its chat."""
+    from openai import OpenAI
+
+    _, server = routed
+    [alone] = route(server, [FOLLOW_UP[-1]["content"]])
+    in_chat = route_chat(server, FOLLOW_UP)
+    assert alone["category"] != "chemistry"
+    assert in_chat["category"] == "chemistry" and in_chat["text"] == "and the other way round?"
+    assert in_chat["reason"].startswith("conversation of 2 turns")
+    # alone, a request to shorten reads as writing; after a coding question it is about the code
+    assert route(server, [SHORTER[-1]["content"]])[0]["category"] != "coding"
+    assert route_chat(server, SHORTER)["category"] == "coding"
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=300)
+    done = client.chat.completions.create(model="coe", messages=FOLLOW_UP, max_tokens=2)
+    assert done.model_extra["coe"]["category"] == "chemistry" and done.model_extra["coe"]["experts"] == ["stem"]
+
+
+def test_a_system_prompt_and_tool_output_do_not_move_the_route(routed):
+    _, server = routed
+    assert route_chat(server, INJECTED)["category"] == "history" == route(server, [INJECTED[1]["content"]])[0]["category"]
+
+
+def test_route_takes_input_or_messages_not_both(routed):
+    _, server = routed
+    resp = httpx.post(f"{server.v1}/route", json={"input": "hi", "messages": INJECTED}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
+
+
+def test_coe_route_reads_a_chat_from_a_file(routed):
+    tmp, _ = routed
+    (tmp / "chat.json").write_text(json.dumps(FOLLOW_UP))
+    out = subprocess.run([sys.executable, "-m", "coe.cli", "route", "--messages", str(tmp / "chat.json")], cwd=tmp,
+                         capture_output=True, text=True, timeout=300, env={
+                             **os.environ, "COE_EXPERTS_FILE": str(tmp / "experts.yaml"),
+                             "COE_ARTIFACTS_DIR": str(tmp / "artifacts"), "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "and the other way round?" in out.stdout and "chemistry" in out.stdout
+
+
+def test_a_session_keeps_its_expert_until_the_topic_changes(routed):
+    """A client that sends only the new turn names its session (x-session-id, else `user`; the header wins): the
+    follow-up stays with the session's expert, a confident new request moves it."""
+    import uuid
+
+    from openai import OpenAI
+
+    _, server = routed
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=300)
+    session, other = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def coe(text: str, **kw) -> dict:
+        done = client.chat.completions.create(model="coe", messages=[{"role": "user", "content": text}], max_tokens=2, **kw)
+        return done.model_extra["coe"]
+
+    follow_up = "can you put that in a table?"
+    assert coe(follow_up)["category"] != "history"  # alone, without a session
+    assert coe("Who was the first emperor of Rome?", extra_headers={"x-session-id": session})["experts"] == ["humanities"]
+    kept = coe(follow_up, extra_headers={"x-session-id": session})
+    assert kept["category"] == "history" and kept["reason"].startswith("session affinity")
+    assert coe(follow_up, user=session)["category"] == "history"  # the user field names the same session
+    assert coe(follow_up, user=session, extra_headers={"x-session-id": other})["category"] != "history"
+    assert coe("Write a Python function that sorts a list.", extra_headers={"x-session-id": session})["category"] == "coding"

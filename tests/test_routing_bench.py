@@ -50,3 +50,7 @@ def test_bench_accuracy_only(tmp_path):
     two_stage = next(r for r in res["results"] if r["router"] == "two_stage")
     assert two_stage["outside"] == outside["test"]["accuracy"] and two_stage["user_style"] == user["accuracy"]
     assert "**Outside set**" in (tmp_path / "routing.md").read_text()
+    turns = res["conversations"]["test"]  # per turn, last message vs conversation, no latency in this mode
+    assert turns["last_message"]["follow-up"]["n"] == turns["context_shipped"]["follow-up"]["n"] > 300
+    assert turns["last_message"]["first"] == turns["context_shipped"]["first"] and "latency_4_turns" not in res["conversations"]
+    assert "## Conversations" in (tmp_path / "routing.md").read_text()

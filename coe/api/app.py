@@ -23,10 +23,11 @@ from coe.api.errors import (
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
     CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
-    ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage,
+    ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
 from coe.auth import Caller, KeyRing
+from coe.conversation_routing import ConversationPolicy, human_turns
 from coe.feedback import Served
 from coe.limits import check_texts
 from coe.pipeline import ROUTED_MODEL
@@ -55,16 +56,16 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
     return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
 
 
-def _chat_input(body: ChatCompletionRequest) -> ChatInput:
-    """The pipeline's input; OpenAI's `developer` role is the `system` role of the models' chat templates."""
+def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> ChatInput:
+    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    roles = {"developer": "system"}
     return ChatInput(
-        model=body.model, messages=[{"role": roles.get(m.role, m.role), "content": m.text()} for m in body.messages],
+        model=body.model, messages=pipeline_messages(body.messages),
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature, top_p=body.top_p,
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
         confidence=bool(body.coe and body.coe.confidence),
+        session=session_header or body.user or None,
     )
 
 
@@ -182,19 +183,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/route", response_model=RouteResponse, responses=ERRORS, dependencies=auth)
     async def route(body: RouteRequest) -> RouteResponse:
+        k = min(body.k, settings.max_k)
+        if (body.input is None) == (body.messages is None):
+            return error_response(400, "send one of input or messages", param="input", code="invalid_value")
+        if body.messages is not None:
+            return await route_chat(pipeline_messages(body.messages), k, body.router)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             return error_response(400, "input: must not be empty", param="input", code="invalid_value")
         check_texts(texts, settings, "input texts", "input")
-        k = min(body.k, settings.max_k)
         decisions, timings = await within_deadline(pipeline().route(texts, k=k, router=body.router))
         data = [RouteResult(text=t, **_decision_fields(d)) for t, d in zip(texts, decisions)]
         return RouteResponse(data=data, timings=timings)
 
+    async def route_chat(messages: list[dict], k: int, router: str | None) -> RouteResponse:
+        """One decision for a chat: the turns the routing policy counts, as a completion would be routed."""
+        if not messages:
+            return error_response(400, "messages: must not be empty", param="messages", code="invalid_value")
+        check_texts([m["content"] for m in messages], settings, "messages", "messages")
+        decision, timings = await within_deadline(pipeline().route_conversation(messages, k=k, router=router))
+        latest = human_turns(messages, ConversationPolicy.from_settings(settings))[-1]
+        return RouteResponse(data=[RouteResult(text=latest, **_decision_fields(decision))], timings=timings)
+
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
-        inp = _chat_input(body)
+        inp = _chat_input(body, request.headers.get("x-session-id"))
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

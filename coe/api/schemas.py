@@ -43,6 +43,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+def pipeline_messages(messages: list[ChatMessage]) -> list[dict]:
+    """The pipeline's messages; OpenAI's `developer` role is the `system` role of the models' chat templates."""
+    roles = {"developer": "system"}
+    return [{"role": roles.get(m.role, m.role), "content": m.text()} for m in messages]
+
+
 class CoeOptions(BaseModel):
     """Per-request routing controls (send as `extra_body={"coe": {...}}` with the openai client)."""
 
@@ -78,7 +84,7 @@ refused with 400 unsupported_parameter rather than ignored)."""
 
 
 class ChatCompletionRequest(BaseModel):
-    # Fields OpenAI clients send that change nothing here (user, store, metadata, ...) are accepted and ignored;
+    # Fields OpenAI clients send that change nothing here (store, metadata, ...) are accepted and ignored;
     # those that would change the answer and cannot be honoured (UNSUPPORTED) are refused.
     model_config = ConfigDict(extra="ignore")
 
@@ -93,7 +99,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="a 64-bit signed integer, as in OpenAI's API")
-    user: str | None = None
+    user: str | None = Field(None, description="names the session, unless the x-session-id header does (README, Conversations)")
     coe: CoeOptions | None = None
     tools: list[dict] | None = Field(None, description="not supported: only [] is accepted")
     tool_choice: str | dict | None = Field(None, description="not supported: only 'none' is accepted")
@@ -126,7 +132,9 @@ class ChatCompletionRequest(BaseModel):
 
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    input: str | list[str] = Field(description="one text or a batch of texts")
+    input: str | list[str] | None = Field(None, description="one text or a batch of texts (or send `messages`)")
+    messages: list[ChatMessage] | None = Field(None, description="a chat, routed as /v1/chat/completions routes it: "
+                                                                 "its user turns, the latest first (README, Conversations)")
     k: int = Field(1, ge=1)
     router: str | None = None
 

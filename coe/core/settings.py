@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     router_cost_weight: float = Field(0.0, ge=0, description="two_stage stage 2: score minus this weight times the expert's relative cost")
     router_budget_b: float | None = Field(None, gt=0, description="two_stage stage 2: average active parameters (billions) the map may spend")
     router_options: dict[str, dict] = Field(default_factory=dict, description="options per router name, a JSON object, e.g. {\"skills\": {\"skill_source\": \"keywords\"}}")
+    routing_roles: list[str] = Field(["user"], description="message roles whose text the router reads in a chat (JSON list); system, developer, tool and assistant text never routes unless named here")
+    routing_turns: int = Field(4, ge=1, description="the most recent turns of those roles the router reads")
+    routing_latest_weight: float = Field(0.0, ge=0, le=1, description="the latest turn's share of the conversation's blended embedding (calibrated: README, Conversations)")
+    routing_switch_confidence: float = Field(0.55, ge=0, le=1, description="the latest turn alone this confident of another route is a new topic (calibrated: README, Conversations)")
+    routing_continuation_similarity: float = Field(0.4, ge=-1, le=1, description="...unless it is this close (cosine) to a continuation phrase such as 'how so?' (calibrated: README, Conversations)")
+    session_ttl_s: float = Field(1800.0, gt=0, description="a session (x-session-id header, else the request's user field) keeps its route this long after its last request")
     redis_url: str | None = None
     api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
     admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")
