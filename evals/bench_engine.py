@@ -1,7 +1,8 @@
 """`coe bench engine`: llama.cpp (cyllama, the `llamacpp` engine) against transformers (the `local` engine) on the
 default experts' weights, side by side in one run, through the code the service runs.
 
-For each expert of the experts file and each engine, one after the other in this process (greedy decoding, the
+For each expert of the experts file (one per model: the pairs that only change the strategy share the weights) and
+each engine, one after the other in this process (greedy decoding, the
 same chat prompts and max_tokens):
   batch 1    the prompts one at a time;
   8 streams  8 requests at once: llamacpp through `submit` (continuous batching: each joins the running batch,
@@ -160,7 +161,11 @@ def bench_engine(experts_file: Path, out_dir: Path, max_tokens: int = 64, prompt
                    f"coe bench engine --max-tokens {max_tokens} --prompts {prompts}",
         "loadavg_start": [round(x, 2) for x in os.getloadavg()], "runs": [],
     }
+    measured: set[str] = set()
     for expert in registry.experts.values():
+        if expert.model in measured:  # another strategy on the same weights: the engine does the same work
+            continue
+        measured.add(expert.model)
         for name in engines:
             log(f"{expert.name}: {name} ...")
             result["runs"].append(bench_one(expert, name, max_tokens, prompts, threads))

