@@ -115,6 +115,13 @@ def test_malformed_json_is_400(server):
     assert error["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("body", [b"[" * 5_000 + b"]" * 5_000, b'{"model": "coe", "messages": "\xff\xfe"}'],
+                         ids=["nested-5000-deep", "invalid-utf8"])
+def test_a_body_json_cannot_read_is_400_invalid_json_too(server, body):
+    error = assert_openai_error(post(server, content=body, headers={"content-type": "application/json"}), 400)
+    assert error["code"] == "invalid_json"
+
+
 def test_body_over_the_cap_is_413(server):
     huge = {**VALID, "messages": [{"role": "user", "content": "x" * 30_000}]}
     assert_openai_error(post(server, huge), 413)

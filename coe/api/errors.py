@@ -37,6 +37,10 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code, type_), status_code=status, headers=headers)
 
 
+BODY_PARSE_ERROR = "There was an error parsing the body"
+"""What FastAPI raises (HTTPException 400) for a body its JSON decoder gave up on in other ways than a syntax error."""
+
+
 def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -87,6 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # JSON too deep, or bytes that are not UTF-8
+            return error_response(400, "The request body is not valid JSON.", code="invalid_json")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
