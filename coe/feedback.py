@@ -72,6 +72,7 @@ class SQLiteFeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, created REAL, body TEXT)")
+            db.execute("CREATE INDEX IF NOT EXISTS served_created ON served (created)")  # the expiry on every answer
             db.execute("CREATE TABLE IF NOT EXISTS feedback (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, body TEXT)")
 
     def _connect(self) -> sqlite3.Connection:
