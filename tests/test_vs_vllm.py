@@ -44,3 +44,20 @@ def test_vs_vllm_quick_runs_end_to_end_with_stand_in_vllm(tmp_path) -> None:
     assert over["vllm"]["switches"] > 0 and over["coe"]["switches"] > 0  # twice as many experts as fit: both switch
     assert report["phases"]["fit"]["coe"]["switches"] == 0 and report["phases"]["fit"]["vllm"]["switches"] == 0
     assert "[vs-vllm" in proc.stdout and "done:" in proc.stdout  # progress is printed as it goes
+
+
+def test_shared_engines_stay_started_across_runs_with_timed_stand_in_vllm(tmp_path) -> None:
+    """Both systems run, one after the other, on engines started once. With a stand-in timed like a real engine
+    (start 0.5 s, sleep 0.1 s, wake 0.05 s), no run may start or unload an engine: a wake that became a start
+    (the worker unloading shared engines when it stops) would cost the next system ten wakes' time, timed."""
+    proc = subprocess.run([sys.executable, "evals/gpu/vs_vllm.py", "--stand-in", "--quick", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work")], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "vs-vllm-quick-stand-in.json").read_text())
+    assert report["errors"] == {}
+    runs = [(phase, system, p[system]) for phase, p in report["phases"].items() if phase != "start"
+            for system in ("vllm", "coe")]
+    assert runs
+    for phase, system, r in runs:
+        assert (r["engines_started"], r["engines_unloaded"], r["errors"]) == (0, 0, 0), (phase, system, r)

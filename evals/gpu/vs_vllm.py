@@ -94,7 +94,8 @@ def environment(args) -> tuple[float, dict, object]:
         from coe_evals.gpu import stand_in_vllm
 
         stand_in_vllm.install()
-        stand_in_vllm.AsyncLLM.step_s, stand_in_vllm.AsyncLLM.wake_s = 0.004, 0.02
+        stand_in = stand_in_vllm.AsyncLLM  # timed like a real engine, scaled down: a start costs 10 wakes
+        stand_in.step_s, stand_in.start_s, stand_in.sleep_s, stand_in.wake_s = 0.004, 0.5, 0.1, 0.05
         import workers.engines.vllm as vllm_engine
 
         vllm_engine.gpu_total_gb = lambda index=0: 80.0
@@ -152,9 +153,12 @@ async def pair(setup, names: list[str], awake: set[str], budget: float, spec: tu
            "rate_per_s": rate, "max_tokens": max_tokens, "mix": {n: sum(a.expert == n for a in arrivals) for n in names}}
     for system in (("coe", "vllm") if coe_first else ("vllm", "coe")):
         await asyncio.to_thread(set_residency, setup.engines, awake)
+        before = {n: e.llm for n, e in setup.engines.items()}
         run = run_coe(setup, budget, arrivals, max_tokens, timeout, read) if system == "coe" else \
             run_vllm(setup, names, budget, arrivals, max_tokens, timeout, read)
         out[system] = await run
+        out[system]["engines_started"] = sum(e.llm is not None and e.llm is not before[n] for n, e in setup.engines.items())
+        out[system]["engines_unloaded"] = sum(before[n] is not None and e.llm is None for n, e in setup.engines.items())
         r = out[system]
         log(f"  {system}: {r['tokens_per_s']} tok/s, ttft p50 {r['ttft_p50_s']} p99 {r['ttft_p99_s']}, latency p50 "
             f"{r['latency_p50_s']} p99 {r['latency_p99_s']}, switches {r['switches']}, errors {r['errors']}, "
