@@ -52,7 +52,7 @@ MODES = {
     "full": {"fit": Stream(20, 40.0, 128), "shortage": Stream(24, 24.0, 128), "dedicated": Stream(12, 20.0, 128),
              "timeout_s": 90.0, "time_limit_s": 540.0},
 }
-EPOCHS = 3  # the hot set turns twice in a stream
+EPOCHS = 3  # the hot set turns twice in a stream, each time by a third of the experts (rounded up)
 WARMUP = 0.2  # of the stream's duration, left out of the steady window
 STAND_IN_SPEED = 4.0  # the stand-in is no GPU: streams 4 times shorter and denser, to prove the path quickly
 
@@ -141,8 +141,8 @@ def plan_phases(args, plan: dict, mode: dict, real: bool) -> list[Phase]:
     fit, every, budget, need = plan["fit"], list(plan["memory_gb"]), plan["budget_gb"], plan["memory_gb"]
     smallest = min(fit, key=need.get)
     phases = {
-        "fit": [Phase("fit", fit, set(fit), budget, mode["fit"], max(1, len(fit) // 2))],
-        "shortage": [Phase("shortage", every, set(fit), budget, mode["shortage"], max(1, len(every) // 2))],
+        "fit": [Phase("fit", fit, set(fit), budget, mode["fit"], -(-len(fit) // EPOCHS))],
+        "shortage": [Phase("shortage", every, set(fit), budget, mode["shortage"], -(-len(every) // EPOCHS))],
         "dedicated": [Phase(f"dedicated-{n}", [n], {n}, need.get(n, need[smallest]), mode["dedicated"], 0)
                       for n in [smallest] + ([REAL] if real else [])],
     }
