@@ -109,16 +109,17 @@ def build_model(folder: Path, arch: str, tokenizer: Path, seed: int) -> dict:
             shutil.copy(f, folder / f.name)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    tensors, params = {}, 0
+    tensors, count = {}, 0
     for name, shape in tensor_shapes(cfg).items():
         if name.endswith("norm.weight"):
             t = torch.ones(shape, dtype=torch.bfloat16, device="cuda")
         else:
             t = (torch.randn(shape, generator=gen, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16)
         tensors[name] = t.cpu()
-        params += t.numel()
+        count += t.numel()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return {"arch": arch, "params": params, "bytes": params * 2}
+    torch.cuda.empty_cache()  # what the build cached on the GPU belongs to the engines that start next
+    return {"arch": arch, "params": count, "bytes": count * 2}
 
 
 def link_model(source: Path, folder: Path) -> Path:

@@ -3,7 +3,7 @@
 Every request starts at its arrival time (Poisson gaps) as its own task and streams; its time to first
 token (TTFT) runs from the moment it is sent to the first text, its latency to the end. Throughput two
 ways: makespan (completion tokens over first arrival to last answer: set by the slowest requests) and
-steady (tokens produced inside a window from the end of the warm-up to the last arrival, over its length;
+steady (tokens produced inside a window from the end of the warm-up to the end of the arrivals, over its length;
 a request's tokens are counted as produced evenly between its first token and its end). GPU memory is
 sampled while a run lasts (device-wide, so every engine process counts).
 """

@@ -14,7 +14,7 @@ Phases, each `--repeats` times (both systems on the same stream in a repeat, the
   fit        the experts that fit, all awake: coe against `split`;
   shortage   all experts, those that fit awake at the start: coe against `switching`;
   dedicated  the smallest expert alone (and real SmolLM2-135M weights with --real-model): TTFT.
-Measured per run: steady tokens/s (after the warm-up, to the last arrival) and makespan tokens/s, TTFT and
+Measured per run: steady tokens/s (after the warm-up, to the end of the arrivals) and makespan tokens/s, TTFT and
 latency p50/p99, switches and the seconds inside sleep/wake calls (timed alike on both sides), GPU memory
 in use; per phase, the median and spread over repeats (repeats.py). OUT_DIR/<name>.json is rewritten
 after every run (runs that would overrun --time-limit are skipped and listed), OUT_DIR/<name>.md at the
