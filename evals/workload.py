@@ -44,6 +44,13 @@ def zipf_weights(n: int, s: float) -> list[float]:
     return [x / total for x in w]
 
 
+def _chat(e: int, rng: random.Random) -> list[dict]:
+    """The e-th expert's subject, in one of a few phrasings."""
+    subject, question = SUBJECTS[e % len(SUBJECTS)]
+    variant = ["", " Answer briefly.", " Explain it to a student.", " Give one example."][rng.randrange(4)]
+    return [{"role": "system", "content": f"You are an expert in {subject}."}, {"role": "user", "content": question + variant}]
+
+
 def make_workload(experts: list[str], requests: int, zipf_s: float = 1.0, arrival: str = "poisson",
                   rate: float = 20.0, seed: int = 0) -> list[Arrival]:
     """`requests` chats over `experts` with Zipf(s) popularity (the first expert the most asked).
@@ -57,11 +64,26 @@ def make_workload(experts: list[str], requests: int, zipf_s: float = 1.0, arriva
     out, t = [], 0.0
     for i in range(requests):
         e = rng.choices(range(len(experts)), weights)[0]
-        subject, question = SUBJECTS[e % len(SUBJECTS)]
-        variant = ["", " Answer briefly.", " Explain it to a student.", " Give one example."][rng.randrange(4)]
-        msgs = [{"role": "system", "content": f"You are an expert in {subject}."},
-                {"role": "user", "content": question + variant}]
+        msgs = _chat(e, rng)
         if arrival == "poisson" and i:
             t += rng.expovariate(rate)
         out.append(Arrival(round(t, 4), experts[e], msgs))
+    return out
+
+
+def make_shifting_workload(experts: list[str], duration_s: float, rate: float, epochs: int, shift: int,
+                           zipf_s: float = 1.2, seed: int = 0) -> list[Arrival]:
+    """Poisson arrivals at `rate` per second for `duration_s`, Zipf(s) popularity whose ranking turns by `shift`
+    experts at each of `epochs` equal epochs: a skewed mix whose hot set changes over time (epoch 0's hottest
+    is `experts[0]`, epoch 1's `experts[shift]`, ...)."""
+    rng = random.Random(seed)
+    weights = zipf_weights(len(experts), zipf_s)
+    out, t = [], 0.0
+    while t < duration_s:
+        epoch = min(epochs - 1, int(t * epochs / duration_s))
+        rank = rng.choices(range(len(experts)), weights)[0]
+        e = (rank + epoch * shift) % len(experts)
+        msgs = _chat(e, rng)
+        out.append(Arrival(round(t, 4), experts[e], msgs))
+        t += rng.expovariate(rate)
     return out

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from coe_evals.bench_serving import serving_app
-from coe_evals.workload import make_workload, percentile, zipf_weights
+from coe_evals.workload import make_shifting_workload, make_workload, percentile, zipf_weights
 
 
 def test_workload_is_skewed_seeded_and_ordered() -> None:
@@ -35,3 +35,25 @@ def test_serving_bench_smoke(tmp_path) -> None:
     assert f["switches"] >= g["switches"] and g["actions"]["load"]["count"] == g["loads"]
     assert "speedup_wall" in report["ratios"]
     assert "| grouped |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_a_shifting_workload_is_skewed_and_its_hot_set_turns_each_epoch() -> None:
+    from collections import Counter
+
+    experts = [f"e{i}" for i in range(8)]
+    a = make_shifting_workload(experts, 30.0, 50.0, epochs=3, shift=3, seed=5)
+    assert a == make_shifting_workload(experts, 30.0, 50.0, epochs=3, shift=3, seed=5)
+    assert all(0 <= x.at_s < 30.0 for x in a) and 1200 < len(a) < 1800  # Poisson at 50/s for 30 s
+    for epoch, hottest in enumerate(["e0", "e3", "e6"]):
+        seen = Counter(x.expert for x in a if epoch * 10 <= x.at_s < (epoch + 1) * 10)
+        assert seen.most_common(1)[0][0] == hottest and seen[hottest] > 3 * seen[experts[(experts.index(hottest) + 4) % 8]]
+
+
+def test_steady_throughput_counts_only_the_tokens_made_inside_its_window() -> None:
+    from coe_evals.gpu.streams import Outcome, steady_tokens_per_s
+
+    early = Outcome("a", True, ttft_s=1.0, latency_s=3.0, tokens=20, sent_s=0.0)  # tokens made evenly over 1-3 s
+    late = Outcome("b", True, ttft_s=0.5, latency_s=1.5, tokens=10, sent_s=3.0)  # over 3.5-4.5 s
+    failed = Outcome("c", False, None, 1.0, 0, "timeout", sent_s=2.0)
+    assert steady_tokens_per_s([early, late, failed], 2.0, 4.0) == (20 / 2 + 10 / 2) / 2.0
+    assert steady_tokens_per_s([early, late], 0.0, 10.0) == 30 / 10.0

@@ -1,7 +1,7 @@
 """Expert models for the GPU benchmarks, built on the device (no model hub is reachable there).
 
-config.json of real architectures and sizes (Qwen2.5-0.5B, Llama-3.2-1B, Qwen2.5-1.5B layer shapes) with
-RANDOM bf16 weights, and a small real tokenizer (SmolLM2's) whose vocabulary (49,152) replaces the
+config.json of real architectures and sizes (Qwen2.5 0.5B/1.5B/3B, Llama-3.2 1B/3B, Llama-3.1-8B layer
+shapes, from their published config.json) with RANDOM bf16 weights, and a small real tokenizer (SmolLM2's) whose vocabulary (49,152) replaces the
 models' own, so the embedding matrices are smaller than the originals'. Speed depends on shapes, not on
 values; answers are noise. `link_model` gives another expert the same files under its own folder (its
 own engine, its own weights key), so N experts of one architecture cost one build.
@@ -21,7 +21,18 @@ ARCHS = {
                          num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, tie=True, rope_theta=5e5),
     "qwen2.5-1.5b": dict(arch="Qwen2ForCausalLM", model_type="qwen2", hidden_size=1536, intermediate_size=8960,
                          num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie=True, rope_theta=1e6),
+    "llama-3.2-3b": dict(arch="LlamaForCausalLM", model_type="llama", hidden_size=3072, intermediate_size=8192,
+                         num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, tie=True, rope_theta=5e5),
+    "qwen2.5-3b": dict(arch="Qwen2ForCausalLM", model_type="qwen2", hidden_size=2048, intermediate_size=11008,
+                       num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, tie=True, rope_theta=1e6),
+    "llama-3.1-8b": dict(arch="LlamaForCausalLM", model_type="llama", hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, tie=False, rope_theta=5e5),
 }
+VOCAB = 49_152
+"""SmolLM2's tokenizer, which every built model uses: its vocabulary sets the embedding matrices' size."""
+OVERHEAD_GB = 3.0
+"""An engine's memory beyond weights and KV cache: activations of the profiling pass, CUDA graphs, sampler.
+An estimate (vLLM 0.24, max_num_batched_tokens 8192); the benchmark records the GPU memory really in use."""
 
 
 def config_for(name: str, vocab: int, tok_cfg: dict) -> dict:
@@ -60,6 +71,30 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def params(arch: str, vocab: int = VOCAB) -> int:
+    """Parameters of `arch` with the tokenizer's vocabulary."""
+    n = 0
+    for shape in tensor_shapes(config_for(arch, vocab, {})).values():
+        size = 1
+        for d in shape:
+            size *= d
+        n += size
+    return n
+
+
+def kv_bytes_per_token(arch: str) -> int:
+    """bf16 keys and values of one token over every layer."""
+    a = ARCHS[arch]
+    return 2 * a["num_hidden_layers"] * a["num_key_value_heads"] * (a["hidden_size"] // a["num_attention_heads"]) * 2
+
+
+def memory_need_gb(arch: str, cached_tokens: int) -> float:
+    """GPU memory an engine of `arch` needs: bf16 weights, KV cache for `cached_tokens`, `OVERHEAD_GB`; rounded up
+    to half a GB. This is the `memory_gb` (hence vLLM's gpu_memory_utilization) each expert gets."""
+    gb = (params(arch) * 2 + kv_bytes_per_token(arch) * cached_tokens) / 2**30 + OVERHEAD_GB
+    return -(-gb // 0.5) * 0.5
+
+
 def build_model(folder: Path, arch: str, tokenizer: Path, seed: int) -> dict:
     """config.json + random bf16 safetensors + the tokenizer files, in `folder`."""
     import torch
@@ -74,16 +109,17 @@ def build_model(folder: Path, arch: str, tokenizer: Path, seed: int) -> dict:
             shutil.copy(f, folder / f.name)
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    tensors, params = {}, 0
+    tensors, count = {}, 0
     for name, shape in tensor_shapes(cfg).items():
         if name.endswith("norm.weight"):
             t = torch.ones(shape, dtype=torch.bfloat16, device="cuda")
         else:
             t = (torch.randn(shape, generator=gen, device="cuda", dtype=torch.float32) * 0.02).to(torch.bfloat16)
         tensors[name] = t.cpu()
-        params += t.numel()
+        count += t.numel()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return {"arch": arch, "params": params, "bytes": params * 2}
+    torch.cuda.empty_cache()  # what the build cached on the GPU belongs to the engines that start next
+    return {"arch": arch, "params": count, "bytes": count * 2}
 
 
 def link_model(source: Path, folder: Path) -> Path:

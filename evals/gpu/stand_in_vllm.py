@@ -96,7 +96,8 @@ class Record:
 class AsyncLLM:
     instances: list[AsyncLLM] = []
     step_s = 0.01
-    start_s = 0.0
+    start_s = 0.0  # what a real engine takes: start tens of seconds, sleep about a second, wake a fraction of one
+    sleep_s = 0.0
     wake_s = 0.0
 
     def __init__(self, args: dict):
@@ -165,6 +166,7 @@ class AsyncLLM:
             self.running.discard(rid)
 
     async def sleep(self, level: int = 1) -> None:
+        await asyncio.sleep(self.sleep_s)
         self.record.calls.append(("sleep", level))
         self.sleeping = True
 

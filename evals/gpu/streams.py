@@ -1,9 +1,11 @@
 """Streaming clients for evals/gpu/vs_vllm.py: replay a request stream, time the first token and the last.
 
 Every request starts at its arrival time (Poisson gaps) as its own task and streams; its time to first
-token (TTFT) runs from the moment it is sent to the first text, its latency to the end. Throughput is
-completion tokens over the wall time (first arrival to last answer). GPU memory is sampled while a run
-lasts (device-wide, so every engine process counts).
+token (TTFT) runs from the moment it is sent to the first text, its latency to the end. Throughput two
+ways: makespan (completion tokens over first arrival to last answer: set by the slowest requests) and
+steady (tokens produced inside a window from the end of the warm-up to the end of the arrivals, over its length;
+a request's tokens are counted as produced evenly between its first token and its end). GPU memory is
+sampled while a run lasts (device-wide, so every engine process counts).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Outcome:
     latency_s: float
     tokens: int
     error: str | None = None
+    sent_s: float = 0.0  # when it was sent, from the stream's start
 
 
 async def replay(arrivals: list[Arrival], send: Callable[[Arrival], Awaitable[Outcome]],
@@ -38,9 +41,11 @@ async def replay(arrivals: list[Arrival], send: Callable[[Arrival], Awaitable[Ou
     async def one(a: Arrival) -> Outcome:
         started = time.perf_counter()
         try:
-            return await asyncio.wait_for(send(a), max(0.1, timeout_s - (started - t0)))
+            outcome = await asyncio.wait_for(send(a), max(0.1, timeout_s - (started - t0)))
         except Exception as exc:  # a failed or timed-out request is counted, never fatal
-            return Outcome(a.expert, False, None, time.perf_counter() - started, 0, f"{type(exc).__name__}: {exc}"[:300])
+            outcome = Outcome(a.expert, False, None, time.perf_counter() - started, 0, f"{type(exc).__name__}: {exc}"[:300])
+        outcome.sent_s = started - t0
+        return outcome
 
     tasks = []
     for a in arrivals:
@@ -77,7 +82,24 @@ def _q(values: list[float], q: float) -> float | None:
     return round(percentile(values, q), 4) if values else None
 
 
-def summarize(outcomes: list[Outcome], wall_s: float, **extra) -> dict:
+def steady_tokens_per_s(outcomes: list[Outcome], start_s: float, end_s: float) -> float | None:
+    """Tokens produced inside [start_s, end_s] (from the stream's start) over its length; each request's spread
+    evenly from its first token to its end."""
+    if end_s <= start_s:
+        return None
+    tokens = 0.0
+    for o in outcomes:
+        if not o.ok or not o.tokens:
+            continue
+        first, done = o.sent_s + (o.ttft_s or o.latency_s), o.sent_s + o.latency_s
+        if done <= first:
+            tokens += o.tokens if start_s <= done <= end_s else 0
+            continue
+        tokens += o.tokens * max(0.0, min(done, end_s) - max(first, start_s)) / (done - first)
+    return round(tokens / (end_s - start_s), 1)
+
+
+def summarize(outcomes: list[Outcome], wall_s: float, window: tuple[float, float], **extra) -> dict:
     ok = [o for o in outcomes if o.ok]
     ttft = [o.ttft_s for o in ok if o.ttft_s is not None]
     lat = [o.latency_s for o in ok]
@@ -85,11 +107,17 @@ def summarize(outcomes: list[Outcome], wall_s: float, **extra) -> dict:
     errors = [o.error for o in outcomes if not o.ok]
     return {
         "requests": len(outcomes), "errors": len(errors), "first_errors": sorted(set(errors))[:3],
-        "completion_tokens": tokens, "wall_s": round(wall_s, 3), "tokens_per_s": round(tokens / wall_s, 1) if wall_s else None,
+        "completion_tokens": tokens, "makespan_s": round(wall_s, 3),
+        "makespan_tokens_per_s": round(tokens / wall_s, 1) if wall_s else None,
+        "steady_window_s": [round(w, 2) for w in window], "steady_tokens_per_s": steady_tokens_per_s(ok, *window),
         "ttft_p50_s": _q(ttft, 50), "ttft_p99_s": _q(ttft, 99), "ttft_mean_s": round(statistics.fmean(ttft), 4) if ttft else None,
         "latency_p50_s": _q(lat, 50), "latency_p99_s": _q(lat, 99),
         **extra,
     }
+
+
+COMPARED = ("steady_tokens_per_s", "makespan_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "latency_p50_s",
+            "latency_p99_s", "switch_s")
 
 
 def compare(vllm: dict, coe: dict) -> dict:
@@ -98,8 +126,7 @@ def compare(vllm: dict, coe: dict) -> dict:
         a, b = coe.get(k), vllm.get(k)
         return round(a / b, 3) if a is not None and b else None
 
-    return {f"coe_over_vllm_{k}": ratio(k) for k in ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "latency_p50_s",
-                                                     "latency_p99_s")}
+    return {f"coe_over_vllm_{k}": ratio(k) for k in COMPARED}
 
 
 class MemorySampler:
