@@ -144,3 +144,25 @@ def test_the_group_bound_picks_per_group_on_validation_and_with_hindsight():
     by_w = {r["cost_weight"]: r for r in out["rows"]}
     assert by_w[0.0]["hindsight"] == {"quality": 1.0, "compute": 125.0}  # big on a, small on b
     assert by_w[0.1]["validation"] == {"quality": 0.0, "compute": 125.0}  # small on a (cheaper, as good), big on b
+
+
+def test_the_learning_curve_fits_the_router_on_growing_shares_of_validation():
+    """evals/quality_learning_curve.py: the per-query router fitted on fractions of the validation answers and
+    judged on the test answers; with all of them it learns that each expert is right on its own cluster."""
+    import numpy as np
+
+    from coe_evals.quality_learning_curve import learning_curve
+    from routers.outcomes import Outcomes
+
+    def outcomes(n: int) -> tuple[Outcomes, np.ndarray]:
+        rng = np.random.default_rng(n)
+        side = np.arange(n) % 2  # cluster 0: only "left" is right; cluster 1: only "right"
+        x = np.where(side[:, None] == 0, [1.0, 0.0], [0.0, 1.0]) + rng.normal(0, 0.05, (n, 2))
+        correct = np.stack([side == 0, side == 1], axis=1)
+        return Outcomes([f"q{i}" for i in range(n)], ["d"] * n, ["left", "right"], correct,
+                        np.full((n, 2), 10.0), np.full((n, 2), np.nan)), x
+
+    (val, val_x), (test, test_x) = outcomes(40), outcomes(20)
+    rows = learning_curve(val, val_x, test, test_x, fractions=(0.5, 1.0), seeds=3, weights=(0.0,))
+    assert [(r["validation_items"], r["seeds"]) for r in rows] == [(20, 3), (40, 1)]
+    assert rows[-1]["quality"] == 1.0 and rows[-1]["compute"] == 10.0
