@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from coe.core.settings import get_settings
 from tests.conftest import start_server, stop_server
 from tests.redis_server import RedisServer, needs_redis_server
 from tests.test_faults import WorkerProc
@@ -70,7 +71,7 @@ def test_a_paraphrase_is_answered_by_the_other_replica_from_the_cache(replicas):
     hit = ask(b, "Which scientist discovered penicillin?", headers=SEMANTIC)
     assert cache_of(stored) == {"hit": False, "similarity": None, "age_s": None, "stored": True, "note": ""}
     assert cache_of(hit)["hit"] is True
-    assert cache_of(hit)["similarity"] >= 0.85 and cache_of(hit)["age_s"] >= 0
+    assert cache_of(hit)["similarity"] >= get_settings().cache_threshold and cache_of(hit)["age_s"] >= 0
     assert hit.choices[0].message.content == stored.choices[0].message.content
     assert hit.model_extra["coe"]["experts"] == stored.model_extra["coe"]["experts"]
     assert "cache" in hit.model_extra["coe"]["timings"]

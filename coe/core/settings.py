@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     cache_enabled: bool = Field(True, description="false: the semantic cache answers and keeps nothing, whatever a request or key asks (README, Semantic cache)")
     cache_default: Literal["off", "semantic"] = Field("off", description="what a request gets that says nothing (x-coe-cache header, coe.cache) and whose key is not in cache_keys")
     cache_keys: SecretStr | None = Field(None, description="comma-separated client keys (of api_keys) whose requests use the semantic cache unless they say off")
-    cache_threshold: float = Field(0.85, ge=-1, le=1, description="the lowest cosine, per counted turn, of a cached request that may answer (calibrated: README, Semantic cache)")
+    cache_threshold: float = Field(0.91, ge=-1, le=1, description="the lowest cosine, per counted turn, of a cached request that may answer (calibrated: README, Semantic cache)")
     cache_ttl_s: float = Field(3600.0, gt=0, description="a cached answer is kept this long after it was generated")
     cache_max_entries: int = Field(10_000, ge=1, description="cached answers kept at most (in this process, or in Redis for the fleet); the least recently used go first")
     cache_bucket_size: int = Field(256, ge=1, description="cached answers searched per route, experts and parameters (the most recently used)")
