@@ -48,7 +48,7 @@ class AnswerCache:
         """(the request's cache mark, the cached outcome on a hit); (None, None) when it did not ask for the cache."""
         if not inp.cache:
             return None, None
-        why_not = cache_policy.refusal(plan)
+        why_not = cache_policy.refusal(plan, inp, self.registry)
         if why_not is not None:
             metrics.CACHE_LOOKUPS.labels("skipped").inc()
             return CacheMark(hit=False, note=why_not), None

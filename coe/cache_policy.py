@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 
 from coe.core.registry import Registry
 from coe.core.settings import Settings
-from coe.pipeline_types import BadRequest, CacheMark, ExpertAnswer, Outcome, Plan
+from coe.pipeline_types import BadRequest, CacheMark, ChatInput, ExpertAnswer, Outcome, Plan
 from coe.semantic_cache import Hit
 
 MODES = ("semantic", "off")
@@ -41,9 +41,20 @@ def wanted(header: str | None, option: str | None, key_listed: bool, settings: S
     return key_listed or settings.cache_default == "semantic"
 
 
-def refusal(plan: Plan) -> str | None:
-    """Why the plan's answer may not be cached, or None."""
-    sampled = [j.request.temperature for j in plan.jobs if j.request.temperature > 0]
+def _answering(plan: Plan, registry: Registry) -> list[str]:
+    """Every expert that may write the answer: the routed ones, a cascade's later steps, the aggregator."""
+    d = plan.decision
+    names = {*d.experts, *(e for e, _ in d.cascade), *([d.aggregator] if d.aggregator else [])}
+    if len(d.experts) > 1 and registry.aggregator is not None:
+        names.add(registry.aggregator.name)
+    return sorted(n for n in names if n in registry.experts)
+
+
+def refusal(plan: Plan, inp: ChatInput, registry: Registry) -> str | None:
+    """Why the plan's answer may not be cached (some expert answers at a temperature above 0), or None."""
+    temperatures = [inp.temperature] if inp.temperature is not None else [
+        registry.experts[n].generation.temperature for n in _answering(plan, registry)]
+    sampled = [t for t in temperatures if t > 0]
     if sampled:
         return f"temperature {sampled[0]:g} > 0: sampled answers are never cached"
     return None
@@ -53,12 +64,10 @@ def bucket(plan: Plan, messages: list[dict], positions: list[int], registry: Reg
            scope: str | None) -> str:
     """A digest of everything two requests must share (the module's list); `positions`: the embedded turns."""
     d = plan.decision
-    names = sorted({*d.experts, *(e for e, _ in d.cascade), *([d.aggregator] if d.aggregator else []),
-                    *([registry.aggregator.name] if len(d.experts) > 1 and registry.aggregator else [])})
     material = {
         "scope": scope, "encoder": encoder, "turns": len(positions),
         "decision": [d.router, d.category, d.experts, d.aggregator, d.cascade],
-        "experts": {n: registry.experts[n].model_dump(mode="json") for n in names if n in registry.experts},
+        "experts": {n: registry.experts[n].model_dump(mode="json") for n in _answering(plan, registry)},
         "requests": [{k: v for k, v in asdict(j.request).items() if k != "messages"} for j in plan.jobs],
         "fixed": [None if i in positions else m for i, m in enumerate(messages)],
     }

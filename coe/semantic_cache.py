@@ -13,7 +13,8 @@ on, needs RediSearch's FT.CREATE; GPTCache embeds again with its own encoder and
 under `<prefix>:cache:`: `v:<id>` (the turns' vectors, float32) and `e:<id>` (turns and answer, JSON), both expiring
 after `ttl_s`; `b:<bucket>` (a sorted set of ids by last use) and `all` (every `<bucket>|<id>`, by last use), which a
 script trims to `bucket_size` and `max_entries` on every store, deleting what it trims: the memory bound is
-`max_entries` x (4 x dim bytes a turn + the answer). If Redis cannot be reached a request is answered without the
+`max_entries` x (4 x dim bytes a turn + the answer). The script names keys it does not declare: one Redis, not a
+Redis Cluster. If Redis cannot be reached a request is answered without the
 cache (logged once): the cache saves time, it is never a reason to fail.
 """
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
 from coe.cache_guard import same_literals
-from coe.cache_policy import wanted
+from coe.cache_policy import refusal, wanted
+from coe.core.registry import parse_registry
 from coe.core.settings import Settings, get_settings
 from coe.embedder import make_embedder
-from coe.pipeline_types import BadRequest
+from coe.pipeline_types import BadRequest, ChatInput, Plan
 from coe.semantic_cache import RedisSemanticCache, SemanticCache, similarities
+from routers import RouteDecision
 
 REDIS = "redis://127.0.0.1:6379"
 THRESHOLD = get_settings().cache_threshold
@@ -182,3 +185,15 @@ def test_the_cache_is_off_unless_a_request_a_key_or_the_server_asks_for_it():
     assert wanted("semantic", None, key_listed=True, settings=Settings(cache_enabled=False)) is False
     with pytest.raises(BadRequest):
         wanted("yes please", None, key_listed=False, settings=plain)
+
+
+def test_an_expert_that_samples_by_default_is_not_cached_unless_the_request_says_temperature_0():
+    expert = "{{name: {}, engine: openai, model: hosted_vllm/m, api_base: 'http://127.0.0.1:9', params_b: 1, " \
+             "generation: {{temperature: {}}}}}"
+    text = f"version: 1\nexperts:\n  - {expert.format('chat', 0.7)}\n  - {expert.format('exact', 0.0)}\n"
+    registry = parse_registry(text, Path("experts.yaml"), host=False)
+    plan = Plan(RouteDecision(["chat"], "bypass"), jobs=[], timings={})
+    messages = [{"role": "user", "content": "hi"}]
+    assert "temperature 0.7" in refusal(plan, ChatInput("chat", messages), registry)
+    assert refusal(plan, ChatInput("chat", messages, temperature=0.0), registry) is None
+    assert refusal(Plan(RouteDecision(["exact"], "bypass"), [], {}), ChatInput("exact", messages), registry) is None
