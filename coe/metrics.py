@@ -38,6 +38,8 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
             ROUTED.labels(e, d.router).inc()
         if d.fallback:
             FALLBACKS.inc()
+
+
 CACHE_LOOKUPS = Counter("coe_cache_lookups_total", "Semantic cache lookups of requests that asked for it, by result: "
                         "hit, miss, or skipped (not cacheable, e.g. temperature > 0)", ["result"], registry=REGISTRY)
 CACHE_LOOKUP_SECONDS = Histogram(
