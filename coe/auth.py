@@ -31,6 +31,7 @@ class Caller:
     verdict: Verdict
     identity: str | None = None
     admin: bool = False
+    cache: bool = False  # the key is listed in COE_CACHE_KEYS: its requests use the semantic cache by default
 
 
 def identity_of(key: str) -> str:
@@ -54,6 +55,8 @@ class KeyRing:
     def __init__(self, settings: Settings):
         raw = settings.api_keys.get_secret_value() if settings.api_keys else ""
         self._clients = [_digest(k.strip().encode()) for k in raw.split(",") if k.strip()]
+        cached = settings.cache_keys.get_secret_value() if settings.cache_keys else ""
+        self._cached = [_digest(k.strip().encode()) for k in cached.split(",") if k.strip()]
         admin = settings.admin_key.get_secret_value().strip() if settings.admin_key else ""
         self._admin = _digest(admin.encode()) if admin else None
 
@@ -77,7 +80,7 @@ class KeyRing:
         is_client = _matches(raw, self._clients)
         is_admin = self._is_admin(raw)
         if is_client or is_admin:
-            return Caller(Verdict.OK, identity_of(token), admin=is_admin)
+            return Caller(Verdict.OK, identity_of(token), admin=is_admin, cache=_matches(raw, self._cached))
         # an open service ignores credentials it does not know (clients often send a placeholder key)
         return Caller(Verdict.OK) if self.open else Caller(Verdict.INVALID)
 

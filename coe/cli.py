@@ -119,7 +119,7 @@ def route(
         await service.start(embedded_worker=False)
         try:
             if chat is not None:
-                decision, timings = await service.pipeline.route_conversation(chat, k=k, router=router)
+                decision, timings, _ = await service.pipeline.route_conversation(chat, k=k, router=router)
                 return [decision], timings
             return await service.pipeline.route(texts, k=k, router=router)
         finally:

@@ -41,13 +41,18 @@ class ConversationPolicy:
                    continuation_similarity=settings.routing_continuation_similarity)
 
 
+def counted(messages: list[dict], policy: ConversationPolicy) -> list[int]:
+    """The positions of the turns that count, oldest first (at most `policy.turns`); with none, the last message's."""
+    positions = [i for i, m in enumerate(messages)
+                 if m.get("role") in policy.roles and str(m.get("content") or "").strip()]
+    if not positions:
+        return [len(messages) - 1] if messages else []
+    return positions[-policy.turns:]
+
+
 def human_turns(messages: list[dict], policy: ConversationPolicy) -> list[str]:
     """The texts of the turns that count, oldest first (at most `policy.turns`); with none, the last message's."""
-    turns = [str(m.get("content") or "") for m in messages if m.get("role") in policy.roles]
-    turns = [t for t in turns if t.strip()]
-    if not turns:
-        return [str(messages[-1].get("content") or "")] if messages else [""]
-    return turns[-policy.turns:]
+    return [str(messages[i].get("content") or "") for i in counted(messages, policy)] or [""]
 
 
 def blend(vectors: np.ndarray, policy: ConversationPolicy) -> np.ndarray:

@@ -38,6 +38,23 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
             ROUTED.labels(e, d.router).inc()
         if d.fallback:
             FALLBACKS.inc()
+
+
+CACHE_LOOKUPS = Counter("coe_cache_lookups_total", "Semantic cache lookups of requests that asked for it, by result: "
+                        "hit, miss, or skipped (not cacheable, e.g. temperature > 0)", ["result"], registry=REGISTRY)
+CACHE_LOOKUP_SECONDS = Histogram(
+    "coe_cache_lookup_seconds", "Time to look a request up in the semantic cache (search and guard), by result",
+    ["result"], registry=REGISTRY, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+CACHE_STORES = Counter("coe_cache_stores_total", "Answers kept in the semantic cache", registry=REGISTRY)
+
+
+def observe_cache_lookup(seconds: float, hit: bool) -> None:
+    result = "hit" if hit else "miss"
+    CACHE_LOOKUPS.labels(result).inc()
+    CACHE_LOOKUP_SECONDS.labels(result).observe(seconds)
+
+
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
 WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)

@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from coe import metrics
-from coe import conversation_routing
+from coe import conversation_routing, metrics
+from coe.answer_cache import AnswerCache
 from coe.aggregation import aggregation_messages
 from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
@@ -35,6 +35,7 @@ from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from coe.dispatch import Dispatch, refuse_too_long
+from coe.semantic_cache import SemanticCache, make_semantic_cache
 from coe.sessions import SessionStore, make_session_store
 from coe.strategies import Ask
 from coe.pipeline_types import (
@@ -53,7 +54,7 @@ class Pipeline:
     """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
 
     def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str,
-                 sessions: SessionStore | None = None):
+                 sessions: SessionStore | None = None, cache: SemanticCache | None = None):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
@@ -63,6 +64,7 @@ class Pipeline:
         self.batcher = EmbedBatcher(embedder)
         self._cues: np.ndarray | None = None  # the continuation phrases' embeddings, on the first chat routed
         self.sessions = sessions or make_session_store(settings.session_ttl_s, settings.redis_url)
+        self.cached = AnswerCache(cache or make_semantic_cache(settings), registry, embedder, self.batcher, settings)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
@@ -70,19 +72,21 @@ class Pipeline:
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
-                     default_router: str, sessions: SessionStore | None = None) -> "Pipeline":
-        """A pipeline with its default router built (errors of that router propagate as they are); `sessions`: the
-        session store of the pipeline it replaces, if any."""
-        pipeline = cls(registry, embedder, queue, settings, default_router, sessions)
+                     default_router: str, sessions: SessionStore | None = None,
+                     cache: SemanticCache | None = None) -> "Pipeline":
+        """A pipeline with its default router built (errors of that router propagate as they are); `sessions` and
+        `cache`: the session store and semantic cache of the pipeline it replaces, if any."""
+        pipeline = cls(registry, embedder, queue, settings, default_router, sessions, cache)
         pipeline._loop = asyncio.get_running_loop()
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
 
     async def close(self) -> None:
-        """Stop the routing pool (routing still in progress is not waited for) and let go of the session store."""
+        """Stop the routing pool (routing in progress is not waited for); let go of the session and cache stores."""
         self._routing.shutdown(wait=False, cancel_futures=True)
         await self.sessions.close()
+        await self.cached.store.close()
 
     def router_context(self, name: str) -> RouterContext:
         """What router `name` gets from the service: the registry, the encoder, its options from the settings,
@@ -162,9 +166,9 @@ class Pipeline:
         return decisions, {"embed": t1 - t0, "route": t2 - t1}
 
     async def route_conversation(self, messages: list[dict], k: int = 1, router: str | None = None,
-                                 session: str | None = None) -> tuple[RouteDecision, dict[str, float]]:
-        """A chat's decision from the turns the routing policy counts (coe/conversation_routing.py); the earlier
-        turns' embeddings come from the batcher's cache. A named session keeps its route unless the topic changed."""
+                                 session: str | None = None) -> tuple[RouteDecision, dict[str, float], np.ndarray]:
+        """A chat's decision and the embeddings of the turns the routing policy counts (coe/conversation_routing.py;
+        the earlier turns' come from the batcher's cache). A named session keeps its route unless the topic changed."""
         chosen = await self.get_router(router)
         policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
         turns = conversation_routing.human_turns(messages, policy)
@@ -179,7 +183,7 @@ class Pipeline:
             decision = await conversation_routing.session_route(self.sessions, session, decision, is_new)
         t2 = time.perf_counter()
         metrics.observe_routing(t1 - t0, t2 - t1, [decision])
-        return decision, {"embed": t1 - t0, "route": t2 - t1}
+        return decision, {"embed": t1 - t0, "route": t2 - t1}, vectors
 
     # --- jobs -------------------------------------------------------------------
     async def plan(self, inp: ChatInput) -> Plan:
@@ -188,9 +192,9 @@ class Pipeline:
         timings: dict[str, float] = {}
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
-            decision, timings = await self.route_conversation(inp.messages, k=k, router=inp.router, session=inp.session)
+            decision, timings, vectors = await self.route_conversation(inp.messages, k, inp.router, inp.session)
         elif inp.model in self.registry.experts:
-            decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
+            decision, vectors = RouteDecision([inp.model], "bypass", reason="model names an expert"), None
         else:
             raise UnknownModel(f"The model '{inp.model}' does not exist; use 'coe' or one of {self.registry.names}", "model")
         if decision.cascade:  # its thresholds read each step's confidence
@@ -201,7 +205,7 @@ class Pipeline:
             job.stream = inp.stream and len(decision.experts) == 1 and ask is None and not decision.cascade
             jobs.append(job)
             asks.append(ask)
-        return Plan(decision, jobs, timings, asks)
+        return Plan(decision, jobs, timings, asks, vectors=vectors)
 
     async def _answers(self, plan: Plan, inp: ChatInput, started: float,
                        open_jobs: set[str]) -> tuple[list[ExpertAnswer], dict[str, str], str | None]:
@@ -270,7 +274,8 @@ class Pipeline:
     async def run(self, inp: ChatInput) -> Outcome:
         started = time.perf_counter()
         plan = await self.plan(inp)
-        return await self._run_plan(plan, inp, started)
+        mark, hit = await self.cached.look_up(plan, inp, started)
+        return hit or await self.cached.keep(plan, inp, mark, await self._run_plan(plan, inp, started))
 
     async def _cascade(self, plan: Plan, inp: ChatInput, started: float, open_jobs: set[str]) -> Outcome:
         """Experts tried in order: an answer is kept when its confidence reaches its step's threshold, else the next
@@ -333,10 +338,11 @@ class Pipeline:
         except QueueUnavailable as exc:
             raise Unavailable(f"the job queue is unavailable ({exc}); retry later") from None
 
-    async def stream(self, inp: ChatInput) -> AsyncIterator[RouteDecision | str | Outcome]:
-        """Yields the routing decision, then text deltas of the final answer, then the Outcome."""
-        started = time.perf_counter()
-        plan = await self.plan(inp)
+    def stream(self, inp: ChatInput) -> AsyncIterator[RouteDecision | str | Outcome]:
+        """Yields the routing decision, the final answer's text deltas (a cache hit's: one), then the Outcome."""
+        return self.cached.stream(inp, self.plan, self._streamed)
+
+    async def _streamed(self, plan: Plan, inp: ChatInput, started: float) -> AsyncIterator[RouteDecision | str | Outcome]:
         if plan.buffered:  # the answer exists only once its attempt (or the cascade) is over: it comes in one piece
             yield plan.decision
             outcome = await self._run_plan(plan, inp, started)

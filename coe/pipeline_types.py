@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from routers import RouteDecision
 from workers.jobs import Job
 
@@ -67,6 +69,19 @@ class ChatInput:
     choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
     confidence: bool = False  # every answer's confidence; a cascade asks for it on its steps whatever this says
     session: str | None = None  # keeps its route across turns (coe/sessions.py)
+    cache: bool = False  # may be answered from, and is kept in, the semantic cache (coe/cache_policy.py)
+    cache_scope: str | None = None  # the caller's key identity: whose cached answers it may get
+
+
+@dataclass
+class CacheMark:
+    """What the semantic cache did for a request that asked for it."""
+
+    hit: bool
+    similarity: float | None = None  # of the cached request that answered (the lowest cosine over its turns)
+    age_s: float | None = None  # since the cached answer was generated
+    stored: bool = False  # a miss whose answer is now cached
+    note: str = ""  # why it was not looked up or not kept
 
 
 @dataclass
@@ -96,6 +111,7 @@ class Outcome:
     fallback_after_error: str | None = None
     failed_experts: dict[str, str] = field(default_factory=dict)  # expert -> error; the answer is the others'
     aggregation_error: str | None = None  # the aggregator failed; the answer is the first routed expert's
+    cache: CacheMark | None = None  # None: the request did not ask for the semantic cache
 
 
 @dataclass
@@ -104,6 +120,8 @@ class Plan:
     jobs: list[Job]
     timings: dict[str, float]
     asks: list = field(default_factory=list)  # per job: the strategy's Ask, or None for a direct answer
+    vectors: np.ndarray | None = None  # the counted turns' embeddings, when routing computed them
+    positions: list[int] = field(default_factory=list)  # where those turns are in the messages (the semantic cache's)
 
     @property
     def buffered(self) -> bool:

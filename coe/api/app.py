@@ -9,12 +9,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coe import metrics
+from coe import cache_policy, metrics
 from coe.aggregation import last_user_text
 from coe.api import admin, feedback
 from coe.api.errors import (
@@ -22,7 +23,7 @@ from coe.api.errors import (
 )
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    CacheOut, CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
@@ -56,8 +57,9 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
     return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
 
 
-def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> ChatInput:
-    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field."""
+def _chat_input(body: ChatCompletionRequest, request: Request, caller: Caller, settings: Settings) -> ChatInput:
+    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field; the semantic cache
+    as the x-coe-cache header, the request's coe.cache, the key's or the server's default say (coe/cache_policy.py)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return ChatInput(
         model=body.model, messages=pipeline_messages(body.messages),
@@ -65,7 +67,10 @@ def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> Chat
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
         confidence=bool(body.coe and body.coe.confidence),
-        session=session_header or body.user or None,
+        session=request.headers.get("x-session-id") or body.user or None,
+        cache=cache_policy.wanted(request.headers.get(cache_policy.HEADER), body.coe.cache if body.coe else None,
+                                  caller.cache, settings),
+        cache_scope=caller.identity,
     )
 
 
@@ -77,6 +82,7 @@ def _decision_fields(d: RouteDecision) -> dict:
 
 def _coe_info(out: Outcome) -> CoeInfo:
     return CoeInfo(
+        cache=None if out.cache is None else CacheOut(**asdict(out.cache)),
         **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
         failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
@@ -201,14 +207,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not messages:
             return error_response(400, "messages: must not be empty", param="messages", code="invalid_value")
         check_texts([m["content"] for m in messages], settings, "messages", "messages")
-        decision, timings = await within_deadline(pipeline().route_conversation(messages, k=k, router=router))
+        decision, timings, _ = await within_deadline(pipeline().route_conversation(messages, k=k, router=router))
         latest = human_turns(messages, ConversationPolicy.from_settings(settings))[-1]
         return RouteResponse(data=[RouteResult(text=latest, **_decision_fields(decision))], timings=timings)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
-        inp = _chat_input(body, request.headers.get("x-session-id"))
+        inp = _chat_input(body, request, caller, settings)
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

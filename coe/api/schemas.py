@@ -58,6 +58,9 @@ class CoeOptions(BaseModel):
     confidence: bool = Field(False, description="give every generated answer its confidence (coe.answers[].confidence: "
                                                 "the mean token probability), which costs the CPU engine a few ms a "
                                                 "token; cascades compute it for their steps anyway")
+    cache: Literal["semantic", "off"] | None = Field(None, description="semantic: may be answered from the semantic "
+                                                     "cache and is kept in it (temperature 0 only); off: never; unset: "
+                                                     "the key's or server's default; the x-coe-cache header wins")
 
 
 class StreamOptions(BaseModel):
@@ -186,6 +189,17 @@ class ExpertAnswerOut(BaseModel):
     note: str = ""
 
 
+class CacheOut(BaseModel):
+    """What the semantic cache did; present only when the request used it."""
+
+    hit: bool = Field(description="the answer is a cached one, generated for an earlier request")
+    similarity: float | None = Field(None, description="a hit's similarity: the lowest cosine between this request's "
+                                     "counted turns and the cached request's")
+    age_s: float | None = Field(None, description="a hit's age: seconds since the cached answer was generated")
+    stored: bool = Field(False, description="a miss whose answer is now cached")
+    note: str = Field("", description="why the request was not looked up, or its answer not kept")
+
+
 class CoeInfo(DecisionOut):
     aggregator: str | None
     answers: list[ExpertAnswerOut]
@@ -194,6 +208,7 @@ class CoeInfo(DecisionOut):
                                            "error; the answer is made of the others")
     aggregation_error: str | None = Field(None, description="the aggregator failed; the answer is the first routed "
                                           "expert's")
+    cache: CacheOut | None = Field(None, description="the semantic cache's doing, when the request used it")
     timings: dict[str, float]
 
 

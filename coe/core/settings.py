@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     routing_continuation_similarity: float = Field(0.4, ge=-1, le=1, description="...unless it is this close (cosine) to a continuation phrase such as 'how so?' (calibrated: README, Conversations)")
     session_ttl_s: float = Field(1800.0, gt=0, description="a session (x-session-id header, else the request's user field) keeps its route this long after its last request")
     redis_url: str | None = None
+    cache_enabled: bool = Field(True, description="false: the semantic cache answers and keeps nothing, whatever a request or key asks (README, Semantic cache)")
+    cache_default: Literal["off", "semantic"] = Field("off", description="what a request gets that says nothing (x-coe-cache header, coe.cache) and whose key is not in cache_keys")
+    cache_keys: SecretStr | None = Field(None, description="comma-separated client keys (of api_keys) whose requests use the semantic cache unless they say off")
+    cache_threshold: float = Field(0.91, ge=-1, le=1, description="the lowest cosine, per counted turn, of a cached request that may answer (calibrated: README, Semantic cache)")
+    cache_ttl_s: float = Field(3600.0, gt=0, description="a cached answer is kept this long after it was generated")
+    cache_max_entries: int = Field(10_000, ge=1, description="cached answers kept at most (in this process, or in Redis for the fleet); the least recently used go first")
+    cache_bucket_size: int = Field(256, ge=1, description="cached answers searched per route, experts and parameters (the most recently used)")
+    cache_shared: bool = Field(False, description="cached answers are shared across client keys (a key may get an answer another key's question produced); false: each key has its own")
     api_keys: SecretStr | None = Field(None, description="comma-separated client keys for the query endpoints; unset = open")
     admin_key: SecretStr | None = Field(None, description="key for the endpoints that change the service; unset = they are off")
     max_body_bytes: int = 1_000_000
