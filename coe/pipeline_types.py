@@ -15,6 +15,7 @@ class PipelineError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds, for the Retry-After header
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -67,6 +68,15 @@ class ChatInput:
     choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
     confidence: bool = False  # every answer's confidence; a cascade asks for it on its steps whatever this says
     session: str | None = None  # keeps its route across turns (coe/sessions.py)
+    payer: str | None = None  # the key identity whose budget pays (coe/budgets.py); None: no budget applies
+
+
+@dataclass
+class Cheaper:
+    """The budget changed the routing: the experts the router chose, and the share of the budget left then."""
+
+    instead_of: list[str]
+    left_share: float
 
 
 @dataclass
@@ -96,6 +106,7 @@ class Outcome:
     fallback_after_error: str | None = None
     failed_experts: dict[str, str] = field(default_factory=dict)  # expert -> error; the answer is the others'
     aggregation_error: str | None = None  # the aggregator failed; the answer is the first routed expert's
+    cheaper: Cheaper | None = None  # the key's budget ran low: cheaper experts answered
 
 
 @dataclass
@@ -104,6 +115,7 @@ class Plan:
     jobs: list[Job]
     timings: dict[str, float]
     asks: list = field(default_factory=list)  # per job: the strategy's Ask, or None for a direct answer
+    cheaper: Cheaper | None = None
 
     @property
     def buffered(self) -> bool:

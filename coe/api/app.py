@@ -16,13 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import metrics
 from coe.aggregation import last_user_text
-from coe.api import admin, feedback
+from coe.api import admin, budgets, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    CascadeStep, CategoryProbability, ChatCompletion, CheaperOut, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
@@ -56,8 +56,9 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
     return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
 
 
-def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> ChatInput:
-    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field."""
+def _chat_input(body: ChatCompletionRequest, session_header: str | None, caller: Caller) -> ChatInput:
+    """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field; a client key's
+    budget pays (the admin key has none)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return ChatInput(
         model=body.model, messages=pipeline_messages(body.messages),
@@ -66,6 +67,7 @@ def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> Chat
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
         confidence=bool(body.coe and body.coe.confidence),
         session=session_header or body.user or None,
+        payer=None if caller.admin else caller.identity,
     )
 
 
@@ -79,6 +81,8 @@ def _coe_info(out: Outcome) -> CoeInfo:
     return CoeInfo(
         **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
         failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
+        cheaper=None if out.cheaper is None else CheaperOut(instead_of=out.cheaper.instead_of,
+                                                            budget_left=round(out.cheaper.left_share, 4)),
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
                                  finish_reason=a.finish_reason, strategy=a.strategy,
                                  confidence=None if a.confidence is None else round(a.confidence, 4), note=a.note)
@@ -118,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
     app.include_router(feedback.router)
+    app.include_router(budgets.router)
     auth = [Depends(query_caller)]
 
     def pipeline():
@@ -208,7 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
-        inp = _chat_input(body, request.headers.get("x-session-id"))
+        inp = _chat_input(body, request.headers.get("x-session-id"), caller)
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
