@@ -214,6 +214,28 @@ def test_budget_metrics_count_charges_refusals_and_cheaper_routes(embedded):
     assert f'coe_budget_used_ratio{{key="{ident("tokens")}",limit="tokens"}}' in text
 
 
+def test_the_quality_router_weighs_cost_harder_for_a_key_whose_budget_runs_low(tmp_path):
+    """The per-query router of tests/test_per_query.py: 'sage' (1.5 B) is the likelier right for history, 'calc'
+    (0.5 B) far cheaper; with COE_BUDGET_COST_WEIGHT the low key gets calc for the same question."""
+    from tests.test_per_query import EXPERTS, _records
+
+    (tmp_path / "experts.yaml").write_text(EXPERTS)
+    (tmp_path / "outcomes.json").write_text(json.dumps({
+        "version": 1, "experts": {"calc": {"params_b": 0.5}, "sage": {"params_b": 1.5}},
+        "default_policy": {"router": "quality", "options": {"cost_weight": 0.0}}, "records": _records()}))
+    srv = start_server(tmp_path, tmp_path / "experts.yaml", env={
+        "COE_API_KEYS": KEYS["cheap"], "COE_ADMIN_KEY": ADMIN, "COE_BUDGET_LOW_SHARE": "0.9",
+        "COE_BUDGETS": budgets_env({KEYS["cheap"]: {"tokens": 100, "window_s": 86400}})})
+    try:
+        full = ask(srv, "cheap", model="coe", content="Who was Julius Caesar?")
+        assert full.coe["experts"] == ["sage"] and full.coe["cheaper"] is None
+        low = ask(srv, "cheap", model="coe", content="Who was Julius Caesar?")
+        assert low.coe["experts"] == ["calc"] and low.coe["cheaper"]["instead_of"] == ["sage"]
+        assert "cost weight 1" in low.coe["reason"]  # COE_BUDGET_COST_WEIGHT's default
+    finally:
+        stop_server(srv)
+
+
 # --- two replicas on one Redis ----------------------------------------------------------------------------
 SHARED_KEY = "k-budget-shared"
 SHARED_CAP = 250
