@@ -8,7 +8,7 @@ whose client left (its jobs may have run).
 
 With Redis every API process books in one hash per key and window (`<prefix>:budget:<identity>:<window_s>:<n>`,
 fields tokens, cost, rtokens, rcost; cost in nano-units), checked and reserved in one Lua script, expiring a
-window after it ends. Without Redis the books are this process's. If Redis cannot be reached the ledger lets
+window after it ends. Without Redis the books are this process's. If Redis cannot be used the ledger lets
 requests through unbooked and logs it (fail-open, as the rate limiter): the queue is on the same Redis and answers
 503 then anyway, and accounting must never be why an accepted request is lost; `coe_budget_unbooked_total`
 counts them.
@@ -73,8 +73,8 @@ class Window:
     index: int
     ends_at: float
 
-    def resets_in(self, now: float | None = None) -> float:
-        return max(0.0, self.ends_at - (time.time() if now is None else now))
+    def resets_in(self) -> float:
+        return max(0.0, self.ends_at - time.time())
 
 
 @dataclass(frozen=True)
@@ -156,19 +156,14 @@ class Ledger:
         self.limits = dict(settings.budgets)
         self._books: dict[tuple[str, float, int], Books] = {}
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.limits)
-
     def limits_of(self, identity: str | None) -> BudgetLimits | None:
         if identity is None:
             return None
         return self.limits.get(identity) or self.limits.get("default")
 
     @staticmethod
-    def window(limits: BudgetLimits, now: float | None = None) -> Window:
-        now = time.time() if now is None else now
-        index = int(now // limits.window_s)
+    def window(limits: BudgetLimits) -> Window:
+        index = int(time.time() // limits.window_s)
         return Window(index, (index + 1) * limits.window_s)
 
     async def standing(self, identity: str | None) -> Standing | None:
@@ -274,7 +269,7 @@ class RedisLedger(Ledger):
 
     def _unreachable(self, exc: Exception) -> None:
         if not self._warned:
-            log.warning("budgets cannot reach redis (%s); letting requests through unbooked", type(exc).__name__)
+            log.warning("budgets cannot use redis (%s); letting requests through unbooked", type(exc).__name__)
             self._warned = True
 
     async def _read(self, identity: str, window_s: float, index: int) -> Books | None:
@@ -282,7 +277,7 @@ class RedisLedger(Ledger):
 
         try:
             raw = await self.redis.hmget(self.key(identity, window_s, index), "tokens", "cost", "rtokens", "rcost")
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        except (rexc.RedisError, OSError) as exc:
             self._unreachable(exc)
             return None
         return Books(*(int(v or 0) for v in raw))
@@ -296,7 +291,7 @@ class RedisLedger(Ledger):
                 keys=[self.key(identity, limits.window_s, window.index)],
                 args=[tokens, cost, limits.tokens or 0, int((limits.cost or 0) * NANO),
                       self._ttl_ms(limits.window_s, window.index)])
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        except (rexc.RedisError, OSError) as exc:
             self._unreachable(exc)
             return None
         self._warned = False
