@@ -7,10 +7,18 @@ from fastapi import APIRouter, Depends, Path, Request
 from coe.api.errors import ApiError
 from coe.api.schemas import BudgetCap, BudgetList, BudgetOut, ErrorResponse
 from coe.api.security import admin_caller
-from coe.budgets import NANO, Standing
+from coe.budgets import NANO, Ledger, Standing
+from coe.pipeline_types import Unavailable
 
 router = APIRouter(prefix="/v1/budgets", tags=["admin"], dependencies=[Depends(admin_caller)],
                    responses={s: {"model": ErrorResponse} for s in (401, 403, 404, 503)})
+
+
+def _ledger(request: Request) -> Ledger:
+    ledger = request.app.state.service.budgets
+    if ledger is None:
+        raise Unavailable("the service is still starting")
+    return ledger
 
 
 def _out(standing: Standing, low_share: float) -> BudgetOut:
@@ -25,10 +33,10 @@ def _out(standing: Standing, low_share: float) -> BudgetOut:
 @router.get("", response_model=BudgetList)
 async def list_budgets(request: Request) -> BudgetList:
     """Every client key that has a budget (COE_API_KEYS with COE_BUDGETS), as the books stand now."""
-    service = request.app.state.service
+    service, ledger = request.app.state.service, _ledger(request)
     out = []
     for identity in request.app.state.keys.identities:
-        standing = await service.budgets.standing(identity)
+        standing = await ledger.standing(identity)
         if standing is not None:
             out.append(_out(standing, service.settings.budget_low_share))
     return BudgetList(data=out)
@@ -38,7 +46,7 @@ async def list_budgets(request: Request) -> BudgetList:
 async def read_budget(request: Request, key: str = Path(pattern=r"^key-[0-9a-f]{16}$")) -> BudgetOut:
     """One key's budget, by its identity (key-<first 16 hex digits of the key's SHA-256>)."""
     service = request.app.state.service
-    standing = await service.budgets.standing(key)
+    standing = await _ledger(request).standing(key)
     if standing is None:
         raise ApiError(404, f"key '{key}' has no budget (COE_BUDGETS), or its books cannot be read now",
                        "budget_not_found", param="key")
