@@ -76,12 +76,15 @@ class AnswerCache:
                 mark = replace(mark, note="not kept: a degraded answer (an expert failed)")
         return replace(outcome, cache=mark)
 
-    async def stream(self, inp: ChatInput, plan_of: Callable[[ChatInput], Awaitable[Plan]],
+    async def run(self, plan: Plan, inp: ChatInput, started: float,
+                  produce: Callable[[Plan, ChatInput, float], Awaitable[Outcome]]) -> Outcome:
+        """The cached outcome on a hit; else `produce(plan, inp, started)`'s, kept."""
+        mark, hit = await self.look_up(plan, inp, started)
+        return hit or await self.keep(plan, inp, mark, await produce(plan, inp, started))
+
+    async def stream(self, plan: Plan, inp: ChatInput, started: float,
                      produce: Callable[[Plan, ChatInput, float], AsyncIterator[Event]]) -> AsyncIterator[Event]:
-        """The pipeline's stream of `inp` (planned by `plan_of`, produced by `produce`), answered from the cache on a
-        hit, its outcome kept on a miss."""
-        started = time.perf_counter()
-        plan = await plan_of(inp)
+        """The events of `produce(plan, inp, started)`, or the cached answer's on a hit; the outcome kept on a miss."""
         mark, hit = await self.look_up(plan, inp, started)
         if hit is not None:
             yield plan.decision

@@ -66,6 +66,11 @@ class KeyRing:
         return not self._clients
 
     @property
+    def identities(self) -> list[str]:
+        """The client keys as `identity_of` names them (the digest kept here is the hash it is cut from)."""
+        return ["key-" + digest.hex()[:16] for digest in self._clients]
+
+    @property
     def admin_enabled(self) -> bool:
         return self._admin is not None
 

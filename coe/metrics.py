@@ -62,6 +62,18 @@ REGISTRY_VERSION = Gauge("coe_registry_version", "The version of the expert regi
 REGISTRY_PROBLEMS = Gauge("coe_registry_problems", "Experts of the running registry this host lacks something to serve "
                           "(weights, an api_key_env): listed by /readyz", registry=REGISTRY)
 WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded workers", registry=REGISTRY)
+BUDGET_TOKENS = Counter("coe_budget_tokens_total", "Tokens charged to each key's budget", ["key"], registry=REGISTRY)
+BUDGET_COST = Counter("coe_budget_cost_total", "Cost charged to each key's budget (the unit of the experts' prices)",
+                      ["key"], registry=REGISTRY)
+BUDGET_REJECTED = Counter("coe_budget_rejected_total", "Requests refused (429) because a key's budget would pass a cap",
+                          ["key", "limit"], registry=REGISTRY)
+BUDGET_CHEAPER = Counter("coe_budget_cheaper_total", "Requests routed to a cheaper expert because the key's budget "
+                         "ran low", ["key"], registry=REGISTRY)
+BUDGET_UNBOOKED = Counter("coe_budget_unbooked_total", "Reservations or charges the books missed (Redis unreachable: "
+                          "the request went through)", ["step"], registry=REGISTRY)
+BUDGET_USED = Gauge("coe_budget_used_ratio", "Share of a key's cap used or reserved in the current window, as this "
+                    "process last saw it", ["key", "limit"], registry=REGISTRY)
+
 
 
 class QueueCounters(Collector):

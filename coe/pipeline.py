@@ -8,7 +8,8 @@ A job is submitted only when a live worker serves its expert's device (else 503)
 answers that succeeded are kept (the failed experts are named); if every expert failed, the
 fallback expert answers with its own request (a stream too, when its expert failed before its first
 token; after that the stream ends with the error); if the aggregator fails, the first routed answer is
-the answer. Jobs a request leaves unanswered (client gone, deadline) are cancelled.
+the answer. Jobs a request leaves unanswered (client gone, deadline) are cancelled. A request with a payer is
+admitted on, charged to, and as it runs low routed for, that key's budget (coe/budget_gate.py).
 
 Routers run in a thread pool of their own (ROUTING_THREADS): a router that asks an LLM blocks its thread
 until jobs are answered, and those need the default pool's threads (the encoder's batches, the embedded
@@ -28,6 +29,7 @@ import numpy as np
 from coe import conversation_routing, metrics
 from coe.answer_cache import AnswerCache
 from coe.aggregation import aggregation_messages
+from coe.budget_gate import BudgetGate, Ledger, Standing
 from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
@@ -54,7 +56,8 @@ class Pipeline:
     """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
 
     def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str,
-                 sessions: SessionStore | None = None, cache: SemanticCache | None = None):
+                 sessions: SessionStore | None = None, cache: SemanticCache | None = None,
+                 budgets: Ledger | None = None):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
@@ -69,14 +72,14 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
         self.dispatch = Dispatch(registry, queue, settings)
+        self.gate = BudgetGate(budgets or Ledger(settings), self)
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
-                     default_router: str, sessions: SessionStore | None = None,
-                     cache: SemanticCache | None = None) -> "Pipeline":
-        """A pipeline with its default router built (errors of that router propagate as they are); `sessions` and
-        `cache`: the session store and semantic cache of the pipeline it replaces, if any."""
-        pipeline = cls(registry, embedder, queue, settings, default_router, sessions, cache)
+                     default_router: str, sessions: SessionStore | None = None, cache: SemanticCache | None = None,
+                     budgets: Ledger | None = None) -> "Pipeline":
+        """A pipeline with its default router built (its errors propagate); sessions, cache, budgets: the replaced one's."""
+        pipeline = cls(registry, embedder, queue, settings, default_router, sessions, cache, budgets)
         pipeline._loop = asyncio.get_running_loop()
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
@@ -186,13 +189,14 @@ class Pipeline:
         return decision, {"embed": t1 - t0, "route": t2 - t1}, vectors
 
     # --- jobs -------------------------------------------------------------------
-    async def plan(self, inp: ChatInput) -> Plan:
+    async def plan(self, inp: ChatInput, low: Standing | None = None) -> Plan:
         if not inp.messages:
             raise BadRequest("messages must not be empty", "messages")
-        timings: dict[str, float] = {}
+        timings, cheaper = {}, None
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
             decision, timings, vectors = await self.route_conversation(inp.messages, k, inp.router, inp.session)
+            decision, cheaper = await self.gate.cheaper(decision, inp, k, low)
         elif inp.model in self.registry.experts:
             decision, vectors = RouteDecision([inp.model], "bypass", reason="model names an expert"), None
         else:
@@ -205,7 +209,7 @@ class Pipeline:
             job.stream = inp.stream and len(decision.experts) == 1 and ask is None and not decision.cascade
             jobs.append(job)
             asks.append(ask)
-        return Plan(decision, jobs, timings, asks, vectors=vectors)
+        return Plan(decision, jobs, timings, asks, cheaper, vectors=vectors)
 
     async def _answers(self, plan: Plan, inp: ChatInput, started: float,
                        open_jobs: set[str]) -> tuple[list[ExpertAnswer], dict[str, str], str | None]:
@@ -268,14 +272,10 @@ class Pipeline:
             prompt_tokens=sum(a.prompt_tokens for a in everyone),
             completion_tokens=sum(a.completion_tokens for a in everyone),
             decision=plan.decision, answers=answers, aggregator=aggregator, timings=timings,
-            fallback_after_error=replaced, failed_experts=failed, aggregation_error=aggregation_error,
-        )
+            fallback_after_error=replaced, failed_experts=failed, aggregation_error=aggregation_error, cheaper=plan.cheaper)
 
     async def run(self, inp: ChatInput) -> Outcome:
-        started = time.perf_counter()
-        plan = await self.plan(inp)
-        mark, hit = await self.cached.look_up(plan, inp, started)
-        return hit or await self.cached.keep(plan, inp, mark, await self._run_plan(plan, inp, started))
+        return await self.gate.run(inp, lambda plan, inp, started: self.cached.run(plan, inp, started, self._run_plan))
 
     async def _cascade(self, plan: Plan, inp: ChatInput, started: float, open_jobs: set[str]) -> Outcome:
         """Experts tried in order: an answer is kept when its confidence reaches its step's threshold, else the next
@@ -340,9 +340,9 @@ class Pipeline:
 
     def stream(self, inp: ChatInput) -> AsyncIterator[RouteDecision | str | Outcome]:
         """Yields the routing decision, the final answer's text deltas (a cache hit's: one), then the Outcome."""
-        return self.cached.stream(inp, self.plan, self._streamed)
+        return self.gate.stream(inp, lambda plan, inp, started: self.cached.stream(plan, inp, started, self._stream_plan))
 
-    async def _streamed(self, plan: Plan, inp: ChatInput, started: float) -> AsyncIterator[RouteDecision | str | Outcome]:
+    async def _stream_plan(self, plan: Plan, inp: ChatInput, started: float) -> AsyncIterator[RouteDecision | str | Outcome]:
         if plan.buffered:  # the answer exists only once its attempt (or the cascade) is over: it comes in one piece
             yield plan.decision
             outcome = await self._run_plan(plan, inp, started)

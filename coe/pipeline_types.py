@@ -17,6 +17,7 @@ class PipelineError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds, for the Retry-After header
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -71,6 +72,7 @@ class ChatInput:
     session: str | None = None  # keeps its route across turns (coe/sessions.py)
     cache: bool = False  # may be answered from, and is kept in, the semantic cache (coe/cache_policy.py)
     cache_scope: str | None = None  # the caller's key identity: whose cached answers it may get
+    payer: str | None = None  # the key identity whose budget pays (coe/budgets.py); None: no budget applies
 
 
 @dataclass
@@ -82,6 +84,14 @@ class CacheMark:
     age_s: float | None = None  # since the cached answer was generated
     stored: bool = False  # a miss whose answer is now cached
     note: str = ""  # why it was not looked up or not kept
+
+
+@dataclass
+class Cheaper:
+    """The budget changed the routing: the experts the router chose, and the share of the budget left then."""
+
+    instead_of: list[str]
+    left_share: float
 
 
 @dataclass
@@ -112,6 +122,7 @@ class Outcome:
     failed_experts: dict[str, str] = field(default_factory=dict)  # expert -> error; the answer is the others'
     aggregation_error: str | None = None  # the aggregator failed; the answer is the first routed expert's
     cache: CacheMark | None = None  # None: the request did not ask for the semantic cache
+    cheaper: Cheaper | None = None  # the key's budget ran low: cheaper experts answered
 
 
 @dataclass
@@ -120,6 +131,7 @@ class Plan:
     jobs: list[Job]
     timings: dict[str, float]
     asks: list = field(default_factory=list)  # per job: the strategy's Ask, or None for a direct answer
+    cheaper: Cheaper | None = None  # the key's budget ran low: cheaper experts answer
     vectors: np.ndarray | None = None  # the counted turns' embeddings, when routing computed them
     positions: list[int] = field(default_factory=list)  # where those turns are in the messages (the semantic cache's)
 

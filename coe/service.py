@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from coe.admin import RegistryEditor
+from coe.budgets import Ledger, make_ledger
 from coe.embedder import make_embedder
 from coe.feedback import FeedbackStore, make_feedback_store
 from coe.pipeline import Pipeline
@@ -87,6 +88,7 @@ class Service:
     startup_error: str | None = None
     store: FileStore | FeedStore | None = None
     feedback: FeedbackStore | None = None
+    budgets: Ledger | None = None
 
     _embedded: bool = False
 
@@ -116,11 +118,12 @@ class Service:
                 update={"router_options": {**settings.router_options, name: policy[1]}})
         self.queue = make_queue(settings)
         self.feedback = make_feedback_store(settings)
+        self.budgets = make_ledger(settings)
         self._embedded = embedded_worker and not settings.redis_url
         if self._embedded:
             for device in self.registry.devices:
                 self._start_worker(self.registry, device)
-        self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name)
+        self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name, budgets=self.budgets)
         if self.store.shared:
             self._tasks.append(asyncio.create_task(self.store.follow(self.editor.take_up, self._stop),
                                                    name="registry-follower"))
@@ -168,3 +171,5 @@ class Service:
             await self.store.close()
         if self.feedback is not None:
             await self.feedback.close()
+        if self.budgets is not None:
+            await self.budgets.close()

@@ -58,6 +58,9 @@ class Router(ABC):
     serving: ClassVar[bool] = False
     """Whether a client may pick this router per request (`coe.router`): an allow-list, so a new router is
     benchmark-only until it says otherwise."""
+    per_query_cost: ClassVar[bool] = False
+    """Whether it weighs each query's predicted cost with ctx.cost_weight: a key whose budget runs low is then routed
+    by a copy built with COE_BUDGET_COST_WEIGHT (else the pipeline picks the cheapest expert of the route)."""
     source: str = ""
     """What the decisions rest on (an artifact, measured profiles or declared categories), said at start-up."""
 

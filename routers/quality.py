@@ -47,6 +47,7 @@ class OutcomeRouter(Router):
 @register("quality")
 class QualityRouter(OutcomeRouter):
     serving = True
+    per_query_cost = True
 
     def __init__(self, ctx: RouterContext):
         super().__init__(ctx)

@@ -17,13 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coe import cache_policy, metrics
 from coe.aggregation import last_user_text
-from coe.api import admin, feedback
+from coe.api import admin, budgets, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CacheOut, CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    CacheOut, CascadeStep, CategoryProbability, ChatCompletion, CheaperOut, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
@@ -59,7 +59,8 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
 
 def _chat_input(body: ChatCompletionRequest, request: Request, caller: Caller, settings: Settings) -> ChatInput:
     """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field; the semantic cache
-    as the x-coe-cache header, the request's coe.cache, the key's or the server's default say (coe/cache_policy.py)."""
+    as the x-coe-cache header, the request's coe.cache, the key's or the server's default say (coe/cache_policy.py);
+    a client key's budget pays (the admin key has none)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return ChatInput(
         model=body.model, messages=pipeline_messages(body.messages),
@@ -71,6 +72,7 @@ def _chat_input(body: ChatCompletionRequest, request: Request, caller: Caller, s
         cache=cache_policy.wanted(request.headers.get(cache_policy.HEADER), body.coe.cache if body.coe else None,
                                   caller.cache, settings),
         cache_scope=caller.identity,
+        payer=None if caller.admin else caller.identity,
     )
 
 
@@ -85,6 +87,8 @@ def _coe_info(out: Outcome) -> CoeInfo:
         cache=None if out.cache is None else CacheOut(**asdict(out.cache)),
         **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
         failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
+        cheaper=None if out.cheaper is None else CheaperOut(instead_of=out.cheaper.instead_of,
+                                                            budget_left=round(out.cheaper.left_share, 4)),
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
                                  finish_reason=a.finish_reason, strategy=a.strategy,
                                  confidence=None if a.confidence is None else round(a.confidence, 4), note=a.note)
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
     app.include_router(feedback.router)
+    app.include_router(budgets.router)
     auth = [Depends(query_caller)]
 
     def pipeline():

@@ -82,7 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PipelineError)
     async def _on_pipeline(request: Request, exc: PipelineError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        retry_after = exc.retry_after if exc.retry_after is not None else (5 if exc.status == 503 else None)
+        headers = {"Retry-After": f"{retry_after:.0f}"} if retry_after is not None else None
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.type, headers)
 
     @app.exception_handler(ApiError)

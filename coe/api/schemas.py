@@ -200,8 +200,16 @@ class CacheOut(BaseModel):
     note: str = Field("", description="why the request was not looked up, or its answer not kept")
 
 
+class CheaperOut(BaseModel):
+    """The key's budget ran low, so routing chose cheaper experts than the router would have."""
+
+    instead_of: list[str] = Field(description="the experts the router chose before the budget changed the choice")
+    budget_left: float = Field(description="the share of the key's budget left (the smallest of its caps) then")
+
+
 class CoeInfo(DecisionOut):
     aggregator: str | None
+    cheaper: CheaperOut | None = Field(None, description="set when the key's budget running low changed the choice")
     answers: list[ExpertAnswerOut]
     fallback_after_error: str | None = None
     failed_experts: dict[str, str] = Field(default_factory=dict, description="experts whose answer failed, with the "
@@ -286,3 +294,24 @@ class RegistryChangeOut(BaseModel):
     router: str = Field(description="the router rebuilt for the new registry")
     backup: str | None = Field(None, description="where the previous experts file was kept (none with Redis)")
     registry_version: int = Field(description="the registry's version after the change (every replica reaches it)")
+
+
+class BudgetCap(BaseModel):
+    cap: float | None = Field(description="the cap per window; null: none")
+    used: float
+    reserved: float = Field(description="held by requests still running")
+
+
+class BudgetOut(BaseModel):
+    key: str = Field(description="the key's identity: key-<first 16 hex digits of its SHA-256>")
+    window_s: float
+    resets_at: float = Field(description="Unix time the current window ends")
+    tokens: BudgetCap
+    cost: BudgetCap
+    left: float = Field(description="the smallest share left of any cap")
+    cost_aware: bool = Field(description="whether routing prefers cheaper experts for this key now")
+
+
+class BudgetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BudgetOut]

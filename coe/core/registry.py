@@ -48,6 +48,9 @@ class ExpertConfig(BaseModel):
     max_batch: int = Field(8, ge=1, le=1024)
     params_b: float = Field(gt=0, description="active parameters, billions")
     cost_per_1k_tokens: float = Field(0.0, ge=0)
+    price_per_1k_input: float | None = Field(None, ge=0, description="price of 1,000 prompt tokens (budgets); unset: "
+                                             "cost_per_1k_tokens, or parameters x tokens when that is 0 too")
+    price_per_1k_output: float | None = Field(None, ge=0, description="price of 1,000 completion tokens (budgets)")
     description: str = ""
     categories: list[str] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list)

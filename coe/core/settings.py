@@ -6,10 +6,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coe.core.paths import default_cache_dir
+
+
+class BudgetLimits(BaseModel):
+    """What one key may spend per window: tokens and/or cost (in the unit of experts.yaml's prices); None = no cap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int | None = Field(None, gt=0, description="prompt + completion tokens per window")
+    cost: float | None = Field(None, gt=0, description="cost per window, in the unit of the experts' prices")
+    window_s: float = Field(86400.0, gt=0, description="window length; windows are aligned to multiples of it")
 
 
 class Settings(BaseSettings):
@@ -53,6 +63,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = 300.0
     rate_limit_requests: int = Field(0, description="requests per key per window; 0 = no limit")
     rate_limit_window_s: float = 60.0
+    budgets: dict[str, BudgetLimits] = Field(default_factory=dict, description="per key identity (key-<16 hex>), or 'default' for every client key, a JSON object of {tokens, cost, window_s}; unset = no budgets (README, Budgets)")
+    budget_price_per_btok: float = Field(1e-7, ge=0, description="cost of one B·tok (billion active parameters x one token) for experts without a price")
+    budget_low_share: float = Field(0.2, ge=0, le=1, description="below this share of a budget left, routing prefers cheaper experts (0 = never)")
+    budget_cost_weight: float = Field(1.0, ge=0, description="the quality router's cost weight for a key whose budget runs low")
     shutdown_grace_s: float = Field(30.0, description="on SIGTERM, how long requests in flight get to finish")
     max_k: int = 5
     default_k: int = 1
