@@ -5,6 +5,7 @@ comment, and optionally the route or expert that should have answered.
 Stored durably where the fleet can see it: Redis when the service runs on Redis (completions as keys with a TTL,
 feedback in a capped stream), else an SQLite file beside the trained routers. `coe feedback export` writes it
 out as JSONL; with `--training`, only the corrections, as rows `coe train --data` reads (text, label, split).
+The online bandit (coe/bandit.py) learns from the same feedback; its statistics live beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Served:
     experts: list[str]
     caller: str | None  # the key's identity; only that key may give feedback on it
     created: float
+    bandit_route: str | None = None  # the online bandit chose experts[0] on this route (coe/bandit.py); None: it did not
 
 
 @dataclass(frozen=True)

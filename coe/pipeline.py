@@ -28,6 +28,7 @@ import numpy as np
 from coe import metrics
 from coe import conversation_routing
 from coe.aggregation import aggregation_messages
+from coe.bandit import ANONYMOUS, Bandit
 from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
@@ -53,7 +54,7 @@ class Pipeline:
     """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
 
     def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str,
-                 sessions: SessionStore | None = None):
+                 sessions: SessionStore | None = None, bandit: Bandit | None = None):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
@@ -63,6 +64,7 @@ class Pipeline:
         self.batcher = EmbedBatcher(embedder)
         self._cues: np.ndarray | None = None  # the continuation phrases' embeddings, on the first chat routed
         self.sessions = sessions or make_session_store(settings.session_ttl_s, settings.redis_url)
+        self.bandit = bandit or (Bandit.from_settings(settings) if settings.bandit else None)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
@@ -70,19 +72,20 @@ class Pipeline:
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
-                     default_router: str, sessions: SessionStore | None = None) -> "Pipeline":
-        """A pipeline with its default router built (errors of that router propagate as they are); `sessions`: the
-        session store of the pipeline it replaces, if any."""
-        pipeline = cls(registry, embedder, queue, settings, default_router, sessions)
+                     default_router: str, sessions: SessionStore | None = None, bandit: Bandit | None = None) -> "Pipeline":
+        """A pipeline with its default router built (its errors propagate); `sessions`, `bandit`: the replaced one's."""
+        pipeline = cls(registry, embedder, queue, settings, default_router, sessions, bandit)
         pipeline._loop = asyncio.get_running_loop()
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
 
     async def close(self) -> None:
-        """Stop the routing pool (routing still in progress is not waited for) and let go of the session store."""
+        """Stop the routing pool (routing still in progress is not waited for); let go of the sessions and the bandit."""
         self._routing.shutdown(wait=False, cancel_futures=True)
         await self.sessions.close()
+        if self.bandit is not None:
+            await self.bandit.close()
 
     def router_context(self, name: str) -> RouterContext:
         """What router `name` gets from the service: the registry, the encoder, its options from the settings,
@@ -162,9 +165,10 @@ class Pipeline:
         return decisions, {"embed": t1 - t0, "route": t2 - t1}
 
     async def route_conversation(self, messages: list[dict], k: int = 1, router: str | None = None,
-                                 session: str | None = None) -> tuple[RouteDecision, dict[str, float]]:
+                                 session: str | None = None, learner: str | None = None) -> tuple[RouteDecision, dict[str, float]]:
         """A chat's decision from the turns the routing policy counts (coe/conversation_routing.py); the earlier
-        turns' embeddings come from the batcher's cache. A named session keeps its route unless the topic changed."""
+        turns' embeddings come from the batcher's cache. The bandit, if on, chooses for a `learner` (the key a completion
+        is for: coe/bandit.py). A named session keeps its route unless the topic changed."""
         chosen = await self.get_router(router)
         policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
         turns = conversation_routing.human_turns(messages, policy)
@@ -175,6 +179,8 @@ class Pipeline:
         t1 = time.perf_counter()
         decision, is_new = await asyncio.get_running_loop().run_in_executor(
             self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy, self._cues)
+        if learner is not None and self.bandit is not None:  # routing for a completion: feedback can follow
+            decision = await self.bandit.choose(decision, learner)
         if session is not None:
             decision = await conversation_routing.session_route(self.sessions, session, decision, is_new)
         t2 = time.perf_counter()
@@ -188,7 +194,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
-            decision, timings = await self.route_conversation(inp.messages, k=k, router=inp.router, session=inp.session)
+            decision, timings = await self.route_conversation(inp.messages, k, inp.router, inp.session, inp.caller or ANONYMOUS)
         elif inp.model in self.registry.experts:
             decision = RouteDecision([inp.model], "bypass", reason="model names an expert")
         else:

@@ -67,6 +67,7 @@ class ChatInput:
     choices: list[str] | None = None  # score these continuations instead of generating (benchmarks, profiles)
     confidence: bool = False  # every answer's confidence; a cascade asks for it on its steps whatever this says
     session: str | None = None  # keeps its route across turns (coe/sessions.py)
+    caller: str | None = None  # the key's identity (None: an open service): whose exploration share the bandit spends
 
 
 @dataclass

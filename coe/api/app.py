@@ -22,7 +22,7 @@ from coe.api.errors import (
 )
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    BanditOut, CascadeStep, CategoryProbability, ChatCompletion, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
@@ -56,7 +56,7 @@ def _top(decision: RouteDecision) -> list[CategoryProbability]:
     return [CategoryProbability(category=c, probability=p) for c, p in decision.top_categories]
 
 
-def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> ChatInput:
+def _chat_input(body: ChatCompletionRequest, session_header: str | None, caller: Caller) -> ChatInput:
     """The pipeline's input; the session is the x-session-id header, else OpenAI's `user` field."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return ChatInput(
@@ -65,7 +65,7 @@ def _chat_input(body: ChatCompletionRequest, session_header: str | None) -> Chat
         seed=body.seed, stop=stop, stream=body.stream,
         k=body.coe.k if body.coe else None, router=body.coe.router if body.coe else None,
         confidence=bool(body.coe and body.coe.confidence),
-        session=session_header or body.user or None,
+        session=session_header or body.user or None, caller=caller.identity,
     )
 
 
@@ -75,10 +75,17 @@ def _decision_fields(d: RouteDecision) -> dict:
             "cascade": [CascadeStep(expert=e, accept_at=round(t, 4)) for e, t in d.cascade]}
 
 
+def _bandit(d: RouteDecision) -> BanditOut | None:
+    if d.bandit is None:
+        return None
+    return BanditOut(route=d.bandit.context, router_choice=d.bandit.router_choice,
+                     changed=d.experts[0] != d.bandit.router_choice, explored=d.bandit.explored)
+
+
 def _coe_info(out: Outcome) -> CoeInfo:
     return CoeInfo(
-        **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
-        failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
+        **_decision_fields(out.decision), bandit=_bandit(out.decision), aggregator=out.aggregator,
+        fallback_after_error=out.fallback_after_error, failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
                                  finish_reason=a.finish_reason, strategy=a.strategy,
                                  confidence=None if a.confidence is None else round(a.confidence, 4), note=a.note)
@@ -208,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAM},
               dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = Depends(query_caller)):
-        inp = _chat_input(body, request.headers.get("x-session-id"))
+        inp = _chat_input(body, request.headers.get("x-session-id"), caller)
         check_texts([m["content"] for m in inp.messages], settings, "messages", "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -233,7 +240,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def remember(completion_id: str, inp: ChatInput, decision: RouteDecision, caller: Caller) -> None:
         """Keep what the completion was about, for POST /v1/feedback; a store that fails costs the answer nothing."""
         served = Served(completion_id, last_user_text(inp.messages), decision.router, decision.category,
-                        list(decision.experts), caller.identity, time.time())
+                        list(decision.experts), caller.identity, time.time(),
+                        decision.bandit.context if decision.bandit else None)
         try:
             await service.feedback.remember(served)
         except Exception as exc:  # noqa: BLE001 - feedback is optional; the answer is not

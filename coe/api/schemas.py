@@ -186,7 +186,17 @@ class ExpertAnswerOut(BaseModel):
     note: str = ""
 
 
+class BanditOut(BaseModel):
+    """What the online bandit did (README, Learning from feedback)."""
+
+    route: str = Field(description="the statistics it chose by: the router and its category, or the router and its pick")
+    router_choice: str = Field(description="the expert the router chose")
+    changed: bool = Field(description="the bandit answered with another expert than the router's")
+    explored: bool = Field(description="the expert was drawn although another looked better (within the key's share)")
+
+
 class CoeInfo(DecisionOut):
+    bandit: BanditOut | None = Field(None, description="set when the online bandit made the choice (COE_BANDIT)")
     aggregator: str | None
     answers: list[ExpertAnswerOut]
     fallback_after_error: str | None = None
