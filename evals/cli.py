@@ -63,6 +63,10 @@ from coe_evals.bench_answers import answers  # noqa: E402
 
 bench_app.command("answers")(answers)
 
+from coe_evals.bench_bandit import bandit  # noqa: E402
+
+bench_app.command("bandit")(bandit)
+
 
 
 @bench_app.command("engine")
