@@ -142,6 +142,22 @@ def test_decisions_the_bandit_must_not_touch_come_back_as_they_are(tmp_path):
     asyncio.run(scenario())
 
 
+def test_statistics_out_of_reach_cost_a_request_nothing():
+    """Redis down: the router's decision stands, and feedback is still taken (only the statistics miss it)."""
+    from tests.conftest import free_port
+
+    async def scenario():
+        bandit = Bandit(RedisArmStore(f"redis://127.0.0.1:{free_port()}/0", 1.0), explore_cap=1.0)
+        try:
+            decision = _decision(("large", 0.5), ("small", 0.5))
+            assert await bandit.choose(decision, "alice") is decision
+            assert await bandit.learn("c1", route_of(decision), "large", 0.0) is False
+        finally:
+            await bandit.close()
+
+    asyncio.run(scenario())
+
+
 @needs_redis
 def test_updates_from_two_processes_stores_are_atomic_on_redis():
     """Many feedback events at once through two connections (as two replicas): none is lost, none counts twice."""
@@ -254,6 +270,10 @@ def test_negative_feedback_moves_traffic_and_switching_off_restores_the_router(t
         moved = [c for c in after if c["experts"] == ["sage"]]
         assert len(moved) >= 7, [c["experts"] for c in taught + after]  # ...and the bandit answers with sage
         assert any(c["bandit"]["changed"] and not c["bandit"]["explored"] for c in moved)
+        chunks = list(_client(srv.v1).chat.completions.create(model="coe", messages=QUESTION, stream=True))
+        streamed = chunks[-1].model_extra["coe"]  # a stream's last chunk carries the coe object, the bandit's part too
+        assert streamed["bandit"]["router_choice"] == "calc" and streamed["experts"] == [streamed["answers"][0]["expert"]]
+        assert _rate(srv.base_url, chunks[0].id, "up").status_code == 201
 
         # bad feedback is still refused in OpenAI's format, and counts for nothing
         r = _client(srv.v1).chat.completions.create(model="coe", messages=QUESTION)
