@@ -92,11 +92,11 @@ class Bandit:
             f"{decision.reason}; online bandit: {chosen} instead of {pick} ({'exploring' if explored else 'feedback'})")
         return replace(decision, experts=[chosen], reason=reason, bandit=BanditChoice(route, pick, explored))
 
-    async def learn(self, completion_id: str, decision_route: str, expert: str, score: float) -> bool:
+    async def learn(self, completion_id: str, route: str, expert: str, score: float) -> bool:
         """Count a completion's feedback score for the expert that answered it on its route; a completion counts
         once. False when it had counted already or the statistics cannot be written."""
         try:
-            return await self.store.record(completion_id, decision_route, expert, score)
+            return await self.store.record(completion_id, route, expert, score)
         except Exception as exc:  # noqa: BLE001 - the feedback itself is stored; only the statistics miss it
             self._unreachable("written", exc)
             return False
