@@ -179,8 +179,7 @@ class RegistryEditor:
         old: Pipeline = self.service.pipeline
         try:
             return await Pipeline.create(registry, old.embedder, self.service.queue, self.service.settings,
-                                         old.default_router, old.sessions, old.cached.store,
-                                         old.gate.ledger)  # these outlive a registry change
+                                         old.default_router, old.stores)  # they outlive a registry change
         except Exception as exc:  # a router that cannot serve this registry rejects the change
             problem = f"router '{old.default_router}' cannot be built for the new registry: {type(exc).__name__}: {exc}"
             raise RegistryChangeRejected(problem, [problem]) from None

@@ -41,7 +41,7 @@ class AnswerCache:
         return [inp.messages[i]["content"] for i in plan.positions]
 
     def _bucket(self, plan: Plan, inp: ChatInput) -> str:
-        scope = None if self.settings.cache_shared else inp.cache_scope
+        scope = None if self.settings.cache_shared else inp.caller
         return cache_policy.bucket(plan, inp.messages, plan.positions, self.registry, self.encoder, scope)
 
     async def look_up(self, plan: Plan, inp: ChatInput, started: float) -> tuple[CacheMark | None, Outcome | None]:

@@ -109,7 +109,7 @@ def with_affinity(decision: RouteDecision, is_new: bool, held: SessionRoute | No
         return decision
     if held.experts == decision.experts:
         return decision
-    return replace(decision, category=held.category, experts=list(held.experts), fallback=False,
+    return replace(decision, category=held.category, experts=list(held.experts), fallback=False, bandit=None,
                    reason=f"session affinity: stays with '{held.category}' ({decision.reason})")
 
 

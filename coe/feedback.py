@@ -5,6 +5,7 @@ comment, and optionally the route or expert that should have answered.
 Stored durably where the fleet can see it: Redis when the service runs on Redis (completions as keys with a TTL,
 feedback in a capped stream), else an SQLite file beside the trained routers. `coe feedback export` writes it
 out as JSONL; with `--training`, only the corrections, as rows `coe train --data` reads (text, label, split).
+The online bandit (coe/bandit.py) learns from the same feedback; its statistics live beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Served:
     experts: list[str]
     caller: str | None  # the key's identity; only that key may give feedback on it
     created: float
+    bandit_route: str | None = None  # the online bandit chose experts[0] on this route (coe/bandit.py); None: it did not
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,40 @@ def make_feedback_store(settings) -> FeedbackStore:
     return SQLiteFeedbackStore(settings.artifacts_dir / SQLITE_FILE)
 
 
-def export_rows(pairs: list[tuple[Served | None, Feedback]], training: bool) -> list[dict]:
-    """Every feedback entry with what it was about; with `training`, only corrections that name a route, as the
-    labelled rows `coe train --data` reads (split `tune`: trained on and calibrated out of fold)."""
-    if training:
-        return [{"text": s.text, "label": f.route, "split": "tune"} for s, f in pairs if s is not None and f.route]
+def export_rows(pairs: list[tuple[Served | None, Feedback]]) -> list[dict]:
+    """Every feedback entry with what it was about."""
     return [{**asdict(f), "served": asdict(s) if s else None} for s, f in pairs]
+
+
+def training_rows(pairs: list[tuple[Served | None, Feedback]], routes: list[str] | None,
+                  expert_routes: dict[str, list[str]]) -> tuple[list[dict], list[str]]:
+    """The corrections as the labelled rows `coe train --data` reads (split `tune`: trained on and calibrated out of
+    fold), and a note for each kind of correction left out. A completion's latest correction counts; its label is
+    the route it names, else the one route of `routes` that the expert it names serves (`expert_routes`: each
+    expert's declared categories). A label that is not one of `routes` now (None: no routes file to check against)
+    is left out, as `coe train` would refuse the whole file for it."""
+    latest: dict[str, tuple[str, str]] = {}
+    left_out: dict[str, int] = {}
+
+    def leave(why: str) -> None:
+        left_out[why] = left_out.get(why, 0) + 1
+
+    for served, fb in pairs:
+        if not (fb.route or fb.expert):
+            continue
+        if served is None or not served.text.strip():
+            leave("the completion's text is no longer kept")
+            continue
+        label = fb.route
+        if label is None:
+            served_routes = [c for c in expert_routes.get(fb.expert, []) if routes is None or c in routes]
+            if len(served_routes) != 1:
+                leave(f"expert '{fb.expert}' serves {len(served_routes)} routes, not one: name the route instead")
+                continue
+            label = served_routes[0]
+        if routes is not None and label not in routes:
+            leave(f"route '{label}' is not a route of the routes file now")
+            continue
+        latest[fb.id] = (served.text, label)
+    rows = [{"text": text, "label": label, "split": "tune"} for text, label in latest.values()]
+    return rows, [f"{n} left out: {why}" for why, n in left_out.items()]

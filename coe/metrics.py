@@ -26,6 +26,9 @@ REQUEST_SECONDS = Histogram(
 ROUTED = Counter("coe_routed_total", "Queries routed to each expert", ["expert", "router"], registry=REGISTRY)
 ROUTER_LLM_JOBS = Counter("coe_router_llm_jobs_total", "Jobs a router's LLM sent through the queue (e.g. skills keywords)",
                           ["expert"], registry=REGISTRY)
+BANDIT_CHOICES = Counter("coe_bandit_choices_total", "Decisions the online bandit saw, by what it did: kept the router's "
+                         "pick, changed it on feedback, explored, or would have explored past the key's cap",
+                         ["router", "outcome"], registry=REGISTRY)
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
 
 

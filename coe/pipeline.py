@@ -29,7 +29,8 @@ import numpy as np
 from coe import conversation_routing, metrics
 from coe.answer_cache import AnswerCache
 from coe.aggregation import aggregation_messages
-from coe.budget_gate import BudgetGate, Ledger, Standing
+from coe.budget_gate import BudgetGate, Standing
+from coe.bandit import ANONYMOUS
 from coe.conversation_cues import CONTINUATIONS
 from coe.embed_batcher import EmbedBatcher
 from coe.embedder import Embedder
@@ -37,8 +38,7 @@ from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
 from coe.core.settings import Settings
 from coe.dispatch import Dispatch, refuse_too_long
-from coe.semantic_cache import SemanticCache, make_semantic_cache
-from coe.sessions import SessionStore, make_session_store
+from coe.pipeline_stores import Stores
 from coe.strategies import Ask
 from coe.pipeline_types import (
     BadRequest, ChatInput, ExpertAnswer, ExpertFailed, Outcome, Plan, TimedOut, Unavailable, UnknownModel,
@@ -56,8 +56,7 @@ class Pipeline:
     """The one seam between the front doors (REST, CLI, benchmarks) and the machinery: embed, route, dispatch, merge."""
 
     def __init__(self, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings, default_router: str,
-                 sessions: SessionStore | None = None, cache: SemanticCache | None = None,
-                 budgets: Ledger | None = None):
+                 stores: Stores | None = None):
         self.registry = registry
         self.embedder = embedder
         self.queue = queue
@@ -66,30 +65,29 @@ class Pipeline:
         self.default_router = default_router
         self.batcher = EmbedBatcher(embedder)
         self._cues: np.ndarray | None = None  # the continuation phrases' embeddings, on the first chat routed
-        self.sessions = sessions or make_session_store(settings.session_ttl_s, settings.redis_url)
-        self.cached = AnswerCache(cache or make_semantic_cache(settings), registry, embedder, self.batcher, settings)
+        self.stores = stores or Stores.from_settings(settings)
+        self.sessions, self.bandit = self.stores.sessions, self.stores.bandit
+        self.cached = AnswerCache(self.stores.cache, registry, embedder, self.batcher, settings)
         self._router_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._routing = ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="coe-route")
         self.dispatch = Dispatch(registry, queue, settings)
-        self.gate = BudgetGate(budgets or Ledger(settings), self)
+        self.gate = BudgetGate(self.stores.budgets, self)
 
     @classmethod
     async def create(cls, registry: Registry, embedder: Embedder, queue: JobQueue, settings: Settings,
-                     default_router: str, sessions: SessionStore | None = None, cache: SemanticCache | None = None,
-                     budgets: Ledger | None = None) -> "Pipeline":
-        """A pipeline with its default router built (its errors propagate); sessions, cache, budgets: the replaced one's."""
-        pipeline = cls(registry, embedder, queue, settings, default_router, sessions, cache, budgets)
+                     default_router: str, stores: Stores | None = None) -> "Pipeline":
+        """A pipeline with its default router built (its errors propagate); `stores`: the replaced pipeline's."""
+        pipeline = cls(registry, embedder, queue, settings, default_router, stores)
         pipeline._loop = asyncio.get_running_loop()
         ctx = pipeline.router_context(default_router)
         pipeline.routers[default_router] = await asyncio.to_thread(build_router, default_router, ctx)
         return pipeline
 
     async def close(self) -> None:
-        """Stop the routing pool (routing in progress is not waited for); let go of the session and cache stores."""
+        """Stop the routing pool (routing in progress is not waited for) and let go of the stores."""
         self._routing.shutdown(wait=False, cancel_futures=True)
-        await self.sessions.close()
-        await self.cached.store.close()
+        await self.stores.close()
 
     def router_context(self, name: str) -> RouterContext:
         """What router `name` gets from the service: the registry, the encoder, its options from the settings,
@@ -168,10 +166,11 @@ class Pipeline:
         metrics.observe_routing(t1 - t0, t2 - t1, decisions)
         return decisions, {"embed": t1 - t0, "route": t2 - t1}
 
-    async def route_conversation(self, messages: list[dict], k: int = 1, router: str | None = None,
-                                 session: str | None = None) -> tuple[RouteDecision, dict[str, float], np.ndarray]:
+    async def route_conversation(self, messages: list[dict], k: int = 1, router: str | None = None, session: str | None = None,
+                                 learner: str | None = None) -> tuple[RouteDecision, dict[str, float], np.ndarray]:
         """A chat's decision and the embeddings of the turns the routing policy counts (coe/conversation_routing.py;
-        the earlier turns' come from the batcher's cache). A named session keeps its route unless the topic changed."""
+        the earlier turns' come from the batcher's cache). The bandit, if on, chooses for a `learner` (the key a
+        completion is for: coe/bandit.py). A named session keeps its route unless the topic changed."""
         chosen = await self.get_router(router)
         policy = conversation_routing.ConversationPolicy.from_settings(self.settings)
         turns = conversation_routing.human_turns(messages, policy)
@@ -182,6 +181,8 @@ class Pipeline:
         t1 = time.perf_counter()
         decision, is_new = await asyncio.get_running_loop().run_in_executor(
             self._routing, conversation_routing.decide, chosen, turns, vectors, k, policy, self._cues)
+        if learner is not None and self.bandit is not None:  # routing for a completion: feedback can follow
+            decision = await self.bandit.choose(decision, learner)
         if session is not None:
             decision = await conversation_routing.session_route(self.sessions, session, decision, is_new)
         t2 = time.perf_counter()
@@ -195,7 +196,7 @@ class Pipeline:
         timings, cheaper = {}, None
         if inp.model == ROUTED_MODEL:
             k = max(1, min(inp.k or self.settings.default_k, self.settings.max_k))
-            decision, timings, vectors = await self.route_conversation(inp.messages, k, inp.router, inp.session)
+            decision, timings, vectors = await self.route_conversation(inp.messages, k, inp.router, inp.session, inp.caller or ANONYMOUS)
             decision, cheaper = await self.gate.cheaper(decision, inp, k, low)
         elif inp.model in self.registry.experts:
             decision, vectors = RouteDecision([inp.model], "bypass", reason="model names an expert"), None
@@ -250,8 +251,7 @@ class Pipeline:
     def _aggregation_job(self, inp: ChatInput, answers: list[ExpertAnswer], decision: RouteDecision | None = None) -> Job | None:
         """The merge job: to the router's measured aggregator if it names one, else the expert marked `aggregator`."""
         chosen = decision.aggregator if decision is not None else None
-        agg = self.registry.experts.get(chosen) if chosen else None
-        agg = agg or self.registry.aggregator
+        agg = (self.registry.experts.get(chosen) if chosen else None) or self.registry.aggregator
         if agg is None or len(answers) < 2:
             return None
         messages = aggregation_messages(inp.messages, [(a.expert, a.text) for a in answers])

@@ -71,7 +71,7 @@ class ChatInput:
     confidence: bool = False  # every answer's confidence; a cascade asks for it on its steps whatever this says
     session: str | None = None  # keeps its route across turns (coe/sessions.py)
     cache: bool = False  # may be answered from, and is kept in, the semantic cache (coe/cache_policy.py)
-    cache_scope: str | None = None  # the caller's key identity: whose cached answers it may get
+    caller: str | None = None  # the key's identity (None: an open service): its cached answers, its bandit exploration
     payer: str | None = None  # the key identity whose budget pays (coe/budgets.py); None: no budget applies
 
 

@@ -21,6 +21,7 @@ from coe.budgets import Ledger, make_ledger
 from coe.embedder import make_embedder
 from coe.feedback import FeedbackStore, make_feedback_store
 from coe.pipeline import Pipeline
+from coe.pipeline_stores import Stores
 from coe.registry_store import FeedStore, FileStore, make_store
 from coe.core.registry import Registry
 from coe.core.routes import load_routes_if_present
@@ -123,7 +124,8 @@ class Service:
         if self._embedded:
             for device in self.registry.devices:
                 self._start_worker(self.registry, device)
-        self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name, budgets=self.budgets)
+        self.pipeline = await Pipeline.create(self.registry, embedder, self.queue, settings, name,
+                                              Stores.from_settings(settings, self.budgets))
         if self.store.shared:
             self._tasks.append(asyncio.create_task(self.store.follow(self.editor.take_up, self._stop),
                                                    name="registry-follower"))

@@ -67,6 +67,10 @@ from coe_evals.bench_cache import cache  # noqa: E402
 
 bench_app.command("cache")(cache)
 
+from coe_evals.bench_bandit import bandit  # noqa: E402
+
+bench_app.command("bandit")(bandit)
+
 
 
 @bench_app.command("engine")

@@ -21,6 +21,26 @@ It blocks the calling thread: routers run off the event loop, in a thread pool o
 work it waits on never needs (coe/pipeline.py)."""
 
 
+@dataclass(frozen=True)
+class Arm:
+    """An expert a decision chose among, as the router saw it: its chance of a good answer, and what the router
+    weighs against that (cost, in the same units), so that chance - penalty ranks the arms as the router did."""
+
+    expert: str
+    chance: float
+    penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class BanditChoice:
+    """What the online bandit (coe/bandit.py) did with a decision: the statistics it chose by, the router's own pick,
+    and whether it explored (took an expert other than the one that looked best)."""
+
+    context: str
+    router_choice: str
+    explored: bool
+
+
 @dataclass
 class RouteDecision:
     """Which experts answer a query, and why."""
@@ -36,6 +56,10 @@ class RouteDecision:
     cascade: list[tuple[str, float]] = field(default_factory=list)
     """A cascade: experts tried in order, each answer kept when its confidence reaches the step's threshold (the last
     step's answer is always kept); `experts` then names the first step."""
+    arms: list[Arm] = field(default_factory=list)
+    """The experts the router chose among, its pick first (empty where it gives none): the bandit's prior."""
+    bandit: BanditChoice | None = None
+    """Set when the online bandit made the choice (`experts` is then its choice)."""
 
 
 @dataclass

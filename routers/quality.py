@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.base import RouteDecision, Router, RouterContext, register
+from routers.base import Arm, RouteDecision, Router, RouterContext, register
 from routers.outcomes import Cascade, QualityPredictor, calibrate_cascade, choose, load_outcomes
 
 OUTCOMES_FILE = "outcomes.json"
@@ -64,12 +64,14 @@ class QualityRouter(OutcomeRouter):
         experts = self.outcomes.experts
         out = []
         for q, c, s in zip(quality, compute, score):
-            order = np.argsort(-s, kind="stable")[:max(1, k)]
+            ranked = np.argsort(-s, kind="stable")
+            order = ranked[:max(1, k)]
             best = order[0]
             out.append(RouteDecision(
                 [experts[j] for j in order], self.name, None, float(q[best]),
                 [(experts[j], float(q[j])) for j in np.argsort(-q, kind="stable")[:3]], False,
-                f"p(right)={q[best]:.2f} at ~{c[best]:.0f} B·tok (cost weight {self.cost_weight:g})"))
+                f"p(right)={q[best]:.2f} at ~{c[best]:.0f} B·tok (cost weight {self.cost_weight:g})",
+                arms=[Arm(experts[j], float(q[j]), float(q[j] - s[j])) for j in ranked]))
         return out
 
 

@@ -136,6 +136,21 @@ def test_tau_fallback_on_low_confidence(artifacts, registry, embedder):
     assert len(high.experts) == 2 and len(set(high.experts)) == 2
 
 
+def test_a_routed_decision_offers_the_route_experts_as_the_bandit_arms(artifacts, registry, embedder):
+    """The online bandit's prior (coe/bandit.py): every expert ranked for the route, the router's pick first, each with
+    its stage-2 score as the chance and chance - penalty equal to the utility the map ranked it by."""
+    router = build_router("two_stage", RouterContext(registry, embedder, artifacts, options={"tau": 0.6},
+                                                     cost_weight=0.2))
+    n = len(router.labels)
+    sure = np.eye(n)[[router.labels.index("math")]] * 0.97 + 0.03 / n
+    low, high = router.decide(np.vstack([np.full((1, n), 1.0 / n), sure]))
+    assert low.fallback and low.arms == []  # a low-confidence fallback is not the bandit's to change
+    assert [a.expert for a in high.arms] == router.map.ranking["math"] and high.arms[0].expert == high.experts[0]
+    utility = [a.chance - a.penalty for a in high.arms]
+    assert utility == pytest.approx([router.map.utility["math"][a.expert] for a in high.arms])
+    assert utility[0] == max(utility) and any(a.penalty > 0 for a in high.arms)  # the cost weight is the penalty
+
+
 def test_calibrate_tau_targets():
     conf = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     correct = np.array([1, 1, 1, 1, 0, 1, 0, 0], dtype=bool)

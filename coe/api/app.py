@@ -23,7 +23,8 @@ from coe.api.errors import (
 )
 from coe.api.lifecycle import Intake, IntakeMiddleware, RequestMetrics
 from coe.api.schemas import (
-    CacheOut, CascadeStep, CategoryProbability, ChatCompletion, CheaperOut, ChatCompletionRequest, Choice, CoeInfo, ErrorResponse,
+    BanditOut, CacheOut, CascadeStep, CategoryProbability, ChatCompletion, CheaperOut, ChatCompletionRequest, Choice, CoeInfo,
+    ErrorResponse,
     ExpertAnswerOut, ModelCard, ModelList, ResponseMessage, RouteRequest, RouteResponse, RouteResult, Usage, pipeline_messages,
 )
 from coe.api.security import query_caller
@@ -71,7 +72,7 @@ def _chat_input(body: ChatCompletionRequest, request: Request, caller: Caller, s
         session=request.headers.get("x-session-id") or body.user or None,
         cache=cache_policy.wanted(request.headers.get(cache_policy.HEADER), body.coe.cache if body.coe else None,
                                   caller.cache, settings),
-        cache_scope=caller.identity,
+        caller=caller.identity,
         payer=None if caller.admin else caller.identity,
     )
 
@@ -82,11 +83,18 @@ def _decision_fields(d: RouteDecision) -> dict:
             "cascade": [CascadeStep(expert=e, accept_at=round(t, 4)) for e, t in d.cascade]}
 
 
+def _bandit(d: RouteDecision) -> BanditOut | None:
+    if d.bandit is None:
+        return None
+    return BanditOut(route=d.bandit.context, router_choice=d.bandit.router_choice,
+                     changed=d.experts[0] != d.bandit.router_choice, explored=d.bandit.explored)
+
+
 def _coe_info(out: Outcome) -> CoeInfo:
     return CoeInfo(
         cache=None if out.cache is None else CacheOut(**asdict(out.cache)),
-        **_decision_fields(out.decision), aggregator=out.aggregator, fallback_after_error=out.fallback_after_error,
-        failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
+        **_decision_fields(out.decision), bandit=_bandit(out.decision), aggregator=out.aggregator,
+        fallback_after_error=out.fallback_after_error, failed_experts=out.failed_experts, aggregation_error=out.aggregation_error,
         cheaper=None if out.cheaper is None else CheaperOut(instead_of=out.cheaper.instead_of,
                                                             budget_left=round(out.cheaper.left_share, 4)),
         answers=[ExpertAnswerOut(expert=a.expert, content=a.text, completion_tokens=a.completion_tokens,
@@ -244,7 +252,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def remember(completion_id: str, inp: ChatInput, decision: RouteDecision, caller: Caller) -> None:
         """Keep what the completion was about, for POST /v1/feedback; a store that fails costs the answer nothing."""
         served = Served(completion_id, last_user_text(inp.messages), decision.router, decision.category,
-                        list(decision.experts), caller.identity, time.time())
+                        list(decision.experts), caller.identity, time.time(),
+                        decision.bandit.context if decision.bandit else None)
         try:
             await service.feedback.remember(served)
         except Exception as exc:  # noqa: BLE001 - feedback is optional; the answer is not

@@ -59,4 +59,7 @@ async def give_feedback(body: FeedbackRequest, request: Request, caller: Caller 
         raise ApiError(400, f"route: '{body.route}' is not a route of {routes.path.name}", "invalid_value", param="route")
     score = body.score if body.score is not None else float(body.thumbs == "up")
     await service.feedback.add(Feedback(body.id, score, body.comment, body.route, body.expert, time.time()))
+    bandit = service.pipeline.bandit if service.pipeline is not None else None
+    if bandit is not None and served.bandit_route is not None:
+        await bandit.learn(body.id, served.bandit_route, served.experts[0], score)
     return FeedbackOut(id=body.id, score=score)

@@ -207,7 +207,17 @@ class CheaperOut(BaseModel):
     budget_left: float = Field(description="the share of the key's budget left (the smallest of its caps) then")
 
 
+class BanditOut(BaseModel):
+    """What the online bandit did (README, Learning from feedback)."""
+
+    route: str = Field(description="the statistics it chose by: the router and its category, or the router and its pick")
+    router_choice: str = Field(description="the expert the router chose")
+    changed: bool = Field(description="the bandit answered with another expert than the router's")
+    explored: bool = Field(description="the expert was drawn although another looked better (within the key's share)")
+
+
 class CoeInfo(DecisionOut):
+    bandit: BanditOut | None = Field(None, description="set when the online bandit made the choice (COE_BANDIT)")
     aggregator: str | None
     cheaper: CheaperOut | None = Field(None, description="set when the key's budget running low changed the choice")
     answers: list[ExpertAnswerOut]

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     routing_switch_confidence: float = Field(0.55, ge=0, le=1, description="the latest turn alone this confident of another route is a new topic (calibrated: README, Conversations)")
     routing_continuation_similarity: float = Field(0.4, ge=-1, le=1, description="...unless it is this close (cosine) to a continuation phrase such as 'how so?' (calibrated: README, Conversations)")
     session_ttl_s: float = Field(1800.0, gt=0, description="a session (x-session-id header, else the request's user field) keeps its route this long after its last request")
+    bandit: bool = Field(False, description="learn from feedback online: Thompson sampling among the experts a decision chose among, the router's estimate as the prior (README, Learning from feedback); off = the router's choice, always")
+    bandit_prior_strength: float = Field(10.0, gt=0, description="how many feedback events the router's estimate of each expert is worth")
+    bandit_half_life: float = Field(50.0, gt=0, description="feedback events of a route after which a score counts half (inf: never discounted)")
+    bandit_explore_cap: float = Field(0.1, ge=0, le=1, description="share of a key's routed requests per window that may go to an expert other than the one that looks best")
+    bandit_window_s: float = Field(3600.0, gt=0, description="the window of the exploration share")
     redis_url: str | None = None
     cache_enabled: bool = Field(True, description="false: the semantic cache answers and keeps nothing, whatever a request or key asks (README, Semantic cache)")
     cache_default: Literal["off", "semantic"] = Field("off", description="what a request gets that says nothing (x-coe-cache header, coe.cache) and whose key is not in cache_keys")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.base import RouteDecision, Router, RouterContext, register
+from routers.base import Arm, RouteDecision, Router, RouterContext, register
 from routers.two_stage import fastpath
 from routers.two_stage.artifact import Artifact, ArtifactError, load_artifact
 from routers.two_stage.stage2 import ExpertMap, build_map, load_scores
@@ -86,6 +86,8 @@ class TwoStageRouter(Router):
         self.map = make_expert_map(ctx, self.labels, parents, artifact.manifest.get("label_weights"),
                                    artifact.manifest.get("version"))
         self.fallback = ctx.registry.fallback.name if ctx.registry.fallback else None
+        self.arms = {c: [Arm(e, self.map.score[c][e], self.map.score[c][e] - self.map.utility[c][e])
+                         for e in self.map.ranking[c]] for c in self.labels}
         self.source = f"stage 1 artifact {artifact.manifest.get('version', artifact.path.name)}; stage 2 {self.map.source}"
 
     @classmethod
@@ -115,7 +117,8 @@ class TwoStageRouter(Router):
                 continue
             experts = self.map.experts_for(category, k)
             decisions.append(RouteDecision(experts, self.name, category, confidence, top, False,
-                                           f"category '{category}' (p={confidence:.2f}) -> {experts[0]} ({self.map.source})"))
+                                           f"category '{category}' (p={confidence:.2f}) -> {experts[0]} ({self.map.source})",
+                                           arms=self.arms[category]))
         return decisions
 
     def route(self, texts: list[str], embeddings: np.ndarray, k: int = 1) -> list[RouteDecision]:

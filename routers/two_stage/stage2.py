@@ -125,6 +125,7 @@ class ExpertMap:
     cost_weight: float
     source: str
     notes: list[str] = field(default_factory=list)
+    score: dict[str, dict[str, float]] = field(default_factory=dict)  # S[label][expert], before cost
 
     def experts_for(self, label: str, k: int = 1) -> list[str]:
         return self.ranking[label][: max(1, k)]
@@ -180,4 +181,5 @@ def build_map(table: ScoreTable, registry: "Registry", cost_weight: float = 0.0,
         rest = sorted((i for i in range(len(experts)) if i != choice[j]), key=lambda i: (-util[i, j], params[i], i))
         ranking[c] = [experts[choice[j]]] + [experts[i] for i in rest]
     utility = {c: {experts[i]: float(util[i, j]) for i in range(len(experts))} for j, c in enumerate(labels)}
-    return ExpertMap(assignment, ranking, utility, avg_params(choice), budget_b, cost_weight, table.source, notes)
+    score = {c: {experts[i]: float(table.scores[i, j]) for i in range(len(experts))} for j, c in enumerate(labels)}
+    return ExpertMap(assignment, ranking, utility, avg_params(choice), budget_b, cost_weight, table.source, notes, score)
