@@ -1,7 +1,9 @@
-"""Prometheus metrics. They observe the pipeline and workers; nothing reads them back."""
+"""Prometheus metrics. They observe the pipeline and workers; only /metrics and the dashboard (coe/dashboard.py)
+read them back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +29,15 @@ ROUTED = Counter("coe_routed_total", "Queries routed to each expert", ["expert",
 ROUTER_LLM_JOBS = Counter("coe_router_llm_jobs_total", "Jobs a router's LLM sent through the queue (e.g. skills keywords)",
                           ["expert"], registry=REGISTRY)
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
+DECISIONS = Counter("coe_route_decisions_total", "Routing decisions by the route (category) chosen ('none' for "
+                    "routers that name none) and router", ["route", "router"], registry=REGISTRY)
+CONFIDENCE = Histogram("coe_router_confidence", "The router's confidence in each decision (max p(category|query) "
+                       "for the two-stage router)", ["router"], registry=REGISTRY,
+                       buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+EMBED_CACHE = Counter("coe_embed_cache_total", "Query texts the embedding cache answered (hit) or left to the "
+                      "encoder (miss)", ["result"], registry=REGISTRY)
+FEEDBACK_SCORE = Histogram("coe_feedback_score", "Scores given with POST /v1/feedback, by each expert the completion "
+                           "was routed to", ["expert"], registry=REGISTRY, buckets=(0.0, 0.25, 0.5, 0.75, 1.0))
 
 
 def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecision]) -> None:
@@ -36,8 +47,15 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
     for d in decisions:
         for e in d.experts:
             ROUTED.labels(e, d.router).inc()
+        DECISIONS.labels(d.category or "none", d.router).inc()
+        CONFIDENCE.labels(d.router).observe(d.confidence)
         if d.fallback:
             FALLBACKS.inc()
+
+
+def observe_feedback(experts: Iterable[str], score: float) -> None:
+    for e in experts:
+        FEEDBACK_SCORE.labels(e).observe(score)
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
 WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)
@@ -45,6 +63,10 @@ REGISTRY_VERSION = Gauge("coe_registry_version", "The version of the expert regi
 REGISTRY_PROBLEMS = Gauge("coe_registry_problems", "Experts of the running registry this host lacks something to serve "
                           "(weights, an api_key_env): listed by /readyz", registry=REGISTRY)
 WORKER_BATCHES = Gauge("coe_worker_batches", "Engine batches run by the embedded workers", registry=REGISTRY)
+EXPERT_TIER = Gauge("coe_expert_tier", "1 for each expert of the embedded workers in its residency tier (resident, "
+                    "asleep, cold), by device", ["device", "expert", "tier"], registry=REGISTRY)
+WORKERS_LIVE = Gauge("coe_workers_live", "Worker processes serving each device of the registry (any process, "
+                     "with Redis)", ["device"], registry=REGISTRY)
 
 
 class QueueCounters(Collector):
@@ -68,3 +90,4 @@ class QueueCounters(Collector):
 
 QUEUE_COUNTERS = QueueCounters()
 REGISTRY.register(QUEUE_COUNTERS)
+

@@ -14,9 +14,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coe import metrics
+from coe import gauges, metrics
 from coe.aggregation import last_user_text
-from coe.api import admin, feedback
+from coe.api import admin, dashboard, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
@@ -118,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: counts every request, refused ones too
     app.include_router(admin.router)
     app.include_router(feedback.router)
+    app.include_router(dashboard.router)
+    app.include_router(dashboard.files)
     auth = [Depends(query_caller)]
 
     def pipeline():
@@ -154,20 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
-        if service.queue is not None:
-            try:
-                metrics.QUEUE_DEPTH.set(await service.queue.depth())
-            except QueueUnavailable:
-                pass  # /metrics still answers while the queue is down
-            try:
-                metrics.QUEUE_COUNTERS.values = await service.queue.counters()
-            except QueueUnavailable:
-                pass
-        if service.store is not None:
-            metrics.REGISTRY_VERSION.set(service.registry_version)
-            metrics.REGISTRY_PROBLEMS.set(len(service.store.problems))
-        metrics.WORKER_SWITCHES.set(sum(w.scheduler.stats.switches for w in service.workers))
-        metrics.WORKER_BATCHES.set(sum(w.scheduler.stats.batches for w in service.workers))
+        await gauges.sample(service)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth,

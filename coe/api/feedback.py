@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coe import metrics
 from coe.api.errors import ApiError
 from coe.api.schemas import ErrorResponse, well_formed
 from coe.api.security import query_caller
@@ -59,4 +60,5 @@ async def give_feedback(body: FeedbackRequest, request: Request, caller: Caller 
         raise ApiError(400, f"route: '{body.route}' is not a route of {routes.path.name}", "invalid_value", param="route")
     score = body.score if body.score is not None else float(body.thumbs == "up")
     await service.feedback.add(Feedback(body.id, score, body.comment, body.route, body.expert, time.time()))
+    metrics.observe_feedback(served.experts, score)
     return FeedbackOut(id=body.id, score=score)
