@@ -56,6 +56,8 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
 def observe_feedback(experts: Iterable[str], score: float) -> None:
     for e in experts:
         FEEDBACK_SCORE.labels(e).observe(score)
+
+
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
 TOKENS = Counter("coe_tokens_total", "Tokens by expert and kind", ["expert", "kind"], registry=REGISTRY)
 WORKER_SWITCHES = Gauge("coe_worker_switches", "Model switches (loads + wakes) by the embedded workers", registry=REGISTRY)

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/dashboard", tags=["admin"], dependencies=[Depends(da
                    responses={s: {"model": ErrorResponse} for s in (401, 403)})
 
 
-@router.get("", response_class=HTMLResponse)
+@router.get("", response_class=HTMLResponse, include_in_schema=False)  # a page for browsers, not an API operation
 async def dashboard_page(request: Request) -> HTMLResponse:
     """Requests per endpoint, route and expert, router confidence, latency per stage, models per device, feedback,
     caches and budgets, refreshed every 2 s."""
