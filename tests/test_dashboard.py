@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from tests.conftest import FIXTURES, ROOT, start_server, stop_server
+from tests.redis_server import RedisServer, needs_redis_server
+from tests.test_faults import WorkerProc
 
 ADMIN = "admin-key-for-the-dashboard"
 CLIENT = "k-dashboard-client"
@@ -35,15 +37,20 @@ needs_chromium = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them)")
 
 
+def working_experts(tmp: Path) -> Path:
+    """The test experts but the broken one."""
+    text = (FIXTURES / "experts.yaml").read_text()
+    (tmp / "experts.yaml").write_text(text[: text.index("  - name: astrologer")])
+    return tmp / "experts.yaml"
+
+
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory):
     """A server with an admin key that has answered chats on several routes and been given feedback on two."""
     from openai import OpenAI
 
     tmp = tmp_path_factory.mktemp("dashboard")
-    text = (FIXTURES / "experts.yaml").read_text()
-    (tmp / "experts.yaml").write_text(text[: text.index("  - name: astrologer")])  # the broken expert stays out
-    srv = start_server(tmp, tmp / "experts.yaml", env={"COE_ADMIN_KEY": ADMIN, "COE_API_KEYS": CLIENT})
+    srv = start_server(tmp, working_experts(tmp), env={"COE_ADMIN_KEY": ADMIN, "COE_API_KEYS": CLIENT})
     client = OpenAI(base_url=srv.v1, api_key=CLIENT, max_retries=0, timeout=120)
     ids = [client.chat.completions.create(model="coe", max_tokens=4, messages=[{"role": "user", "content": q}]).id
            for q in QUESTIONS]
@@ -86,6 +93,27 @@ def test_the_data_counts_the_traffic(busy_server):
     assert sum(f["count"] for f in data["feedback"]) >= 2  # each rated completion counts for its expert(s)
     [embed] = [c for c in data["caches"] if c["cache"] == "embed_cache"]
     assert embed["misses"] > 0
+
+
+@needs_redis_server
+def test_with_redis_the_models_are_in_worker_processes_and_their_workers_are_counted(tmp_path):
+    rds = RedisServer(tmp_path)
+    rds.start()
+    experts = working_experts(tmp_path)
+    worker, api = WorkerProc(tmp_path, "w1", experts, rds.url), None
+    try:
+        api = start_server(tmp_path, experts, env={"COE_REDIS_URL": rds.url, "COE_ADMIN_KEY": ADMIN})
+        worker.wait_ready()
+        chat = {"model": "coe", "max_tokens": 4, "messages": [{"role": "user", "content": QUESTIONS[0]}]}
+        assert httpx.post(f"{api.v1}/chat/completions", json=chat, timeout=120).status_code == 200
+        data = httpx.get(f"{api.base_url}/dashboard/data", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        assert data["devices"] == [{"device": "cpu", "workers": 1, "resident": [], "asleep": [], "cold": []}]
+        assert data["decisions_total"] >= 1 and data["stage_latency"]  # the API's own stages: embed, route, ...
+    finally:
+        if api is not None:
+            stop_server(api)
+        worker.end()
+        rds.stop()
 
 
 def _browser():
