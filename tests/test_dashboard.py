@@ -6,6 +6,7 @@ With COE_DASHBOARD_SCREENSHOT=<path> the test also saves what the browser showed
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import tomllib
@@ -192,3 +193,15 @@ def test_the_page_and_chart_js_ship_in_the_wheel():
     assert {"dashboard.html", "dashboard.js", "dashboard.css", "chart.umd.min.js", "chart.js.LICENSE.md"} <= {
         f.name for f in files}
     assert [f for f in files if not any(f.match(pattern) for pattern in patterns)] == []
+
+
+def test_percentiles_are_read_from_buckets_as_promql_reads_them():
+    """histogram_quantile: linear inside the bucket the rank falls in; a rank in +Inf gets the top finite bound."""
+    from coe.metric_samples import quantile
+
+    ten_between_1_and_2 = [(1.0, 0), (2.0, 10), (math.inf, 10)]
+    assert quantile(0.5, ten_between_1_and_2) == 1.5
+    assert quantile(0.9, ten_between_1_and_2) == pytest.approx(1.9)
+    half_beyond_the_top = [(1.0, 0), (2.0, 10), (math.inf, 20)]
+    assert quantile(0.99, half_beyond_the_top) == 2.0
+    assert quantile(0.5, [(1.0, 0), (math.inf, 0)]) is None
