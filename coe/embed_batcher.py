@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from coe import metrics
 from coe.embedder import Embedder
 
 KEY_BYTES = 16
@@ -50,6 +51,9 @@ class EmbedBatcher:
                 self._cache.move_to_end(key)
                 found[key] = self._cache[key]
         missing = {k: t for k, t in zip(keys, texts) if k not in found}
+        hits = sum(k in found for k in keys)
+        metrics.EMBED_CACHE.labels("hit").inc(hits)
+        metrics.EMBED_CACHE.labels("miss").inc(len(keys) - hits)
         if missing:
             vectors = await self._encode(list(missing.values()))
             for key, vec in zip(missing, vectors):

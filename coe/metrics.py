@@ -1,7 +1,9 @@
-"""Prometheus metrics. They observe the pipeline and workers; nothing reads them back."""
+"""Prometheus metrics. They observe the pipeline and workers; only /metrics and the dashboard (coe/dashboard.py)
+read them back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +32,15 @@ BANDIT_CHOICES = Counter("coe_bandit_choices_total", "Decisions the online bandi
                          "pick, changed it on feedback, explored, or would have explored past the key's cap",
                          ["router", "outcome"], registry=REGISTRY)
 FALLBACKS = Counter("coe_fallback_total", "Queries sent to the fallback expert for low confidence", registry=REGISTRY)
+DECISIONS = Counter("coe_route_decisions_total", "Routing decisions by the route (category) chosen ('none' for "
+                    "routers that name none) and router", ["route", "router"], registry=REGISTRY)
+CONFIDENCE = Histogram("coe_router_confidence", "The router's confidence in each decision (max p(category|query) "
+                       "for the two-stage router)", ["router"], registry=REGISTRY,
+                       buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+EMBED_CACHE = Counter("coe_embed_cache_total", "Query texts the embedding cache answered (hit) or left to the "
+                      "encoder (miss)", ["result"], registry=REGISTRY)
+FEEDBACK_SCORE = Histogram("coe_feedback_score", "Scores given with POST /v1/feedback, by each expert the completion "
+                           "was routed to", ["expert"], registry=REGISTRY, buckets=(0.0, 0.25, 0.5, 0.75, 1.0))
 
 
 def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecision]) -> None:
@@ -39,6 +50,8 @@ def observe_routing(embed_s: float, route_s: float, decisions: list[RouteDecisio
     for d in decisions:
         for e in d.experts:
             ROUTED.labels(e, d.router).inc()
+        DECISIONS.labels(d.category or "none", d.router).inc()
+        CONFIDENCE.labels(d.router).observe(d.confidence)
         if d.fallback:
             FALLBACKS.inc()
 
@@ -56,6 +69,11 @@ def observe_cache_lookup(seconds: float, hit: bool) -> None:
     result = "hit" if hit else "miss"
     CACHE_LOOKUPS.labels(result).inc()
     CACHE_LOOKUP_SECONDS.labels(result).observe(seconds)
+
+
+def observe_feedback(experts: Iterable[str], score: float) -> None:
+    for e in experts:
+        FEEDBACK_SCORE.labels(e).observe(score)
 
 
 QUEUE_DEPTH = Gauge("coe_queue_depth", "Jobs waiting or running", registry=REGISTRY)
@@ -77,6 +95,10 @@ BUDGET_UNBOOKED = Counter("coe_budget_unbooked_total", "Reservations or charges 
 BUDGET_USED = Gauge("coe_budget_used_ratio", "Share of a key's cap used or reserved in the current window, as this "
                     "process last saw it", ["key", "limit"], registry=REGISTRY)
 
+EXPERT_TIER = Gauge("coe_expert_tier", "1 for each expert of the embedded workers in its residency tier (resident, "
+                    "asleep, cold), by device", ["device", "expert", "tier"], registry=REGISTRY)
+WORKERS_LIVE = Gauge("coe_workers_live", "Worker processes serving each device of the registry (any process, "
+                     "with Redis)", ["device"], registry=REGISTRY)
 
 
 class QueueCounters(Collector):
@@ -100,3 +122,4 @@ class QueueCounters(Collector):
 
 QUEUE_COUNTERS = QueueCounters()
 REGISTRY.register(QUEUE_COUNTERS)
+

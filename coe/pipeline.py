@@ -264,8 +264,8 @@ class Pipeline:
         timings["generate"] = max(a.generate_s for a in answers)
         timings["aggregate"] = final.queue_s + final.generate_s if aggregator else 0.0
         timings["total"] = time.perf_counter() - started
-        for stage in ("queue", "generate", "aggregate"):
-            metrics.STAGE_SECONDS.labels(stage).observe(timings[stage])
+        for stage in ("queue", "generate", "aggregate") if aggregator else ("queue", "generate"):
+            metrics.STAGE_SECONDS.labels(stage).observe(timings[stage])  # nothing merged: no 0 s merge
         everyone = answers + ([final] if aggregator else [])
         return Outcome(
             text=final.text, finish_reason=final.finish_reason,

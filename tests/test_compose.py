@@ -34,7 +34,7 @@ def test_compose_config_is_valid_and_pins_one_worker_per_gpu():
                          text=True, env={**os.environ, "VLLM_API_KEY": "test"}, timeout=60)
     assert out.returncode == 0, out.stderr
     services = json.loads(out.stdout)["services"]
-    assert {"redis", "api", "worker-gpu0", "worker-gpu1", "worker-remote", "vllm"} <= set(services)
+    assert {"redis", "api", "worker-gpu0", "worker-gpu1", "worker-remote", "vllm", "prometheus", "grafana"} <= set(services)
     assert services["api"]["environment"]["COE_REDIS_URL"] == "redis://redis:6379/0"
     for n in (0, 1):
         w = services[f"worker-gpu{n}"]

@@ -15,9 +15,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coe import cache_policy, metrics
+from coe import cache_policy, gauges, metrics
 from coe.aggregation import last_user_text
-from coe.api import admin, budgets, feedback
+from coe.api import admin, budgets, dashboard, feedback
 from coe.api.errors import (
     BodyLimitMiddleware, declare_400_for_schema_errors, error_body, error_response, install_error_handlers,
 )
@@ -137,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(feedback.router)
     app.include_router(budgets.router)
+    app.include_router(dashboard.router)
+    app.include_router(dashboard.files)
     auth = [Depends(query_caller)]
 
     def pipeline():
@@ -173,20 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
-        if service.queue is not None:
-            try:
-                metrics.QUEUE_DEPTH.set(await service.queue.depth())
-            except QueueUnavailable:
-                pass  # /metrics still answers while the queue is down
-            try:
-                metrics.QUEUE_COUNTERS.values = await service.queue.counters()
-            except QueueUnavailable:
-                pass
-        if service.store is not None:
-            metrics.REGISTRY_VERSION.set(service.registry_version)
-            metrics.REGISTRY_PROBLEMS.set(len(service.store.problems))
-        metrics.WORKER_SWITCHES.set(sum(w.scheduler.stats.switches for w in service.workers))
-        metrics.WORKER_BATCHES.set(sum(w.scheduler.stats.batches for w in service.workers))
+        await gauges.sample(service)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth,

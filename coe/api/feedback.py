@@ -8,6 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from coe import metrics
 from coe.api.errors import ApiError
 from coe.api.schemas import ErrorResponse, well_formed
 from coe.api.security import query_caller
@@ -59,6 +60,7 @@ async def give_feedback(body: FeedbackRequest, request: Request, caller: Caller 
         raise ApiError(400, f"route: '{body.route}' is not a route of {routes.path.name}", "invalid_value", param="route")
     score = body.score if body.score is not None else float(body.thumbs == "up")
     await service.feedback.add(Feedback(body.id, score, body.comment, body.route, body.expert, time.time()))
+    metrics.observe_feedback(served.experts, score)
     bandit = service.pipeline.bandit if service.pipeline is not None else None
     if bandit is not None and served.bandit_route is not None:
         await bandit.learn(body.id, served.bandit_route, served.experts[0], score)

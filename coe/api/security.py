@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
 from coe.api.errors import ApiError
 from coe.auth import Caller, KeyRing, Verdict
@@ -11,18 +11,22 @@ from coe.ratelimit import RateLimiter
 
 bearer = HTTPBearer(auto_error=False, description="COE_API_KEYS for the query endpoints, COE_ADMIN_KEY for admin")
 
+basic = HTTPBasic(auto_error=False, realm="coe dashboard",
+                  description="the dashboard in a browser: any user name, COE_ADMIN_KEY as the password")
+
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_BROWSER_CHALLENGE = {"WWW-Authenticate": 'Basic realm="coe dashboard", charset="UTF-8"'}
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return credentials.credentials if credentials is not None and credentials.credentials else None
 
 
-def _refuse(verdict: Verdict) -> ApiError:
+def _refuse(verdict: Verdict, challenge: dict = _CHALLENGE) -> ApiError:
     if verdict is Verdict.MISSING:
-        return ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", "missing_api_key", _CHALLENGE)
+        return ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.", "missing_api_key", challenge)
     if verdict is Verdict.INVALID:
-        return ApiError(401, "Incorrect API key provided.", "invalid_api_key", _CHALLENGE)
+        return ApiError(401, "Incorrect API key provided.", "invalid_api_key", challenge)
     if verdict is Verdict.FORBIDDEN:
         return ApiError(403, "This key may call the query endpoints only; changing the service needs the admin key "
                              "(COE_ADMIN_KEY).", "admin_key_required")
@@ -53,4 +57,15 @@ async def admin_caller(request: Request,
     caller = request.app.state.keys.admin(_token(credentials))
     if caller.verdict is not Verdict.OK:
         raise _refuse(caller.verdict)
+    return caller
+
+
+async def dashboard_caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                           login: HTTPBasicCredentials | None = Depends(basic)) -> Caller:
+    """The admin key, as for the admin endpoints; a browser, which cannot send a Bearer header when it opens a page,
+    may give it as the password of HTTP Basic auth, which a 401 here asks it for."""
+    token = _token(credentials) or (login.password if login is not None and login.password else None)
+    caller = request.app.state.keys.admin(token)
+    if caller.verdict is not Verdict.OK:
+        raise _refuse(caller.verdict, _BROWSER_CHALLENGE)
     return caller
