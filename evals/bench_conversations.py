@@ -90,7 +90,8 @@ def time_four_turn_chats(router, embed: Callable[[list[str]], np.ndarray], conve
     chats = [c for c in conversations if len(c.turns) == 4][:n]
     cached = {c.id: embed([t.text for t in c.turns[:3]]) for c in chats}
     lat: dict[str, list[float]] = {"context": [], "last_message": []}
-    for c in chats[:5] + chats:  # the first five twice: warm-up
+    warm_up = chats[:5]  # the first five (or fewer) twice
+    for c in warm_up + chats:
         t0 = time.perf_counter()
         vectors = np.concatenate([cached[c.id], embed([c.turns[3].text])])
         decide(router, [t.text for t in c.turns], vectors, 1, policy, cues)
@@ -98,20 +99,23 @@ def time_four_turn_chats(router, embed: Callable[[list[str]], np.ndarray], conve
         router.route([c.turns[3].text], embed([c.turns[3].text]))
         lat["context"].append((t1 - t0) * 1000)
         lat["last_message"].append((time.perf_counter() - t1) * 1000)
-    return {"n": len(chats), **{f"{k}_p{q}_ms": round(float(np.percentile(v[5:], q)), 2)
+    return {"n": len(chats), **{f"{k}_p{q}_ms": round(float(np.percentile(v[len(warm_up):], q)), 2)
                                 for k, v in lat.items() for q in (50, 99)}}
 
 
 def bench_conversations(router, embed: Callable[[list[str]], np.ndarray], timing: bool = True,
-                        log: Callable[[str], None] = print) -> dict:
-    """Per-turn accuracy, last message alone vs the conversation, on the set's test part; policy from validation."""
+                        log: Callable[[str], None] = print, n_chats: int = 100,
+                        embed_set: Callable[[list[str]], np.ndarray] | None = None) -> dict:
+    """Per-turn accuracy, last message alone vs the conversation, on the set's test part; policy from validation.
+    `embed` is the service's path (timed); `embed_set` (default `embed`) embeds the whole set once, and may read a
+    cache of the same encoder's vectors; `n_chats` 4-turn chats are timed."""
     from coe.conversation_cues import CONTINUATIONS
     from coe.conversation_routing import ConversationPolicy, continuation
     from coe.data.conversations import load
 
     conversations = load()
     texts = sorted({t.text for c in conversations for t in c.turns})
-    vec = dict(zip(texts, embed(texts)))
+    vec = dict(zip(texts, (embed_set or embed)(texts)))
     cues = embed(list(CONTINUATIONS))
     shipped = ConversationPolicy()
     parts = {s: [c for c in conversations if c.split == s] for s in ("validation", "test")}
@@ -136,7 +140,7 @@ def bench_conversations(router, embed: Callable[[list[str]], np.ndarray], timing
                                                                  leaning[split])),
         }
     if timing:
-        out["latency_4_turns"] = time_four_turn_chats(router, embed, parts["test"], shipped, cues)
+        out["latency_4_turns"] = time_four_turn_chats(router, embed, parts["test"], shipped, cues, n_chats)
     t = out["test"]
     log(f"{'  conversations (test)':28s} follow-ups {t['last_message']['follow-up']['accuracy']:.3f} -> "
         f"{t['context_shipped']['follow-up']['accuracy']:.3f}, switches {t['last_message']['switch']['accuracy']:.3f} -> "

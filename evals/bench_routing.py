@@ -89,14 +89,15 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
                   settings=None, fast_runtime: str | None = None, fast_max_seq_length: int | None = None,
                   fp32_runtime: str = "onnx", n_single: int = 200, n_batch: int = 1024, knn_k: int = 10,
                   write: bool = True, variants: list[str] | None = None, data: list[str] | None = None,
-                  new_route: bool = True, timing: bool = True, n_maths: int = 1000,
+                  new_route: bool = True, timing: bool = True, n_maths: int = 1000, n_chats: int = 100,
                   log: Callable[[str], None] = print) -> dict:
     """Run the routing benchmark; returns the results dict (and writes json/md/png to out_dir).
     fast_runtime / fast_max_seq_length override the settings' encoder (default: what the service serves);
     `variants` limits which two_stage variants are trained (None: all); `data` trains the service's router
     on these sources (default: mmlu + user-requests) and reports each file's test rows; timing=False skips
     the peer, every latency/throughput measurement and (unless `variants` says otherwise) the variants; `n_maths`
-    maths word problems per split are routed (evals/bench_outside.py)."""
+    maths word problems per split are routed (evals/bench_outside.py); `n_chats` 4-turn chats are timed
+    (evals/bench_conversations.py)."""
     from coe.embedder import Embedder, encoder_path, make_embedder
     from coe.core.registry import load_registry
     from coe.core.routes import load_routes
@@ -226,7 +227,7 @@ def bench_routing(sample: int | None = None, out_dir: Path = Path("evals/results
         log(f"{'  outside (Arena-Hard)':28s} test accuracy={entry['outside']:.4f} "
             f"(English {user['outside']['test']['accuracy_english']:.4f}); maths word problems to a maths route "
             f"{entry['maths_to_maths_route']:.4f} (test), {user['maths_word_problems']['validation']['to_maths_route']:.4f} (validation)")
-        conversations = bench_conversations(router, encoders["fast"].encode, timing, log)
+        conversations = bench_conversations(router, encoders["fast"].encode, timing, log, n_chats, embed_set=embed)
         if new_route:
             user["new_route"] = bench_routes.new_route_recall(settings, encoders["fast"], routes, registry, tmp / "new-route",
                                                               sources, keep, settings.cache_dir, log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -112,6 +113,17 @@ def test_experts_file(tmp_path_factory) -> Path:
 def server(tmp_path_factory, test_experts_file) -> RunningServer:
     tmp = tmp_path_factory.mktemp("server")
     srv = start_server(tmp, test_experts_file, env={"COE_MAX_BODY_BYTES": "20000", "COE_MAX_TOKENS_CAP": "32"})
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def keyword_server(tmp_path_factory) -> RunningServer:
+    """A server whose skills router asks an LLM (the generalist, through the queue) for each query's skills; one
+    for the session, so a test that counts its jobs reads the metrics before and after."""
+    options = {"skills": {"skill_source": "keywords", "keyword_expert": "generalist", "mode": "top"}}
+    srv = start_server(tmp_path_factory.mktemp("keywords"), FIXTURES / "working-experts.yaml",
+                       env={"COE_ROUTER_OPTIONS": json.dumps(options)})
     yield srv
     stop_server(srv)
 

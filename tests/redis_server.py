@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,16 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
+
+
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A started RedisServer that is stopped on the way out unless the test left it stopped (tests that restart
+    Redis may fail while it is down)."""
+    rds = RedisServer(workdir)
+    rds.start()
+    try:
+        yield rds
+    finally:
+        if rds.proc.poll() is None:
+            rds.stop()

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, start_server, stop_server
-from tests.redis_server import RedisServer, needs_redis_server
+from tests.redis_server import needs_redis_server, running_redis
 
 RECLAIM_IDLE_S = 4
 pytestmark = needs_redis_server
@@ -63,23 +63,20 @@ class WorkerProc:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, test_experts_file):
     tmp = tmp_path_factory.mktemp("faults")
-    rds = RedisServer(tmp)
-    rds.start()
-    workers = {n: WorkerProc(tmp, n, test_experts_file, rds.url) for n in ("w1", "w2")}
-    api = None
-    try:
-        api = start_server(tmp, test_experts_file, env={"COE_REDIS_URL": rds.url, "COE_MAX_TOKENS_CAP": "400",
-                                                         "COE_REQUEST_TIMEOUT_S": "150"})
-        for w in workers.values():
-            w.wait_ready()
-        yield rds, api, workers
-    finally:
-        if api is not None:
-            stop_server(api)
-        for w in workers.values():
-            w.end()
-        if rds.proc.poll() is None:
-            rds.stop()
+    with running_redis(tmp) as rds:
+        workers = {n: WorkerProc(tmp, n, test_experts_file, rds.url) for n in ("w1", "w2")}
+        api = None
+        try:
+            api = start_server(tmp, test_experts_file, env={"COE_REDIS_URL": rds.url, "COE_MAX_TOKENS_CAP": "400",
+                                                             "COE_REQUEST_TIMEOUT_S": "150"})
+            for w in workers.values():
+                w.wait_ready()
+            yield rds, api, workers
+        finally:
+            if api is not None:
+                stop_server(api)
+            for w in workers.values():
+                w.end()
 
 
 def chat(api, model: str, text: str, max_tokens: int = 8, timeout: float = 150) -> httpx.Response:

@@ -331,14 +331,11 @@ async def _collect(queue, job_id: str) -> list[str]:
 def test_a_waiting_caller_rides_out_a_redis_restart_and_hears_of_a_longer_outage(tmp_path):
     """The shared reader keeps each caller's outage grace: a restart within it is invisible to the caller,
     an outage past it answers QueueUnavailable instead of waiting to the deadline."""
-    from tests.redis_server import RedisServer
+    from tests.redis_server import running_redis
     from workers.queue import QueueUnavailable
     from workers.queue_redis import RedisQueue
 
-    rds = RedisServer(tmp_path)
-    rds.start()
-
-    async def main():
+    async def main(rds):
         api, worker = RedisQueue(rds.url, outage_grace_s=3), RedisQueue(rds.url)
         try:
             j = job()
@@ -361,8 +358,5 @@ def test_a_waiting_caller_rides_out_a_redis_restart_and_hears_of_a_longer_outage
             await api.close()
             await worker.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        if rds.proc.poll() is None:
-            rds.stop()
+    with running_redis(tmp_path) as rds:
+        asyncio.run(main(rds))

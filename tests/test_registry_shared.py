@@ -22,7 +22,7 @@ import pytest
 from coe.registry_store import FeedStore
 from tests.conftest import FIXTURES, RunningServer, read_only, start_server, stop_server, writable
 from tests.queue_helpers import REDIS_URL, redis_up
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_redis
 from tests.test_faults import WorkerProc
 from tests.test_security import ADMIN, POET, bearer
 from workers.registry_feed import RegistryFeed, Snapshot
@@ -191,31 +191,29 @@ def cluster(tmp_path_factory):
     if shutil.which("redis-server") is None:
         pytest.skip("needs redis-server")
     tmp = tmp_path_factory.mktemp("shared-registry")
-    rds = RedisServer(tmp)
-    rds.start()
-    config = tmp / "config"
-    config.mkdir()
-    experts = config / "experts.yaml"
-    shutil.copy(FIXTURES / "working-experts.yaml", experts)
-    read_only(experts, config)
-    env = {"COE_REDIS_URL": rds.url, "COE_ADMIN_KEY": ADMIN, "COE_MAX_TOKENS_CAP": "4", "COE_LOG_LEVEL": "info"}
-    worker = WorkerProc(tmp, "w1", experts, rds.url)
-    replicas = []
-    try:
-        with ThreadPoolExecutor(2) as pool:  # all three start at once: one of them seeds Redis from the file
-            starting = [pool.submit(start_server, tmp, experts, env) for _ in range(2)]
-        replicas = [f.result() for f in starting if f.exception() is None]
-        for f in starting:
-            if f.exception() is not None:
-                raise f.exception()
-        worker.wait_ready()
-        yield Cluster(rds, replicas, worker, experts)
-    finally:
-        for srv in replicas:
-            stop_server(srv)
-        worker.end()
-        rds.stop()
-        writable(experts, config)
+    with running_redis(tmp) as rds:
+        config = tmp / "config"
+        config.mkdir()
+        experts = config / "experts.yaml"
+        shutil.copy(FIXTURES / "working-experts.yaml", experts)
+        read_only(experts, config)
+        env = {"COE_REDIS_URL": rds.url, "COE_ADMIN_KEY": ADMIN, "COE_MAX_TOKENS_CAP": "4", "COE_LOG_LEVEL": "info"}
+        worker = WorkerProc(tmp, "w1", experts, rds.url)
+        replicas = []
+        try:
+            with ThreadPoolExecutor(2) as pool:  # all three start at once: one of them seeds Redis from the file
+                starting = [pool.submit(start_server, tmp, experts, env) for _ in range(2)]
+            replicas = [f.result() for f in starting if f.exception() is None]
+            for f in starting:
+                if f.exception() is not None:
+                    raise f.exception()
+            worker.wait_ready()
+            yield Cluster(rds, replicas, worker, experts)
+        finally:
+            for srv in replicas:
+                stop_server(srv)
+            worker.end()
+            writable(experts, config)
 
 
 def admin(server, method: str, path: str, **kwargs) -> httpx.Response:

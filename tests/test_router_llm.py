@@ -3,21 +3,7 @@ queue, answered by the worker that holds the model, counted in the metrics; neve
 
 from __future__ import annotations
 
-import json
-
 import httpx
-import pytest
-
-from tests.conftest import start_server, stop_server
-
-
-@pytest.fixture(scope="module")
-def keyword_server(tmp_path_factory, test_experts_file):
-    tmp = tmp_path_factory.mktemp("keywords")
-    options = {"skills": {"skill_source": "keywords", "keyword_expert": "generalist", "mode": "top"}}
-    srv = start_server(tmp, test_experts_file, env={"COE_ROUTER_OPTIONS": json.dumps(options)})
-    yield srv
-    stop_server(srv)
 
 
 def metric(server, name: str, label: str) -> float:
@@ -28,11 +14,15 @@ def metric(server, name: str, label: str) -> float:
 
 def test_keyword_skills_are_written_by_the_worker_through_the_queue(keyword_server):
     texts = ["Solve for x: 3x + 5 = 20.", "Who wrote the Federalist Papers?"]
+    counted = ("coe_router_llm_jobs_total", 'expert="generalist"'), ("coe_worker_batches", ""), \
+        ("coe_tokens_total", 'expert="generalist"')
+    before = {name: metric(keyword_server, name, label) for name, label in counted}
     r = httpx.post(f"{keyword_server.v1}/route", json={"input": texts, "k": 1, "router": "skills"}, timeout=180)
     assert r.status_code == 200, r.text
     decisions = r.json()["data"]
     assert [d["router"] for d in decisions] == ["skills", "skills"]
     assert all(d["reason"].startswith("skills [") for d in decisions)
-    assert metric(keyword_server, "coe_router_llm_jobs_total", 'expert="generalist"') == 2
-    assert metric(keyword_server, "coe_worker_batches", "") >= 1
-    assert metric(keyword_server, "coe_tokens_total", 'expert="generalist"') > 0
+    added = {name: metric(keyword_server, name, label) - before[name] for name, label in counted}
+    assert added["coe_router_llm_jobs_total"] == 2
+    assert added["coe_worker_batches"] >= 1
+    assert added["coe_tokens_total"] > 0

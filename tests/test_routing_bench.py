@@ -16,7 +16,8 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("semantic_router")
     res = bench_routing(sample=4, out_dir=tmp_path, include_peer=True, settings=get_settings(),
                         fast_runtime="torch", fast_max_seq_length=128, fp32_runtime="torch",
-                        n_single=2, n_batch=8, variants=["two_stage"], n_maths=20, log=lambda msg: None)  # timing runs, briefly
+                        n_single=2, n_batch=8, n_chats=2, variants=["two_stage"], n_maths=20,
+                        log=lambda msg: None)  # timing runs, briefly
     names = {r["router"] for r in res["results"]}
     assert EXPECTED <= names and "semantic-router (peer)" in names
     by = {r["router"]: r for r in res["results"]}
@@ -26,6 +27,8 @@ def test_bench_smoke(tmp_path):
         if r["router"] != "oracle":
             assert r["p50_ms"] > 0 and r["throughput_qps"] > 0 and 0.0 <= r["ood_fallback_rate"] <= 1.0
     assert by["two_stage"]["accuracy_17"] > by["random"]["accuracy_17"]
+    latency = res["conversations"]["latency_4_turns"]  # two chats timed, after their warm-up
+    assert latency["n"] == 2 and 0 < latency["context_p50_ms"] <= latency["context_p99_ms"]
     new_route = res["user"]["new_route"]  # declared by its 10 examples and retrained: it is reached (0.95 measured)
     assert new_route["n_examples"] == 10 and new_route["recall"] >= 0.7
     saved = json.loads((tmp_path / "routing.json").read_text())

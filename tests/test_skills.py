@@ -295,17 +295,6 @@ def test_k3_skills_router_through_the_server(client):
     assert len(capped.model_extra["coe"]["experts"]) == 5
 
 
-@pytest.fixture(scope="module")
-def keyword_server(tmp_path_factory):
-    """A server whose skills router asks an LLM (the fallback expert, through the queue) for each query's skills."""
-    from tests.conftest import FIXTURES, start_server, stop_server
-
-    srv = start_server(tmp_path_factory.mktemp("keywords"), FIXTURES / "working-experts.yaml",
-                       env={"COE_ROUTER_OPTIONS": '{"skills": {"skill_source": "keywords"}}'})
-    yield srv
-    stop_server(srv)
-
-
 def test_concurrent_keyword_routed_requests_do_not_starve_the_threads_they_wait_on(keyword_server):
     """More requests at once than the default thread pool has threads: each routing thread waits on keyword jobs that
     need the worker's and the encoder's threads from that pool, so routing runs in a pool of its own and all are

@@ -16,7 +16,7 @@ import pytest
 
 from coe_evals.gpu import stand_in_vllm
 from tests.queue_helpers import REDIS_URL, redis_up
-from tests.redis_server import RedisServer, needs_redis_server
+from tests.redis_server import needs_redis_server, running_redis
 from workers.jobs import Completion, GenerationRequest, Job
 from workers.queue import QueueUnavailable
 from workers.queue_redis import RedisQueue
@@ -148,10 +148,7 @@ def test_a_job_claimed_just_before_redis_went_away_is_answered_within_one_lease(
 
 @needs_redis_server
 def test_a_redis_restart_keeps_the_models_loaded(tmp_path, echo_engine):
-    rds = RedisServer(tmp_path)
-    rds.start()
-
-    async def main():
+    async def main(rds):
         api = RedisQueue(rds.url, outage_grace_s=10)
         w = worker_for(tmp_path, RedisQueue(rds.url, heartbeat_s=0.2), SHARED.format(
             engine="openai", where="api_base: 'http://127.0.0.1:9/v1', device: cpu"), reclaim_idle_s=1.0)
@@ -175,8 +172,5 @@ def test_a_redis_restart_keeps_the_models_loaded(tmp_path, echo_engine):
             await api.close()
             await w.queue.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        if rds.proc.poll() is None:
-            rds.stop()
+    with running_redis(tmp_path) as rds:
+        asyncio.run(main(rds))

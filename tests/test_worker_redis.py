@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.queue_helpers import REDIS_URL, redis_up
-from tests.redis_server import RedisServer, needs_redis_server
+from tests.redis_server import needs_redis_server, running_redis
 from workers.jobs import Completion, GenerationRequest, Job
 
 EXPERTS = """version: 1
@@ -127,11 +127,9 @@ def test_a_batch_whose_results_cannot_be_stored_is_served_after_redis_returns(tm
     from workers.queue_redis import RedisQueue
 
     _, make_worker = worker_env
-    rds = RedisServer(tmp_path)
-    rds.start()
     SlowEngine.go_on.clear()
 
-    async def main():
+    async def main(rds):
         api = RedisQueue(rds.url)
         w = make_worker(RedisQueue(rds.url, heartbeat_s=0.2), reclaim_idle_s=1.0, name="w", outage_retry_s=0.2)
         jobs = [ask("streamed", stream=True), ask("plain")]
@@ -155,11 +153,8 @@ def test_a_batch_whose_results_cannot_be_stored_is_served_after_redis_returns(tm
             await api.close()
             await w.queue.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        if rds.proc.poll() is None:
-            rds.stop()
+    with running_redis(tmp_path) as rds:
+        asyncio.run(main(rds))
 
 
 @pytest.mark.skipif(not redis_up(), reason=f"no Redis at {REDIS_URL}")
