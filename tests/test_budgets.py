@@ -39,7 +39,7 @@ THRIFTY = f"""  - name: thrifty
     generation: {{max_tokens: 12, temperature: 0.0}}
 """
 KEYS = {"tokens": "k-budget-tokens", "cost": "k-budget-cost", "reset": "k-budget-reset", "cheap": "k-budget-cheap",
-        "stream": "k-budget-stream", "free": "k-budget-free"}
+        "stream": "k-budget-stream", "free": "k-budget-free", "cached": "k-budget-cached"}
 HEALTH = "What should I eat to keep my heart healthy?"
 
 
@@ -70,6 +70,7 @@ def embedded(tmp_path_factory):
             KEYS["reset"]: {"tokens": 80, "window_s": 10},
             KEYS["cheap"]: {"tokens": 300, "window_s": 86400},
             KEYS["stream"]: {"tokens": 100_000, "cost": 1.0, "window_s": 86400},
+            KEYS["cached"]: {"tokens": 100_000, "window_s": 86400},
         }),
     })
     yield srv
@@ -170,6 +171,16 @@ def test_the_window_resets_and_the_key_may_spend_again(embedded):
     time.sleep(max(0.0, ended - time.time()) + 0.2)
     assert chat(embedded, KEYS["reset"]).status_code == 200
     assert books(embedded, ident("reset"))["resets_at"] > ended
+
+
+def test_an_answer_found_again_in_the_semantic_cache_is_charged_nothing(embedded):
+    """The key pays for the answer an expert generated, not again for the same answer served from the cache."""
+    cache = {"extra_headers": {"x-coe-cache": "semantic"}, "temperature": 0}
+    first = ask(embedded, "cached", content=HEALTH, **cache)
+    assert first.coe["cache"]["hit"] is False and first.coe["cache"]["stored"] is True
+    again = ask(embedded, "cached", content=HEALTH, **cache)
+    assert again.coe["cache"]["hit"] is True and again.choices[0].message.content == first.choices[0].message.content
+    assert books(embedded, ident("cached"))["tokens"] == {"cap": 100_000, "used": first.usage.total_tokens, "reserved": 0}
 
 
 def test_a_key_whose_budget_runs_low_is_routed_to_a_cheaper_expert_of_the_route(embedded):
