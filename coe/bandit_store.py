@@ -16,6 +16,8 @@ import asyncio
 import math
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -99,9 +101,26 @@ class SQLiteArmStore:
         db.execute("PRAGMA synchronous=NORMAL")  # statistics: a power cut may lose the last updates, never corrupt them
         return db
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write-locked (immediate) transaction: committed when the block ends, unless it rolled back itself;
+        rolled back when it raises."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            if db.in_transaction:
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
     async def stats(self, context: str, experts: list[str]) -> dict[str, ArmStats]:
         def go() -> dict[str, ArmStats]:
-            with self._connect() as db:
+            with closing(self._connect()) as db:
                 row = db.execute("SELECT t FROM bandit_routes WHERE context = ?", (context,)).fetchone()
                 arms = db.execute("SELECT expert, s, f, t FROM bandit_arms WHERE context = ?", (context,)).fetchall()
             route_t = row[0] if row else 0
@@ -113,9 +132,7 @@ class SQLiteArmStore:
     async def record(self, completion_id: str, context: str, expert: str, score: float) -> bool:
         def go() -> bool:
             now = self.clock()
-            db = self._connect()
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as db:
                 db.execute("DELETE FROM bandit_rated WHERE created < ?", (now - self.rated_ttl_s,))
                 if db.execute("INSERT OR IGNORE INTO bandit_rated VALUES (?, ?)", (completion_id, now)).rowcount == 0:
                     db.execute("ROLLBACK")
@@ -128,36 +145,20 @@ class SQLiteArmStore:
                 db.execute("INSERT OR REPLACE INTO bandit_routes VALUES (?, ?)", (context, t))
                 db.execute("INSERT OR REPLACE INTO bandit_arms VALUES (?, ?, ?, ?, ?)",
                            (context, expert, arm[0] * g + score, arm[1] * g + 1 - score, t))
-                db.execute("COMMIT")
                 return True
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                db.close()
 
         return await asyncio.to_thread(go)
 
     async def admit(self, key: str, explore: bool, cap: float, window_s: float) -> bool:
         def go() -> bool:
             window = int(self.clock() // window_s)
-            db = self._connect()
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as db:
                 db.execute("DELETE FROM bandit_keys WHERE window < ?", (window - 1,))
                 n, e = db.execute("SELECT n, e FROM bandit_keys WHERE key = ? AND window = ?",
                                   (key, window)).fetchone() or (0, 0)
                 allowed = explore and may_explore(e, n + 1, cap)
                 db.execute("INSERT OR REPLACE INTO bandit_keys VALUES (?, ?, ?, ?)", (key, window, n + 1, e + allowed))
-                db.execute("COMMIT")
                 return allowed
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                db.close()
 
         return await asyncio.to_thread(go)
 
